@@ -1,0 +1,108 @@
+//! The `agent-sim` command line.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::{Bus, Fleet, FleetConfig, FleetStats, RpcBehaviour, RpcMode};
+use natsbus::NatsConfig;
+use service_kit::telemetry::TelemetryArgs;
+
+/// Simulated OpsPilot agents: heartbeats, events, inventory and RPC answers.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "agent-sim", version)]
+pub struct Args {
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+    #[command(flatten)]
+    nats: NatsConfig,
+    /// Number of simulated agents.
+    #[arg(long, env = "SIM_AGENTS", value_name = "SIM_AGENTS", default_value_t = 5)]
+    agents: usize,
+    /// Fleet name; the same name gives the same agent ids and hostnames.
+    #[arg(long, env = "SIM_SEED", value_name = "SIM_SEED", default_value = "sim")]
+    seed: String,
+    /// Heartbeat interval of every agent.
+    #[arg(long, env = "SIM_HEARTBEAT_INTERVAL", value_name = "SIM_HEARTBEAT_INTERVAL", default_value = "10s", value_parser = service_kit::config::parse_duration)]
+    heartbeat_interval: Duration,
+    /// Events per second across the whole fleet.
+    #[arg(long, env = "SIM_EVENTS_PER_SEC", value_name = "SIM_EVENTS_PER_SEC", default_value_t = 0.5)]
+    events_per_sec: f64,
+    /// How often each agent sends an inventory snapshot.
+    #[arg(long, env = "SIM_INVENTORY_INTERVAL", value_name = "SIM_INVENTORY_INTERVAL", default_value = "60s", value_parser = service_kit::config::parse_duration)]
+    inventory_interval: Duration,
+    /// Fraction of inventory snapshots that change.
+    #[arg(long, env = "SIM_INVENTORY_CHANGE", value_name = "SIM_INVENTORY_CHANGE", default_value_t = 0.1)]
+    inventory_change: f64,
+    /// Delay before answering an action.
+    #[arg(long, env = "SIM_RPC_DELAY", value_name = "SIM_RPC_DELAY", default_value = "0ms", value_parser = service_kit::config::parse_duration)]
+    rpc_delay: Duration,
+    /// Fraction of actions answered with an error.
+    #[arg(long, env = "SIM_RPC_FAILURE_RATE", value_name = "SIM_RPC_FAILURE_RATE", default_value_t = 0.0)]
+    rpc_failure_rate: f64,
+    /// How the fleet listens for actions.
+    #[arg(long, env = "SIM_RPC_MODE", value_name = "SIM_RPC_MODE", value_enum, default_value = "per-agent")]
+    rpc_mode: RpcMode,
+    /// Publishes in flight at once.
+    #[arg(long, env = "SIM_CONCURRENCY", value_name = "SIM_CONCURRENCY", default_value_t = 256)]
+    concurrency: usize,
+    /// Stop after this long (default: run until Ctrl-C).
+    #[arg(long, env = "SIM_DURATION", value_name = "SIM_DURATION", value_parser = service_kit::config::parse_duration)]
+    duration: Option<Duration>,
+}
+
+impl Args {
+    pub fn validate(&self) -> Result<(), String> {
+        self.telemetry.validate()?;
+        self.nats.validate()?;
+        if self.agents == 0 {
+            return Err("SIM_AGENTS: must be at least 1".into());
+        }
+        for (name, value) in
+            [("SIM_INVENTORY_CHANGE", self.inventory_change), ("SIM_RPC_FAILURE_RATE", self.rpc_failure_rate)]
+        {
+            if !(0.0..=1.0).contains(&value) {
+                return Err(format!("{name}: must be between 0 and 1"));
+            }
+        }
+        if !(self.events_per_sec >= 0.0 && self.events_per_sec.is_finite()) {
+            return Err("SIM_EVENTS_PER_SEC: must be a non-negative number".into());
+        }
+        Ok(())
+    }
+}
+
+/// Runs the fleet until `shutdown` (or `--duration`).
+pub async fn run(args: Args, shutdown: tokio_util::sync::CancellationToken) -> anyhow::Result<()> {
+    let client = natsbus::connect(&args.nats, "agent-sim").await?;
+    let bus = Bus::new(client.clone(), args.nats.subjects(), &args.nats.agents_bucket).await?;
+    let fleet = Arc::new(Fleet::numbered(&args.seed, args.agents));
+    tracing::info!(agents = args.agents, seed = %args.seed, "simulated agents starting");
+    if let Some(duration) = args.duration {
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(duration).await;
+            stop.cancel();
+        });
+    }
+    let config = FleetConfig {
+        heartbeat_interval: args.heartbeat_interval,
+        events_per_sec: args.events_per_sec,
+        inventory_interval: Some(args.inventory_interval),
+        inventory_change_ratio: args.inventory_change,
+        rpc: RpcBehaviour { delay: args.rpc_delay, failure_rate: args.rpc_failure_rate, silent: false },
+        rpc_mode: args.rpc_mode,
+        concurrency: args.concurrency,
+    };
+    let stats = Arc::clone(&fleet.stats);
+    fleet.run(bus, config, shutdown).await?;
+    client.flush().await?;
+    tracing::info!(
+        heartbeats = FleetStats::get(&stats.heartbeats),
+        events = FleetStats::get(&stats.events),
+        inventory = FleetStats::get(&stats.inventory),
+        rpc_answered = FleetStats::get(&stats.rpc_answered),
+        errors = FleetStats::get(&stats.errors),
+        "simulated agents stopped"
+    );
+    Ok(())
+}

@@ -1,0 +1,134 @@
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use wire_models::{SubjectRoot, Subjects};
+
+use crate::Topology;
+
+/// NATS settings shared by every service.
+#[derive(Clone, clap::Args)]
+pub struct NatsConfig {
+    /// Comma-separated NATS server URLs; every one is tried and kept for reconnects.
+    /// Falls back to NATS_URL.
+    #[arg(id = "nats-urls", long = "nats-urls", env = "NATS_URLS", value_name = "NATS_URLS")]
+    pub urls: Option<String>,
+    /// A single NATS server URL (the original variable), used when NATS_URLS is unset.
+    #[arg(
+        id = "nats-url",
+        long = "nats-url",
+        env = "NATS_URL",
+        value_name = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub url: String,
+    /// Credentials file (user JWT and NKey seed) for this service's NATS identity.
+    #[arg(id = "nats-creds", long = "nats-creds", env = "NATS_CREDS", value_name = "NATS_CREDS")]
+    pub creds: Option<PathBuf>,
+    /// Token for servers that authenticate with a token (never logged).
+    #[arg(id = "nats-token", long = "nats-token", env = "NATS_TOKEN", value_name = "NATS_TOKEN", hide_env_values = true, value_parser = secret)]
+    pub token: Option<SecretString>,
+    /// First subject token(s); every subject lives under it.
+    #[arg(id = "subject-root", long = "subject-root", env = "SUBJECT_ROOT", value_name = "SUBJECT_ROOT", default_value = SubjectRoot::DEFAULT, value_parser = parse_root)]
+    pub subject_root: SubjectRoot,
+    /// JetStream stream holding agent events.
+    #[arg(id = "events-stream", long = "events-stream", env = "EVENTS_STREAM", value_name = "EVENTS_STREAM", default_value = "EVENTS", value_parser = parse_name)]
+    pub events_stream: String,
+    /// JetStream stream holding inventory snapshots.
+    #[arg(id = "inventory-stream", long = "inventory-stream", env = "INVENTORY_STREAM", value_name = "INVENTORY_STREAM", default_value = "INVENTORY", value_parser = parse_name)]
+    pub inventory_stream: String,
+    /// JetStream stream holding dead-lettered messages.
+    #[arg(id = "dlq-stream", long = "dlq-stream", env = "DLQ_STREAM", value_name = "DLQ_STREAM", default_value = "DEADLETTER", value_parser = parse_name)]
+    pub dlq_stream: String,
+    /// KV bucket agents put their heartbeats in.
+    #[arg(id = "agents-bucket", long = "agents-bucket", env = "AGENTS_BUCKET", value_name = "AGENTS_BUCKET", default_value = "AGENTS", value_parser = parse_name)]
+    pub agents_bucket: String,
+    /// Replicas of every stream (1 for a single server, 3 for a cluster).
+    #[arg(id = "stream-replicas", long = "stream-replicas", env = "STREAM_REPLICAS", value_name = "STREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub stream_replicas: u8,
+    /// How long events stay in the events stream.
+    #[arg(id = "events-max-age", long = "events-max-age", env = "EVENTS_MAX_AGE", value_name = "EVENTS_MAX_AGE", default_value = "7d", value_parser = service_kit::config::parse_duration)]
+    pub events_max_age: Duration,
+    /// JetStream de-duplication window for `Nats-Msg-Id`.
+    #[arg(id = "dedup-window", long = "dedup-window", env = "DEDUP_WINDOW", value_name = "DEDUP_WINDOW", default_value = "2m", value_parser = service_kit::config::parse_duration)]
+    pub dedup_window: Duration,
+    /// Timeout of every NATS request (and of JetStream API calls).
+    #[arg(id = "nats-request-timeout", long = "nats-request-timeout", env = "NATS_REQUEST_TIMEOUT", value_name = "NATS_REQUEST_TIMEOUT", default_value = "5s", value_parser = service_kit::config::parse_duration)]
+    pub request_timeout: Duration,
+}
+
+fn secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(s.to_owned()))
+}
+
+fn parse_root(s: &str) -> Result<SubjectRoot, String> {
+    SubjectRoot::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_name(s: &str) -> Result<String, String> {
+    if !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        Ok(s.to_owned())
+    } else {
+        Err("must be 1 to 64 characters of [A-Za-z0-9_-]".into())
+    }
+}
+
+impl fmt::Debug for NatsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsConfig")
+            .field("urls", &self.server_urls())
+            .field("creds", &self.creds)
+            .field("token", &self.token.as_ref().map(|_| "[REDACTED]"))
+            .field("subject_root", &self.subject_root)
+            .field("events_stream", &self.events_stream)
+            .field("inventory_stream", &self.inventory_stream)
+            .field("dlq_stream", &self.dlq_stream)
+            .field("agents_bucket", &self.agents_bucket)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NatsConfig {
+    /// The server URLs: NATS_URLS split on commas, else NATS_URL.
+    pub fn server_urls(&self) -> Vec<String> {
+        let raw = self.urls.as_deref().filter(|s| !s.trim().is_empty()).unwrap_or(&self.url);
+        raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+    }
+
+    /// Checks the URLs parse, before anything connects.
+    pub fn validate(&self) -> Result<(), String> {
+        let urls = self.server_urls();
+        if urls.is_empty() {
+            return Err("NATS_URLS: no server URL given".into());
+        }
+        for url in &urls {
+            url.parse::<async_nats::ServerAddr>()
+                .map_err(|e| format!("NATS_URLS: {url:?} is not a valid server URL: {e}"))?;
+        }
+        if let Some(creds) = &self.creds
+            && !creds.is_file()
+        {
+            return Err(format!("NATS_CREDS: {} is not a readable file", creds.display()));
+        }
+        Ok(())
+    }
+
+    pub fn subjects(&self) -> Subjects {
+        Subjects::new(self.subject_root.clone())
+    }
+
+    pub fn topology(&self) -> Topology {
+        Topology {
+            subjects: self.subjects(),
+            events_stream: self.events_stream.clone(),
+            inventory_stream: self.inventory_stream.clone(),
+            dlq_stream: self.dlq_stream.clone(),
+            agents_bucket: self.agents_bucket.clone(),
+            replicas: usize::from(self.stream_replicas),
+            events_max_age: self.events_max_age,
+            dedup_window: self.dedup_window,
+        }
+    }
+}

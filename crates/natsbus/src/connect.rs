@@ -1,0 +1,130 @@
+use std::time::Duration;
+
+use async_nats::{Client, ConnectOptions, Event, ServerAddr};
+use secrecy::ExposeSecret;
+
+use crate::{NatsConfig, NatsError};
+
+/// Oldest nats-server this backend works with: 2.9 lacks account-info fields that the
+/// KV API needs and ignores multi-filter consumers.
+pub const MIN_SERVER_VERSION: (u64, u64) = (2, 10);
+
+/// Connects with every configured URL, waiting (with backoff) until a server answers.
+/// Once connected the client reconnects forever on its own; disconnects and
+/// reconnects are logged.
+pub async fn connect(config: &NatsConfig, name: &str) -> Result<Client, NatsError> {
+    let mut options = ConnectOptions::new();
+    if let Some(creds) = &config.creds {
+        options = options
+            .credentials_file(creds)
+            .await
+            .map_err(|e| NatsError::Config(format!("NATS_CREDS: {e}")))?;
+    }
+    if let Some(token) = &config.token {
+        options = options.token(token.expose_secret().to_owned());
+    }
+    connect_with(options, &config.server_urls(), name, config.request_timeout).await
+}
+
+/// Like [`connect`] with explicit options (credentials built in code, tests).
+pub async fn connect_with(
+    options: ConnectOptions,
+    urls: &[String],
+    name: &str,
+    request_timeout: Duration,
+) -> Result<Client, NatsError> {
+    let addrs: Vec<ServerAddr> = urls
+        .iter()
+        .map(|u| u.parse::<ServerAddr>().map_err(|e| NatsError::Config(format!("NATS_URLS: {u}: {e}"))))
+        .collect::<Result<_, _>>()?;
+    let service = name.to_owned();
+    let options = options
+        .name(name)
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(5))
+        .request_timeout(Some(request_timeout))
+        .ping_interval(Duration::from_secs(10))
+        .retry_on_initial_connect()
+        .reconnect_delay_callback(reconnect_delay)
+        .event_callback(move |event| {
+            let service = service.clone();
+            async move { log_event(&service, event) }
+        });
+    let client = options.connect(addrs).await.map_err(|e| NatsError::Connect(e.to_string()))?;
+    wait_until_connected(&client).await;
+    let info = client.server_info();
+    check_server_version(&info.version)?;
+    tracing::info!(
+        server_version = %info.version,
+        server_name = %info.server_name,
+        jetstream = info.jetstream,
+        "connected to nats"
+    );
+    Ok(client)
+}
+
+/// With `retry_on_initial_connect` the client returns at once and connects in the
+/// background; wait for it so callers can rely on server info and JetStream.
+async fn wait_until_connected(client: &Client) {
+    let mut logged = false;
+    loop {
+        if client.connection_state() == async_nats::connection::State::Connected {
+            return;
+        }
+        if !logged {
+            tracing::info!("waiting for nats");
+            logged = true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn log_event(service: &str, event: Event) {
+    match event {
+        Event::Connected => tracing::info!(service, "connected to nats"),
+        Event::Disconnected => tracing::warn!(service, "disconnected from nats; reconnecting"),
+        Event::LameDuckMode => tracing::warn!(service, "nats server entered lame duck mode"),
+        Event::SlowConsumer(sid) => tracing::warn!(service, sid, "nats slow consumer"),
+        Event::ServerError(err) => tracing::warn!(service, error = %err, "nats server error"),
+        Event::ClientError(err) => tracing::warn!(service, error = %err, "nats client error"),
+        Event::Draining | Event::Closed => tracing::debug!(service, %event, "nats connection"),
+    }
+}
+
+/// Refuses servers older than [`MIN_SERVER_VERSION`].
+pub fn check_server_version(version: &str) -> Result<(), NatsError> {
+    let mut parts = version.trim_start_matches('v').split(['.', '-']);
+    let major = parts.next().and_then(|p| p.parse::<u64>().ok());
+    let minor = parts.next().and_then(|p| p.parse::<u64>().ok());
+    match (major, minor) {
+        (Some(major), Some(minor)) if (major, minor) >= MIN_SERVER_VERSION => Ok(()),
+        _ => Err(NatsError::ServerTooOld { found: version.to_owned(), required: "2.10" }),
+    }
+}
+
+/// Reconnect delay: 100 ms doubling to 5 s, plus up to 250 ms of jitter so a fleet of
+/// services does not reconnect in lockstep after a server restart.
+fn reconnect_delay(attempt: usize) -> Duration {
+    let exp = u32::try_from(attempt.min(6)).unwrap_or(6);
+    let base = Duration::from_millis(100 * 2u64.pow(exp)).min(Duration::from_secs(5));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    base + Duration::from_millis(u64::from(nanos % 250))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        assert!(check_server_version("2.15.1").is_ok());
+        assert!(check_server_version("2.10.0").is_ok());
+        assert!(check_server_version("v2.11.0-beta").is_ok());
+        assert!(check_server_version("3.0.0").is_ok());
+        assert!(matches!(check_server_version("2.9.10"), Err(NatsError::ServerTooOld { .. })));
+        assert!(check_server_version("garbage").is_err());
+    }
+}

@@ -1,0 +1,71 @@
+//! NATS for OpsPilot: connecting (every URL, reconnect forever), the JetStream
+//! topology (streams, the `AGENTS` KV bucket) created idempotently, W3C trace context
+//! in message headers, and dead-lettering.
+
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
+
+mod config;
+mod connect;
+mod deadletter;
+mod error;
+mod topology;
+pub mod trace;
+
+pub use config::NatsConfig;
+pub use connect::{MIN_SERVER_VERSION, check_server_version, connect, connect_with};
+pub use deadletter::{DeadLetter, dead_letter};
+pub use error::NatsError;
+pub use topology::{Topology, ensure_topology};
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use wire_models::{HEADER_MSG_ID, WireMessage};
+
+/// Publishes a message to JetStream, with the current trace context and an optional
+/// `Nats-Msg-Id`, and waits for the stream's acknowledgement.
+pub async fn js_publish<T: WireMessage>(
+    js: &async_nats::jetstream::Context,
+    subject: String,
+    msg: &T,
+    msg_id: Option<&str>,
+) -> Result<(), NatsError> {
+    let payload = Bytes::from(wire_models::encode(msg)?);
+    let mut headers = HeaderMap::new();
+    trace::inject_current(&mut headers);
+    if let Some(id) = msg_id {
+        headers.insert(HEADER_MSG_ID, id);
+    }
+    js.publish_with_headers(subject, headers, payload)
+        .await
+        .map_err(|e| NatsError::Publish(e.to_string()))?
+        .await
+        .map_err(|e| NatsError::Publish(e.to_string()))?;
+    Ok(())
+}
+
+/// Publishes a message on core NATS (no stream) with the current trace context.
+pub async fn publish<T: WireMessage>(
+    client: &async_nats::Client,
+    subject: String,
+    msg: &T,
+) -> Result<(), NatsError> {
+    let payload = Bytes::from(wire_models::encode(msg)?);
+    let mut headers = HeaderMap::new();
+    trace::inject_current(&mut headers);
+    client
+        .publish_with_headers(subject, headers, payload)
+        .await
+        .map_err(|e| NatsError::Publish(e.to_string()))
+}
+
+/// A `/readyz` check: the client is connected.
+pub fn ready_check(
+    client: async_nats::Client,
+) -> impl Fn() -> std::future::Ready<Result<(), String>> + Send + Sync + 'static {
+    move || {
+        std::future::ready(match client.connection_state() {
+            async_nats::connection::State::Connected => Ok(()),
+            state => Err(format!("nats connection is {state:?}")),
+        })
+    }
+}

@@ -1,0 +1,44 @@
+use async_nats::jetstream;
+use futures::StreamExt;
+use test_support::{NatsServer, isolated_topology};
+use wire_models::{DlqOrigin, HEADER_DLQ_DETAIL, HEADER_DLQ_REASON, HEADER_DLQ_SEQUENCE, HEADER_DLQ_SUBJECT};
+
+#[tokio::test]
+async fn dead_letters_keep_subject_payload_and_reason_and_are_idempotent() {
+    let server = NatsServer::start().await;
+    let js = jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    let topology = isolated_topology();
+    natsbus::ensure_topology(&js, &topology).await.unwrap();
+
+    let subject = format!("{}.nothex.events.oom", topology.subjects.root());
+    for _ in 0..2 {
+        natsbus::dead_letter(
+            &js,
+            &topology.subjects,
+            natsbus::DeadLetter {
+                origin: DlqOrigin::Events,
+                subject: &subject,
+                payload: "{broken".into(),
+                stream_sequence: Some(42),
+                reason: "invalid_agent_id",
+                detail: "agent id must be\r\nexactly 12 characters",
+            },
+        )
+        .await
+        .unwrap();
+    }
+
+    let mut stream = js.get_stream(&topology.dlq_stream).await.unwrap();
+    // The same stream sequence dead-lettered twice (a redelivery) is stored once.
+    assert_eq!(stream.info().await.unwrap().state.messages, 1);
+    let consumer = stream.create_consumer(jetstream::consumer::pull::Config::default()).await.unwrap();
+    let mut batch = consumer.fetch().max_messages(10).messages().await.unwrap();
+    let msg = batch.next().await.unwrap().unwrap();
+    assert_eq!(msg.subject.as_str(), topology.subjects.dead_letter(DlqOrigin::Events));
+    assert_eq!(&msg.payload[..], b"{broken");
+    let headers = msg.headers.as_ref().unwrap();
+    assert_eq!(headers.get(HEADER_DLQ_REASON).unwrap().as_str(), "invalid_agent_id");
+    assert_eq!(headers.get(HEADER_DLQ_SUBJECT).unwrap().as_str(), subject);
+    assert_eq!(headers.get(HEADER_DLQ_SEQUENCE).unwrap().as_str(), "42");
+    assert_eq!(headers.get(HEADER_DLQ_DETAIL).unwrap().as_str(), "agent id must be  exactly 12 characters");
+}

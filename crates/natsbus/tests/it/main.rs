@@ -1,0 +1,6 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(unused_crate_dependencies)]
+
+mod connect;
+mod deadletter;
+mod topology;

@@ -1,0 +1,94 @@
+use std::fmt;
+use std::time::Duration;
+
+use deadpool_redis::{Pool, Runtime, Timeouts};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::{Keys, PresenceError};
+
+/// Redis settings shared by every service.
+#[derive(Clone, clap::Args)]
+pub struct RedisConfig {
+    /// Redis URL (`redis://[:password@]host:port/db`); never logged, it may hold a password.
+    #[arg(id = "redis-url", long = "redis-url", env = "REDIS_URL", value_name = "REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true, value_parser = secret)]
+    pub url: SecretString,
+    /// Prefix of every key OpsPilot writes, so several deployments (or tests) can share
+    /// one Redis.
+    #[arg(
+        id = "redis-prefix",
+        long = "redis-prefix",
+        env = "REDIS_PREFIX",
+        value_name = "REDIS_PREFIX",
+        default_value = "opspilot:"
+    )]
+    pub prefix: String,
+    /// Largest number of pooled connections.
+    #[arg(
+        id = "redis-pool-size",
+        long = "redis-pool-size",
+        env = "REDIS_POOL_SIZE",
+        value_name = "REDIS_POOL_SIZE",
+        default_value_t = 16
+    )]
+    pub pool_size: usize,
+    /// Timeout for getting a connection and for each command.
+    #[arg(id = "redis-timeout", long = "redis-timeout", env = "REDIS_TIMEOUT", value_name = "REDIS_TIMEOUT", default_value = "2s", value_parser = service_kit::config::parse_duration)]
+    pub timeout: Duration,
+}
+
+fn secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(s.to_owned()))
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &"[REDACTED]")
+            .field("prefix", &self.prefix)
+            .field("pool_size", &self.pool_size)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl RedisConfig {
+    pub fn keys(&self) -> Keys {
+        Keys::new(&self.prefix)
+    }
+
+    /// Checks the URL and prefix without connecting.
+    pub fn validate(&self) -> Result<(), String> {
+        redis::Client::open(self.url.expose_secret())
+            .map_err(|_| "REDIS_URL: not a valid redis:// URL".to_owned())?;
+        if self.prefix.chars().any(|c| c.is_whitespace() || c.is_control()) || self.prefix.len() > 64 {
+            return Err("REDIS_PREFIX: at most 64 characters, no whitespace".into());
+        }
+        if self.pool_size == 0 {
+            return Err("REDIS_POOL_SIZE: must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// `host:port` for logs, without credentials.
+    pub fn display_target(&self) -> String {
+        redis::Client::open(self.url.expose_secret())
+            .map(|c| c.get_connection_info().addr().to_string())
+            .unwrap_or_else(|_| "invalid".into())
+    }
+
+    pub fn build_pool(&self) -> Result<Pool, PresenceError> {
+        let config = deadpool_redis::Config::from_url(self.url.expose_secret());
+        config
+            .builder()
+            .map_err(|_| PresenceError::Config("REDIS_URL: not a valid redis:// URL".into()))?
+            .max_size(self.pool_size)
+            .timeouts(Timeouts {
+                wait: Some(self.timeout),
+                create: Some(self.timeout),
+                recycle: Some(self.timeout),
+            })
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| PresenceError::Config(e.to_string()))
+    }
+}

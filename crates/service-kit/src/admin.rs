@@ -1,0 +1,117 @@
+//! The admin HTTP surface every service exposes: `/healthz` (the process is alive),
+//! `/readyz` (its dependencies answer) and `/metrics` (Prometheus text format).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Map, Value, json};
+
+type CheckFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+type CheckFn = Arc<dyn Fn() -> CheckFuture + Send + Sync>;
+
+/// Named dependency checks run by `/readyz`, each bounded by a timeout.
+#[derive(Clone, Default)]
+pub struct Readiness {
+    checks: Vec<(&'static str, CheckFn)>,
+}
+
+impl Readiness {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a check; `check` is called on every `/readyz`.
+    pub fn with_check<F, Fut>(mut self, name: &'static str, check: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        self.checks.push((name, Arc::new(move || Box::pin(check()))));
+        self
+    }
+
+    /// Runs every check concurrently; returns whether all passed and a JSON report.
+    pub async fn run(&self) -> (bool, Value) {
+        const TIMEOUT: Duration = Duration::from_secs(2);
+        let results = futures::future::join_all(self.checks.iter().map(|(name, check)| {
+            let fut = check();
+            async move {
+                let outcome = match tokio::time::timeout(TIMEOUT, fut).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err(format!("no answer within {TIMEOUT:?}")),
+                };
+                (*name, outcome)
+            }
+        }))
+        .await;
+        let mut report = Map::new();
+        let mut ready = true;
+        for (name, outcome) in results {
+            let value = match outcome {
+                Ok(()) => json!("ok"),
+                Err(e) => {
+                    ready = false;
+                    json!({ "error": e })
+                }
+            };
+            report.insert(name.to_owned(), value);
+        }
+        (ready, json!({ "status": if ready { "ready" } else { "not_ready" }, "checks": report }))
+    }
+}
+
+/// Router with `/healthz`, `/readyz` and `/metrics`; merge it into an app or serve it
+/// alone on an admin port.
+pub fn router(readiness: Readiness) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(Arc::new(readiness))
+}
+
+async fn healthz() -> impl IntoResponse {
+    axum::Json(json!({ "status": "ok" }))
+}
+
+async fn readyz(State(readiness): State<Arc<Readiness>>) -> Response {
+    let (ready, report) = readiness.run().await;
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(report)).into_response()
+}
+
+async fn metrics() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::render())
+}
+
+/// Serves the admin router on `listener` until `shutdown` is cancelled.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    readiness: Readiness,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(readiness)).with_graceful_shutdown(shutdown.cancelled_owned()).await
+}
+
+/// Binds `addr` and serves the admin router in the background until `shutdown`.
+/// Returns the bound address (port 0 picks a free one) and the server task.
+pub async fn spawn(
+    addr: std::net::SocketAddr,
+    readiness: Readiness,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<(std::net::SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
+    use anyhow::Context as _;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the admin address {addr}"))?;
+    let bound = listener.local_addr()?;
+    Ok((bound, tokio::spawn(serve(listener, readiness, shutdown))))
+}

@@ -1,0 +1,95 @@
+//! Postgres for OpsPilot: the connection pool (with timeouts), the embedded
+//! migrations and the repositories every service shares.
+
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
+
+mod config;
+mod error;
+
+pub use config::{DbConfig, SslMode};
+pub use error::{StorageError, is_transient_sqlx};
+
+use std::time::Duration;
+
+pub use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+/// The schema, embedded in every binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
+
+/// Opens a pool and checks that the database answers.
+#[tracing::instrument(skip_all, fields(host = %config.display_target()))]
+pub async fn connect(config: &DbConfig) -> Result<PgPool, StorageError> {
+    let options = config.connect_options()?;
+    connect_with(options, config.max_connections, config.acquire_timeout).await
+}
+
+/// Opens a pool from explicit options (tests build their own).
+pub async fn connect_with(
+    options: PgConnectOptions,
+    max_connections: u32,
+    acquire_timeout: Duration,
+) -> Result<PgPool, StorageError> {
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .min_connections(0)
+        .acquire_timeout(acquire_timeout)
+        .idle_timeout(Some(Duration::from_secs(300)))
+        .connect_with(options)
+        .await
+        .map_err(StorageError::Connect)?;
+    let version: String =
+        sqlx::query_scalar("SHOW server_version").fetch_one(&pool).await.map_err(StorageError::Connect)?;
+    tracing::info!(server_version = %version, max_connections, "connected to postgres");
+    Ok(pool)
+}
+
+/// Applies pending migrations. Safe from several replicas at once: the migrator holds a
+/// Postgres advisory lock while it runs, so the others wait and then find nothing to do.
+pub async fn migrate(pool: &PgPool) -> Result<(), StorageError> {
+    MIGRATOR.run(pool).await.map_err(StorageError::Migrate)?;
+    let applied: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success").fetch_one(pool).await?;
+    tracing::info!(applied, "database schema is up to date");
+    Ok(())
+}
+
+/// Readiness probe: the database answers a trivial query.
+pub async fn ping(pool: &PgPool) -> Result<(), StorageError> {
+    sqlx::query("SELECT 1").execute(pool).await?;
+    Ok(())
+}
+
+/// Refuses to run against a schema older than this binary expects (run
+/// `api-gateway migrate` first), so a service never half-works on a stale database.
+pub async fn check_schema(pool: &PgPool) -> Result<(), StorageError> {
+    let expected = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+    let applied: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+        .fetch_one(pool)
+        .await
+        .or_else(|err| match &err {
+            // 42P01 undefined_table: nothing was ever migrated.
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("42P01") => Ok(None),
+            _ => Err(err),
+        })?;
+    match applied {
+        Some(version) if version >= expected => Ok(()),
+        found => Err(StorageError::Config(format!(
+            "database schema is at version {} but this binary needs {expected}; run `api-gateway migrate`",
+            found.map_or_else(|| "none".to_owned(), |v| v.to_string())
+        ))),
+    }
+}
+
+/// A `/readyz` check for this pool.
+pub fn ready_check(
+    pool: PgPool,
+) -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
++ Send
++ Sync
++ 'static {
+    move || {
+        let pool = pool.clone();
+        Box::pin(async move { ping(&pool).await.map_err(|e| e.to_string()) })
+    }
+}

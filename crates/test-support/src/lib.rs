@@ -1,0 +1,92 @@
+//! The test harness: every integration test gets its own nats-server (a free port and
+//! a temporary JetStream directory), its own Postgres database (migrated) and its own
+//! Redis key prefix, so tests run in parallel and twice in a row without seeing each
+//! other or anything left over.
+//!
+//! Where the servers are comes from the environment that `make test` prepares:
+//! `OPSPILOT_NATS_SERVER` (a nats-server >= 2.10 binary), `OPSPILOT_TEST_DATABASE_URL`
+//! (an admin connection that may create databases) and `OPSPILOT_TEST_REDIS_URL`.
+
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod db;
+pub mod lifecycle;
+mod nats;
+pub mod process;
+mod stack;
+
+pub use db::TestDb;
+pub use nats::{NatsServer, nats_server_binary};
+pub use stack::{Stack, free_port};
+
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+/// A short random token for names (`t3f9a1c2e`), unique per call.
+pub fn unique_token() -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("t{}", &id[..12])
+}
+
+/// A Redis key prefix of this test's own.
+pub fn redis_prefix() -> String {
+    format!("test:{}:", unique_token())
+}
+
+/// Redis URL for tests.
+pub fn redis_url() -> String {
+    std::env::var("OPSPILOT_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// A topology (subject root, stream and bucket names) of this test's own.
+pub fn isolated_topology() -> natsbus::Topology {
+    let token = unique_token();
+    let upper = token.to_uppercase();
+    natsbus::Topology {
+        subjects: wire_models::Subjects::new(
+            wire_models::SubjectRoot::parse(&format!("{token}.ops")).unwrap(),
+        ),
+        events_stream: format!("{upper}_EVENTS"),
+        inventory_stream: format!("{upper}_INVENTORY"),
+        dlq_stream: format!("{upper}_DEADLETTER"),
+        agents_bucket: format!("{upper}_AGENTS"),
+        ..natsbus::Topology::default()
+    }
+}
+
+/// Logs from the code under test, shown for failing tests (`RUST_LOG` filters them),
+/// and the TLS crypto provider HTTP clients need.
+pub fn init_tracing() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    });
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The workspace root (where `.stack/` lives).
+pub fn workspace_root() -> std::path::PathBuf {
+    let manifest = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.ancestors().nth(2).map(std::path::Path::to_path_buf).unwrap_or(manifest)
+}

@@ -1,0 +1,110 @@
+//! The contract every service binary keeps: it logs readiness, answers `/healthz`,
+//! stops cleanly on SIGTERM / SIGINT, and refuses a bad configuration with exit code
+//! 64 and one line naming the variable.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::process::{ServiceProcess, run_to_exit};
+
+/// Starts `binary`, waits for its readiness line, checks `health_url`, sends `signal`
+/// and expects a clean exit (code 0) within `grace`.
+pub async fn assert_starts_and_stops(
+    binary: &Path,
+    env: &[(&str, String)],
+    ready_line: &str,
+    health_url: &str,
+    signal: &str,
+    grace: Duration,
+) {
+    crate::init_tracing();
+    let mut process = ServiceProcess::spawn(binary, env, &[]);
+    process.wait_for_line(ready_line, Duration::from_secs(30)).await;
+    let health = reqwest::get(health_url).await.expect("GET healthz");
+    assert_eq!(health.status(), 200, "{health_url}");
+    process.signal(signal);
+    let code = process.wait(grace).await;
+    assert_eq!(code, Some(0), "exit code after SIG{signal}:\n{}", process.output().join("\n"));
+    let output = process.output().join("\n");
+    assert!(output.contains("shutdown requested"), "{output}");
+    assert!(output.contains("\"stopped\""), "{output}");
+}
+
+/// Runs `binary` with `var=value` added to `env` and expects exit code 64 and a single
+/// stderr line that names `var`.
+pub async fn assert_config_error(binary: &Path, env: &[(&str, String)], var: &'static str, value: &str) {
+    let mut env = env.to_vec();
+    env.retain(|(k, _)| *k != var);
+    env.push((var, value.to_owned()));
+    let (code, stderr) = run_to_exit(binary, &env, &[]).await;
+    assert_eq!(code, Some(64), "{var}={value:?}: {stderr:?}");
+    assert_eq!(stderr.len(), 1, "{var}={value:?}: expected one line, got {stderr:?}");
+    assert!(stderr[0].contains(var), "{var}={value:?}: {stderr:?}");
+}
+
+/// `--help` mentions every variable in `vars`.
+pub async fn assert_help_documents(binary: &Path, vars: &[&str]) {
+    let out = tokio::process::Command::new(binary).arg("--help").output().await.expect("running --help");
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for var in vars {
+        assert!(help.contains(var), "--help does not document {var}:\n{help}");
+    }
+}
+
+/// Bad values every service refuses (each service adds its own).
+pub const COMMON_BAD_CONFIG: &[(&str, &str)] = &[
+    ("DB_PORT", "not-a-port"),
+    ("DB_SSLMODE", "sometimes"),
+    ("DATABASE_URL", "mysql://root:pw@db/x"),
+    ("NATS_URLS", "nats://ok:4222,::nope::"),
+    ("LOG_FORMAT", "xml"),
+    ("RUST_LOG", "info,[broken"),
+    ("SUBJECT_ROOT", "ops.*"),
+];
+
+/// Variables every service documents in `--help`.
+pub const COMMON_VARIABLES: &[&str] = &[
+    "NATS_URLS",
+    "NATS_URL",
+    "DB_HOST",
+    "DB_PORT",
+    "DB_USER",
+    "DB_PASSWORD",
+    "DB_NAME",
+    "DB_SSLMODE",
+    "DATABASE_URL",
+    "LOG_FORMAT",
+    "RUST_LOG",
+];
+
+/// Starts the binary twice against `env`, stopping it once with SIGTERM and once with
+/// SIGINT; `addr_var` is the variable naming the port that serves `/healthz`.
+pub async fn assert_signals_stop_cleanly(
+    binary: &Path,
+    env: &[(&str, String)],
+    ready_line: &str,
+    addr_var: &'static str,
+) {
+    for signal in ["TERM", "INT"] {
+        let port = crate::free_port();
+        let mut env = env.to_vec();
+        env.push((addr_var, format!("127.0.0.1:{port}")));
+        assert_starts_and_stops(
+            binary,
+            &env,
+            ready_line,
+            &format!("http://127.0.0.1:{port}/healthz"),
+            signal,
+            Duration::from_secs(20),
+        )
+        .await;
+    }
+}
+
+/// Every value in `bad` (plus [`COMMON_BAD_CONFIG`]) exits 64 naming its variable.
+pub async fn assert_bad_config_refused(binary: &Path, env: &[(&str, String)], bad: &[(&'static str, &str)]) {
+    for (var, value) in COMMON_BAD_CONFIG.iter().chain(bad) {
+        assert_config_error(binary, env, var, value).await;
+    }
+}

@@ -1,0 +1,166 @@
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A private nats-server for one test: its own port and JetStream directory. It can be
+/// stopped and restarted on the same port and directory, as a real server restarts.
+pub struct NatsServer {
+    binary: PathBuf,
+    port: u16,
+    dir: tempfile::TempDir,
+    config: Option<PathBuf>,
+    child: Option<Child>,
+}
+
+/// Finds a nats-server new enough for async-nats (>= 2.10): `OPSPILOT_NATS_SERVER`,
+/// then `.stack/bin/nats-server` in the workspace, then `nats-server` on PATH.
+pub fn nats_server_binary() -> PathBuf {
+    let mut candidates = Vec::new();
+    if let Ok(path) = std::env::var("OPSPILOT_NATS_SERVER") {
+        candidates.push(PathBuf::from(path));
+    }
+    candidates.push(crate::workspace_root().join(".stack/bin/nats-server"));
+    candidates.push(PathBuf::from("nats-server"));
+    for candidate in &candidates {
+        if let Some(version) = server_version(candidate)
+            && natsbus::check_server_version(&version).is_ok()
+        {
+            return candidate.clone();
+        }
+    }
+    panic!(
+        "no nats-server >= 2.10 found (tried {candidates:?}); run `scripts/dev-services.sh` \
+         or set OPSPILOT_NATS_SERVER"
+    );
+}
+
+fn server_version(binary: &Path) -> Option<String> {
+    let out = Command::new(binary).arg("--version").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "nats-server: v2.15.1"
+    text.split_whitespace().last().map(|v| v.trim_start_matches('v').to_owned())
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binding an ephemeral port");
+    listener.local_addr().expect("local addr").port()
+}
+
+impl NatsServer {
+    /// Starts a server with JetStream on a free port.
+    pub async fn start() -> Self {
+        Self::start_inner(None::<fn(u16, &Path) -> String>).await
+    }
+
+    /// Starts a server from a generated configuration file; `config` gets the port and
+    /// the JetStream store directory and returns the file's text.
+    pub async fn start_with_config(config: impl FnOnce(u16, &Path) -> String) -> Self {
+        Self::start_inner(Some(config)).await
+    }
+
+    async fn start_inner(config: Option<impl FnOnce(u16, &Path) -> String>) -> Self {
+        let dir = tempfile::tempdir().expect("creating a jetstream directory");
+        let port = free_port();
+        let config = config.map(|make| {
+            let path = dir.path().join("nats-server.conf");
+            std::fs::write(&path, make(port, &dir.path().join("jetstream"))).expect("writing nats config");
+            path
+        });
+        let mut server = Self { binary: nats_server_binary(), port, dir, config, child: None };
+        server.spawn().await;
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The server's data directory (the generated config lives there too).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    async fn spawn(&mut self) {
+        let mut cmd = Command::new(&self.binary);
+        match &self.config {
+            Some(config) => {
+                cmd.arg("-c").arg(config);
+            }
+            None => {
+                cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+                    .arg(self.dir.path().join("jetstream"));
+            }
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("nats-server.log"))
+            .expect("opening nats log");
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", self.binary.display()));
+        self.child = Some(child);
+        self.wait_ready().await;
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                let log =
+                    std::fs::read_to_string(self.dir.path().join("nats-server.log")).unwrap_or_default();
+                panic!("nats-server exited with {status}:\n{log}");
+            }
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
+                // Listening comes after JetStream is initialised, so the server is ready.
+                return;
+            }
+            assert!(Instant::now() < deadline, "nats-server did not start listening on {}", self.port);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops the server abruptly (SIGKILL), keeping its data directory.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+        }
+    }
+
+    /// Starts the server again on the same port with the same data.
+    pub async fn restart(&mut self) {
+        self.kill().await;
+        self.spawn().await;
+    }
+
+    /// The server's log so far (for assertions on permission violations and failures).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("nats-server.log")).unwrap_or_default()
+    }
+
+    /// Sends SIGHUP so the server reloads its configuration file.
+    pub fn reload(&self) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill").arg("-HUP").arg(child.id().to_string()).status();
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -1,0 +1,120 @@
+use std::path::Path;
+use std::time::Duration;
+
+use api_gateway::Config;
+use clap::Parser;
+use test_support::process::{ServiceProcess, run_to_exit};
+use test_support::{Stack, TestDb, free_port, lifecycle};
+use tokio_util::sync::CancellationToken;
+
+const BIN: &str = env!("CARGO_BIN_EXE_api-gateway");
+const SECRET: &str = "test-secret-0123456789abcdef0123456789abcdef";
+
+fn env(stack: &Stack) -> Vec<(&'static str, String)> {
+    let mut env = stack.env();
+    env.push(("JWT_SECRET", SECRET.to_owned()));
+    env
+}
+
+#[tokio::test]
+async fn starts_reports_ready_and_stops_in_process() {
+    let stack = Stack::start().await;
+    let mut args = vec![
+        "api-gateway".to_owned(),
+        "--http-addr".into(),
+        "127.0.0.1:0".into(),
+        "--jwt-secret".into(),
+        SECRET.into(),
+    ];
+    args.extend(stack.args());
+    args.extend(stack.redis_args());
+    let config = Config::try_parse_from(args).unwrap();
+    config.validate().unwrap();
+    let shutdown = CancellationToken::new();
+    let running = api_gateway::start(config, shutdown.clone()).await.unwrap();
+
+    let base = format!("http://{}", running.addr);
+    assert_eq!(reqwest::get(format!("{base}/healthz")).await.unwrap().status(), 200);
+    let ready: serde_json::Value =
+        reqwest::get(format!("{base}/readyz")).await.unwrap().json().await.unwrap();
+    assert_eq!(ready["status"], "ready", "{ready}");
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), running.wait()).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn listens_on_8080_by_default() {
+    let config = Config::try_parse_from(["api-gateway"]).unwrap();
+    assert_eq!(config.serve.http_addr.port(), 8080);
+}
+
+#[tokio::test]
+async fn the_binary_stops_cleanly_on_sigterm_and_sigint() {
+    let stack = Stack::start().await;
+    lifecycle::assert_signals_stop_cleanly(Path::new(BIN), &env(&stack), "api-gateway ready", "HTTP_ADDR")
+        .await;
+}
+
+#[tokio::test]
+async fn a_bad_configuration_exits_64_naming_the_variable() {
+    let base = vec![("JWT_SECRET", SECRET.to_owned())];
+    lifecycle::assert_bad_config_refused(
+        Path::new(BIN),
+        &base,
+        &[
+            ("HTTP_ADDR", "port-eighty"),
+            ("REDIS_URL", "http://not-redis"),
+            ("JWT_SECRET", "change_me"),
+            ("JWT_SECRET", "too-short"),
+        ],
+    )
+    .await;
+    // Missing entirely.
+    let (code, stderr) = run_to_exit(Path::new(BIN), &[], &[]).await;
+    assert_eq!(code, Some(64));
+    assert_eq!(stderr.len(), 1);
+    assert!(stderr[0].contains("JWT_SECRET"), "{stderr:?}");
+}
+
+#[tokio::test]
+async fn a_weak_secret_is_accepted_only_in_development_mode() {
+    let config = Config::try_parse_from(["api-gateway", "--jwt-secret", "change_me"]).unwrap();
+    assert!(config.validate().is_err());
+    let config = Config::try_parse_from(["api-gateway", "--jwt-secret", "change_me", "--dev"]).unwrap();
+    config.validate().unwrap();
+}
+
+#[tokio::test]
+async fn migrate_applies_the_schema_and_exits() {
+    let db = TestDb::create_empty().await;
+    let (code, stderr) = run_to_exit(Path::new(BIN), &[("DATABASE_URL", db.url())], &["migrate"]).await;
+    assert_eq!(code, Some(0), "{stderr:?}");
+    storage::check_schema(&db.pool).await.unwrap();
+}
+
+#[tokio::test]
+async fn secrets_never_appear_in_logs_even_at_trace_level() {
+    let stack = Stack::start().await;
+    let port = free_port();
+    let mut env = env(&stack);
+    env.push(("HTTP_ADDR", format!("127.0.0.1:{port}")));
+    env.push(("RUST_LOG", "trace".into()));
+    env.push(("DB_PASSWORD", "db-password-never-logged".into()));
+    let mut process = ServiceProcess::spawn(Path::new(BIN), &env, &[]);
+    process.wait_for_line("api-gateway ready", Duration::from_secs(30)).await;
+    process.signal("TERM");
+    assert_eq!(process.wait(Duration::from_secs(20)).await, Some(0));
+    let output = process.output().join("\n");
+    assert!(output.len() > 1000, "trace logging should say a lot");
+    for secret in [SECRET, "db-password-never-logged"] {
+        assert!(!output.contains(secret), "secret {secret} leaked into the logs");
+    }
+}
+
+#[tokio::test]
+async fn help_documents_every_variable() {
+    let mut vars = lifecycle::COMMON_VARIABLES.to_vec();
+    vars.extend(["HTTP_ADDR", "JWT_SECRET", "OPSPILOT_DEV", "REDIS_URL"]);
+    lifecycle::assert_help_documents(Path::new(BIN), &vars).await;
+}

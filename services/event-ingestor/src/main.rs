@@ -1,0 +1,16 @@
+use std::process::ExitCode;
+
+use event_ingestor::Config;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config: Config = service_kit::config::parse();
+    if let Err(message) = config.validate() {
+        service_kit::config::exit_config_error(message);
+    }
+    let telemetry = config.telemetry.clone();
+    service_kit::runtime::serve_main("event-ingestor", &telemetry, |shutdown| {
+        event_ingestor::run(config, shutdown)
+    })
+    .await
+}
