@@ -38,6 +38,9 @@ pub async fn connect_with(
         .map(|u| u.parse::<ServerAddr>().map_err(|e| NatsError::Config(format!("NATS_URLS: {u}: {e}"))))
         .collect::<Result<_, _>>()?;
     let service = name.to_owned();
+    // The first Connected event is the initial connection, logged below with the server
+    // version; later ones are reconnects.
+    let connected_before = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let options = options
         .name(name)
         .max_reconnects(None)
@@ -48,7 +51,9 @@ pub async fn connect_with(
         .reconnect_delay_callback(reconnect_delay)
         .event_callback(move |event| {
             let service = service.clone();
-            async move { log_event(&service, event) }
+            let reconnect = matches!(event, Event::Connected)
+                && connected_before.swap(true, std::sync::atomic::Ordering::Relaxed);
+            async move { log_event(&service, event, reconnect) }
         });
     let client = options.connect(addrs).await.map_err(|e| NatsError::Connect(e.to_string()))?;
     wait_until_connected(&client).await;
@@ -79,9 +84,10 @@ async fn wait_until_connected(client: &Client) {
     }
 }
 
-fn log_event(service: &str, event: Event) {
+fn log_event(service: &str, event: Event, reconnect: bool) {
     match event {
-        Event::Connected => tracing::info!(service, "connected to nats"),
+        Event::Connected if reconnect => tracing::info!(service, "reconnected to nats"),
+        Event::Connected => {}
         Event::Disconnected => tracing::warn!(service, "disconnected from nats; reconnecting"),
         Event::LameDuckMode => tracing::warn!(service, "nats server entered lame duck mode"),
         Event::SlowConsumer(sid) => tracing::warn!(service, sid, "nats slow consumer"),

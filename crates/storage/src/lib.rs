@@ -93,3 +93,37 @@ pub fn ready_check(
         Box::pin(async move { ping(&pool).await.map_err(|e| e.to_string()) })
     }
 }
+
+/// Creates the configured database when it does not exist yet (first start of a
+/// fresh deployment). Returns whether it was created.
+pub async fn ensure_database(config: &DbConfig) -> Result<bool, StorageError> {
+    use sqlx::Connection as _;
+
+    let options = config.connect_options()?;
+    let name = options.get_database().unwrap_or("postgres").to_owned();
+    if name.contains('"') || name.contains('\0') || name.is_empty() || name.len() > 63 {
+        return Err(StorageError::Config(format!("DB_NAME: {name:?} is not a usable database name")));
+    }
+    let mut conn = sqlx::PgConnection::connect_with(&options.clone().database("postgres"))
+        .await
+        .map_err(StorageError::Connect)?;
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(&name)
+        .fetch_one(&mut conn)
+        .await?;
+    if exists {
+        return Ok(false);
+    }
+    // Identifiers cannot be bound as parameters; the name was checked above and is quoted.
+    let created =
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\""))).execute(&mut conn).await;
+    match created {
+        Ok(_) => {
+            tracing::info!(database = %name, "created database");
+            Ok(true)
+        }
+        // 42P04 duplicate_database: another replica created it first.
+        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P04") => Ok(false),
+        Err(err) => Err(err.into()),
+    }
+}

@@ -29,7 +29,8 @@ pub struct Config {
 pub enum Command {
     /// Serve the HTTP API (the default).
     Serve,
-    /// Apply database migrations and exit (safe to run from several places at once).
+    /// Create the database if missing, apply migrations and exit (safe to run from
+    /// several places at once).
     Migrate,
 }
 

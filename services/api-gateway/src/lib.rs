@@ -32,6 +32,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     match config.command.clone().unwrap_or(Command::Serve) {
         Command::Serve => start(config, shutdown).await?.wait().await,
         Command::Migrate => {
+            storage::ensure_database(&config.db).await?;
             let pool = storage::connect(&config.db).await?;
             storage::migrate(&pool).await?;
             Ok(())
