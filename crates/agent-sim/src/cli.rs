@@ -9,7 +9,7 @@ use service_kit::telemetry::TelemetryArgs;
 
 /// Simulated OpsPilot agents: heartbeats, events, inventory and RPC answers.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "agent-sim", version)]
+#[command(name = "agent-sim", version, args_override_self = true)]
 pub struct Args {
     #[command(flatten)]
     pub telemetry: TelemetryArgs,

@@ -422,7 +422,11 @@ async fn answer(
         }
         Err(err) => RpcReply {
             v: PROTOCOL_VERSION,
-            request_id: Uuid::nil(),
+            // Echo the request id when it can be read at all, so the caller can match.
+            request_id: serde_json::from_slice::<serde_json::Value>(&msg.payload)
+                .ok()
+                .and_then(|v| v.get("request_id")?.as_str()?.parse().ok())
+                .unwrap_or(Uuid::nil()),
             status: RpcStatus::Error,
             output: None,
             exit_code: None,

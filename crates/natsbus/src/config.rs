@@ -41,6 +41,9 @@ pub struct NatsConfig {
     /// JetStream stream holding dead-lettered messages.
     #[arg(id = "dlq-stream", long = "dlq-stream", env = "DLQ_STREAM", value_name = "DLQ_STREAM", default_value = "DEADLETTER", value_parser = parse_name)]
     pub dlq_stream: String,
+    /// JetStream stream holding incident-created notifications.
+    #[arg(id = "incidents-stream", long = "incidents-stream", env = "INCIDENTS_STREAM", value_name = "INCIDENTS_STREAM", default_value = "INCIDENTS", value_parser = parse_name)]
+    pub incidents_stream: String,
     /// KV bucket agents put their heartbeats in.
     #[arg(id = "agents-bucket", long = "agents-bucket", env = "AGENTS_BUCKET", value_name = "AGENTS_BUCKET", default_value = "AGENTS", value_parser = parse_name)]
     pub agents_bucket: String,
@@ -125,6 +128,7 @@ impl NatsConfig {
             events_stream: self.events_stream.clone(),
             inventory_stream: self.inventory_stream.clone(),
             dlq_stream: self.dlq_stream.clone(),
+            incidents_stream: self.incidents_stream.clone(),
             agents_bucket: self.agents_bucket.clone(),
             replicas: usize::from(self.stream_replicas),
             events_max_age: self.events_max_age,

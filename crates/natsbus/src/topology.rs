@@ -13,6 +13,7 @@ pub struct Topology {
     pub events_stream: String,
     pub inventory_stream: String,
     pub dlq_stream: String,
+    pub incidents_stream: String,
     pub agents_bucket: String,
     pub replicas: usize,
     pub events_max_age: Duration,
@@ -26,6 +27,7 @@ impl Default for Topology {
             events_stream: "EVENTS".into(),
             inventory_stream: "INVENTORY".into(),
             dlq_stream: "DEADLETTER".into(),
+            incidents_stream: "INCIDENTS".into(),
             agents_bucket: "AGENTS".into(),
             replicas: 1,
             events_max_age: Duration::from_secs(7 * 86400),
@@ -45,9 +47,9 @@ impl Topology {
             max_age: self.events_max_age,
             duplicate_window: self.dedup_window,
             num_replicas: self.replicas,
-            // Twice the event size limit: an oversize event still lands in the stream
-            // so the ingestor can dead-letter it with a reason instead of the agent
-            // getting a bare publish error.
+            // Well above the event size limit: an oversize event still lands in the
+            // stream so the ingestor can dead-letter it with a reason instead of the
+            // agent getting a bare publish error.
             max_message_size: 1024 * 1024,
             ..Default::default()
         }
@@ -81,6 +83,21 @@ impl Topology {
         }
     }
 
+    /// Incident-created messages, kept a day so an analyzer that was down catches up.
+    pub fn incidents_config(&self) -> stream::Config {
+        stream::Config {
+            name: self.incidents_stream.clone(),
+            description: Some("OpsPilot incident-created notifications".into()),
+            subjects: vec![self.subjects.all_incident_messages()],
+            storage: stream::StorageType::File,
+            retention: stream::RetentionPolicy::Limits,
+            max_age: Duration::from_secs(86400),
+            duplicate_window: self.dedup_window,
+            num_replicas: self.replicas,
+            ..Default::default()
+        }
+    }
+
     pub fn agents_bucket_config(&self) -> kv::Config {
         kv::Config {
             bucket: self.agents_bucket.clone(),
@@ -99,7 +116,12 @@ impl Topology {
 /// Creates or updates every stream and the KV bucket. Idempotent: running it from
 /// every service at every start is how the topology is kept current.
 pub async fn ensure_topology(js: &jetstream::Context, topology: &Topology) -> Result<(), NatsError> {
-    for config in [topology.events_config(), topology.inventory_config(), topology.dlq_config()] {
+    for config in [
+        topology.events_config(),
+        topology.inventory_config(),
+        topology.dlq_config(),
+        topology.incidents_config(),
+    ] {
         let name = config.name.clone();
         let subjects = config.subjects.join(",");
         let info = js

@@ -3,8 +3,11 @@
 
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
+pub mod agents;
 mod config;
 mod error;
+pub mod incidents;
+pub mod inventory;
 
 pub use config::{DbConfig, SslMode};
 pub use error::{StorageError, is_transient_sqlx};

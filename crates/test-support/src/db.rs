@@ -69,6 +69,19 @@ impl TestDb {
         }
     }
 
+    /// The same URL with another port (to go through a [`crate::TcpProxy`]).
+    pub fn url_via_port(&self, port: u16) -> String {
+        let url = self.url();
+        let port_start = url.rfind(':').map(|i| i + 1).unwrap_or(0);
+        let port_end = url[port_start..].find('/').map(|i| port_start + i).unwrap_or(url.len());
+        format!("{}{port}{}", &url[..port_start], &url[port_end..])
+    }
+
+    /// host:port of the Postgres server.
+    pub fn server_addr(&self) -> String {
+        format!("{}:{}", self.options.get_host(), self.options.get_port())
+    }
+
     /// A new pool on this database (a pool must not be shared across runtimes).
     pub async fn new_pool(&self) -> PgPool {
         storage::connect_with(self.options(), 10, Duration::from_secs(10)).await.expect("connecting")

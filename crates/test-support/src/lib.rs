@@ -14,10 +14,12 @@ mod db;
 pub mod lifecycle;
 mod nats;
 pub mod process;
+mod proxy;
 mod stack;
 
 pub use db::TestDb;
 pub use nats::{NatsServer, nats_server_binary};
+pub use proxy::TcpProxy;
 pub use stack::{Stack, free_port};
 
 use std::sync::Once;
@@ -50,6 +52,7 @@ pub fn isolated_topology() -> natsbus::Topology {
         events_stream: format!("{upper}_EVENTS"),
         inventory_stream: format!("{upper}_INVENTORY"),
         dlq_stream: format!("{upper}_DEADLETTER"),
+        incidents_stream: format!("{upper}_INCIDENTS"),
         agents_bucket: format!("{upper}_AGENTS"),
         ..natsbus::Topology::default()
     }

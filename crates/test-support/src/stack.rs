@@ -30,6 +30,7 @@ impl Stack {
             ("EVENTS_STREAM", self.topology.events_stream.clone()),
             ("INVENTORY_STREAM", self.topology.inventory_stream.clone()),
             ("DLQ_STREAM", self.topology.dlq_stream.clone()),
+            ("INCIDENTS_STREAM", self.topology.incidents_stream.clone()),
             ("AGENTS_BUCKET", self.topology.agents_bucket.clone()),
         ]
     }
@@ -68,6 +69,7 @@ fn flag_for(var: &str) -> &'static str {
         "EVENTS_STREAM" => "events-stream",
         "INVENTORY_STREAM" => "inventory-stream",
         "DLQ_STREAM" => "dlq-stream",
+        "INCIDENTS_STREAM" => "incidents-stream",
         "AGENTS_BUCKET" => "agents-bucket",
         other => panic!("no flag known for {other}"),
     }

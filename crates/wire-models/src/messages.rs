@@ -12,7 +12,7 @@ use crate::agent_id::AgentId;
 use crate::canonical::{canonical_json, sha256_hex};
 use crate::codec::{DecodeError, WireMessage};
 use crate::command::Command;
-use crate::text::{bounded, label, optional_label};
+use crate::text::{bounded, json_without_nul, label, null_as_default, optional_label};
 
 // --- event kinds and severities ------------------------------------------------------
 
@@ -146,7 +146,7 @@ pub struct Event {
     /// The error text as the host saw it.
     pub raw_error: String,
     /// Free-form structured detail (a JSON object).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub context: Map<String, Value>,
     pub occurred_at: DateTime<Utc>,
 }
@@ -184,7 +184,11 @@ impl WireMessage for Event {
 
     fn validate(&self) -> Result<(), String> {
         label("source", &self.source, 256)?;
-        bounded("raw_error", &self.raw_error, 0, Self::MAX_RAW_ERROR)
+        bounded("raw_error", &self.raw_error, 0, Self::MAX_RAW_ERROR)?;
+        self.context.iter().try_for_each(|(k, v)| {
+            bounded("context", k, 0, 1024)?;
+            json_without_nul("context", v)
+        })
     }
 }
 
@@ -225,12 +229,12 @@ impl InventoryReport {
 pub struct Inventory {
     pub hostname: String,
     pub os: OsInfo,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub services: Vec<ServiceInfo>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub packages: Vec<PackageInfo>,
     /// Labels and other metadata; copied to `agents.meta`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub meta: Map<String, Value>,
     /// Anything else the agent reports is kept as is (and hashed).
     #[serde(flatten)]
@@ -285,6 +289,12 @@ impl WireMessage for InventoryReport {
         for pkg in &s.packages {
             label("snapshot.packages[].name", &pkg.name, 256)?;
             bounded("snapshot.packages[].version", &pkg.version, 0, 128)?;
+        }
+        for (field, map) in [("snapshot.meta", &s.meta), ("snapshot", &s.extra)] {
+            for (k, v) in map {
+                bounded(field, k, 0, 1024)?;
+                json_without_nul(field, v)?;
+            }
         }
         Ok(())
     }

@@ -172,6 +172,11 @@ impl Subjects {
         format!("{}.sys.incidents.created", self.root)
     }
 
+    /// The incidents stream's subject filter.
+    pub fn all_incident_messages(&self) -> String {
+        format!("{}.sys.incidents.>", self.root)
+    }
+
     /// Published by the presence tracker on every online/offline transition.
     pub fn presence_changed(&self, agent: &AgentId) -> String {
         format!("{}.sys.presence.{agent}", self.root)

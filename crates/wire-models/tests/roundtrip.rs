@@ -210,3 +210,37 @@ fn rpc_request_with_command_outside_the_allow_list_is_refused() {
     let err = decode::<RpcRequest>(raw.to_string().as_bytes()).unwrap_err();
     assert!(err.to_string().contains("allow-list"), "{err}");
 }
+
+#[test]
+fn null_collections_are_accepted_as_empty() {
+    let event: Event = decode(
+        br#"{"v":1,"event_id":"0192f0c4-9c2a-7cc0-8000-000000000001","agent_id":"a1b2c3d4e5f6","kind":"oom",
+            "severity":"critical","source":"kernel","raw_error":"x","context":null,"occurred_at":"2026-11-26T12:00:00Z"}"#,
+    )
+    .unwrap();
+    assert!(event.context.is_empty());
+    let report: InventoryReport = decode(
+        br#"{"v":1,"agent_id":"a1b2c3d4e5f6","collected_at":"2026-11-26T12:00:00Z",
+            "snapshot":{"hostname":"h","os":{"name":"Debian","version":"12"},"services":null,"packages":null,"meta":null}}"#,
+    )
+    .unwrap();
+    assert!(report.snapshot.services.is_empty() && report.snapshot.meta.is_empty());
+}
+
+#[test]
+fn nul_characters_are_refused_before_they_reach_the_database() {
+    let base = json!({"v":1,"event_id":Uuid::new_v4(),"agent_id":"a1b2c3d4e5f6","kind":"oom","severity":"info",
+                      "source":"kernel","raw_error":"ok","occurred_at":"2026-11-26T12:00:00Z"});
+    for (field, value) in [
+        ("raw_error", json!("bad\u{0}text")),
+        ("source", json!("src\u{0}")),
+        ("context", json!({"k": ["x", {"deep": "a\u{0}b"}]})),
+        ("context", json!({"k\u{0}": 1})),
+    ] {
+        let mut msg = base.clone();
+        msg[field] = value;
+        let err = decode::<Event>(msg.to_string().as_bytes()).unwrap_err();
+        assert_eq!(err.code(), "invalid_message", "{field}");
+    }
+    decode::<Event>(base.to_string().as_bytes()).unwrap();
+}

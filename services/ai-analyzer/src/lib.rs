@@ -17,7 +17,12 @@ use tokio_util::sync::CancellationToken;
 
 /// Configuration of the ai-analyzer.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "ai-analyzer", version, about = "OpsPilot AI analyzer: incident analysis over NATS")]
+#[command(
+    name = "ai-analyzer",
+    version,
+    args_override_self = true,
+    about = "OpsPilot AI analyzer: incident analysis over NATS"
+)]
 pub struct Config {
     #[command(flatten)]
     pub telemetry: TelemetryArgs,

@@ -8,7 +8,12 @@ use storage::DbConfig;
 
 /// Configuration of the api-gateway.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "api-gateway", version, about = "OpsPilot api-gateway: the operator HTTP API")]
+#[command(
+    name = "api-gateway",
+    version,
+    args_override_self = true,
+    about = "OpsPilot api-gateway: the operator HTTP API"
+)]
 pub struct Config {
     #[command(subcommand)]
     pub command: Option<Command>,

@@ -3,7 +3,15 @@
 
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
+mod consumer;
+mod events;
+pub mod fingerprint;
+mod inventory;
+mod known;
+mod stats;
+
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use natsbus::NatsConfig;
@@ -18,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 #[command(
     name = "event-ingestor",
     version,
+    args_override_self = true,
     about = "OpsPilot event ingestor: events and inventory from JetStream into Postgres"
 )]
 pub struct Config {
@@ -38,13 +47,57 @@ pub struct Config {
     /// How long a shutdown may take to finish the batch in flight.
     #[arg(long = "shutdown-grace", env = "SHUTDOWN_GRACE", value_name = "SHUTDOWN_GRACE", default_value = "20s", value_parser = service_kit::config::parse_duration)]
     pub shutdown_grace: Duration,
+    /// Largest batch fetched and written at once.
+    #[arg(long = "batch-size", env = "INGEST_BATCH_SIZE", value_name = "INGEST_BATCH_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u16).range(1..=10_000))]
+    pub batch_size: u16,
+    /// Fold repeated events (same fingerprint) into the open incident instead of
+    /// opening a new one.
+    #[arg(long = "incident-dedup", env = "INCIDENT_DEDUP", value_name = "INCIDENT_DEDUP", default_value_t = true, action = clap::ArgAction::Set)]
+    pub dedup: bool,
+    /// How long a delivered message may stay unacknowledged before JetStream
+    /// redelivers it (to any replica).
+    #[arg(long = "ack-wait", env = "INGEST_ACK_WAIT", value_name = "INGEST_ACK_WAIT", default_value = "30s", value_parser = service_kit::config::parse_duration)]
+    pub ack_wait: Duration,
+    /// Deliveries after which a message that keeps failing is dead-lettered.
+    #[arg(long = "max-deliver", env = "INGEST_MAX_DELIVER", value_name = "INGEST_MAX_DELIVER", default_value_t = 10, value_parser = clap::value_parser!(i64).range(1..=1000))]
+    pub max_deliver: i64,
+    /// Durable consumer name on the events stream (shared by every replica).
+    #[arg(
+        long = "events-consumer",
+        env = "EVENTS_CONSUMER",
+        value_name = "EVENTS_CONSUMER",
+        default_value = "event-ingestor"
+    )]
+    pub events_consumer: String,
+    /// Durable consumer name on the inventory stream (shared by every replica).
+    #[arg(
+        long = "inventory-consumer",
+        env = "INVENTORY_CONSUMER",
+        value_name = "INVENTORY_CONSUMER",
+        default_value = "inventory-ingestor"
+    )]
+    pub inventory_consumer: String,
+    /// Interval of the "ingest summary" log line.
+    #[arg(long = "summary-interval", env = "INGEST_SUMMARY_INTERVAL", value_name = "INGEST_SUMMARY_INTERVAL", default_value = "30s", value_parser = service_kit::config::parse_duration)]
+    pub summary_interval: Duration,
 }
 
 impl Config {
     pub fn validate(&self) -> Result<(), String> {
         self.telemetry.validate()?;
         self.nats.validate()?;
-        self.db.validate()
+        self.db.validate()?;
+        for (var, name) in
+            [("EVENTS_CONSUMER", &self.events_consumer), ("INVENTORY_CONSUMER", &self.inventory_consumer)]
+        {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                return Err(format!("{var}: use letters, digits, '-' and '_'"));
+            }
+        }
+        if self.ack_wait < Duration::from_secs(1) {
+            return Err("INGEST_ACK_WAIT: must be at least 1s".into());
+        }
+        Ok(())
     }
 }
 
@@ -52,9 +105,15 @@ impl Config {
 pub struct Running {
     pub admin_addr: SocketAddr,
     task: JoinHandle<anyhow::Result<()>>,
+    event_stats: Arc<stats::Stats>,
 }
 
 impl Running {
+    /// Event messages this replica has handled so far.
+    pub fn events_handled(&self) -> u64 {
+        self.event_stats.total()
+    }
+
     /// Waits until the ingestor stops (after `shutdown` is cancelled, or on a fatal error).
     pub async fn wait(self) -> anyhow::Result<()> {
         self.task.await?
@@ -68,8 +127,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
 /// Connects to everything and starts serving; returns once ready.
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
-    use anyhow::Context as _;
-
     let client = natsbus::connect(&config.nats, "event-ingestor").await?;
     let js = async_nats::jetstream::new(client.clone());
     let topology = config.nats.topology();
@@ -82,13 +139,124 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .with_check("nats", natsbus::ready_check(client.clone()));
     let (admin_addr, admin) =
         service_kit::admin::spawn(config.admin_addr, readiness, shutdown.clone()).await?;
-    tracing::info!(%admin_addr, "event-ingestor ready");
 
+    let known = Arc::new(known::KnownAgents::default());
+    let (event_stats, inventory_stats) =
+        (Arc::new(stats::Stats::default()), Arc::new(stats::Stats::default()));
+    let batch_size = usize::from(config.batch_size);
+    let events_spec = consumer::ConsumerSpec {
+        label: "events",
+        durable: config.events_consumer.clone(),
+        stream: topology.events_stream.clone(),
+        filter: topology.subjects.all_events(),
+        origin: wire_models::DlqOrigin::Events,
+        batch_size,
+        ack_wait: config.ack_wait,
+        max_deliver: config.max_deliver,
+    };
+    let inventory_spec = consumer::ConsumerSpec {
+        label: "inventory",
+        durable: config.inventory_consumer.clone(),
+        stream: topology.inventory_stream.clone(),
+        filter: topology.subjects.all_inventory(),
+        origin: wire_models::DlqOrigin::Inventory,
+        batch_size,
+        ack_wait: config.ack_wait,
+        max_deliver: config.max_deliver,
+    };
+    // Create both consumers before reporting ready, so a replica that is "ready" is
+    // part of the shared consumers.
+    consumer::ensure_consumer(&js, &events_spec).await?;
+    consumer::ensure_consumer(&js, &inventory_spec).await?;
+
+    let mut workers = tokio::task::JoinSet::new();
+    let events_handler = events::EventsHandler {
+        js: js.clone(),
+        pool: pool.clone(),
+        subjects: topology.subjects.clone(),
+        known: Arc::clone(&known),
+        stats: Arc::clone(&event_stats),
+        dedup: config.dedup,
+        ack_wait: config.ack_wait,
+    };
+    let inventory_handler = inventory::InventoryHandler {
+        js: js.clone(),
+        pool: pool.clone(),
+        subjects: topology.subjects.clone(),
+        known,
+        stats: Arc::clone(&inventory_stats),
+        ack_wait: config.ack_wait,
+    };
+    workers.spawn(consumer::run(js.clone(), events_spec.clone(), events_handler, shutdown.clone()));
+    workers.spawn(consumer::run(js.clone(), inventory_spec.clone(), inventory_handler, shutdown.clone()));
+    for spec in [events_spec.clone(), inventory_spec.clone()] {
+        workers.spawn(consumer::watch_max_deliveries(
+            client.clone(),
+            js.clone(),
+            topology.subjects.clone(),
+            spec,
+            shutdown.clone(),
+        ));
+    }
+    let mut background = tokio::task::JoinSet::new();
+    background.spawn(stats::summarise(
+        "events",
+        Arc::clone(&event_stats),
+        config.summary_interval,
+        shutdown.clone(),
+    ));
+    background.spawn(stats::summarise(
+        "inventory",
+        inventory_stats,
+        config.summary_interval,
+        shutdown.clone(),
+    ));
+    background.spawn(stats::watch_lag(js.clone(), vec![events_spec, inventory_spec], shutdown.clone()));
+    tracing::info!(%admin_addr, dedup = config.dedup, batch_size, "event-ingestor ready");
+
+    let grace = config.shutdown_grace;
     let task = tokio::spawn(async move {
-        shutdown.cancelled().await;
-        client.flush().await.context("flushing nats")?;
+        let outcome = supervise(&mut workers, &shutdown, grace).await;
+        shutdown.cancel();
+        background.shutdown().await;
+        if let Err(err) = client.flush().await {
+            tracing::warn!(error = %err, "flushing nats on shutdown failed");
+        }
         admin.await??;
-        Ok(())
+        outcome
     });
-    Ok(Running { admin_addr, task })
+    Ok(Running { admin_addr, task, event_stats })
+}
+
+/// Waits for shutdown (then gives the workers `grace` to finish) or for a worker to
+/// fail, which stops the service so its orchestrator restarts it.
+async fn supervise(
+    workers: &mut tokio::task::JoinSet<anyhow::Result<()>>,
+    shutdown: &CancellationToken,
+    grace: Duration,
+) -> anyhow::Result<()> {
+    tokio::select! {
+        biased;
+        _ = shutdown.cancelled() => {}
+        Some(result) = workers.join_next() => {
+            if !shutdown.is_cancelled() {
+                shutdown.cancel();
+                result??;
+                anyhow::bail!("a consumer stopped unexpectedly");
+            }
+        }
+    }
+    let drained = tokio::time::timeout(grace, async {
+        while let Some(result) = workers.join_next().await {
+            if let Ok(Err(err)) = result {
+                tracing::warn!(error = %err, "worker stopped with an error during shutdown");
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(grace = ?grace, "shutdown grace period over; abandoning work in flight (it will be redelivered)");
+        workers.shutdown().await;
+    }
+    Ok(())
 }

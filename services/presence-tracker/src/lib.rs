@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 #[command(
     name = "presence-tracker",
     version,
+    args_override_self = true,
     about = "OpsPilot presence tracker: heartbeats in, online/offline transitions out"
 )]
 pub struct Config {

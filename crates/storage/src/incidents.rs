@@ -1,0 +1,184 @@
+//! Incidents: written in bulk by the event-ingestor, read and updated by the API and
+//! the analyzer.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::PgPool;
+use uuid::Uuid;
+use wire_models::{AgentId, Severity};
+
+use crate::StorageError;
+
+/// An event on its way to becoming (or counting toward) an incident.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub event_id: Uuid,
+    pub agent_id: AgentId,
+    pub kind: String,
+    pub severity: Severity,
+    pub source: String,
+    pub raw_error: String,
+    pub context: Value,
+    pub occurred_at: DateTime<Utc>,
+    /// Agent, kind, source and normalised error, hashed (see the ingestor's fingerprint).
+    pub fingerprint: String,
+    /// The key of "the same incident": the fingerprint with de-duplication on, the event
+    /// id with it off.
+    pub dedup_key: String,
+}
+
+/// An incident the batch opened (not one it only counted toward).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatedIncident {
+    pub id: i64,
+    pub agent_id: String,
+    pub kind: String,
+    pub severity: String,
+    pub is_critical: bool,
+    pub fingerprint: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// What one batch did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct IngestOutcome {
+    /// Events seen for the first time (the rest were redeliveries).
+    pub new_events: u64,
+    /// Incidents opened.
+    pub created: Vec<CreatedIncident>,
+    /// Open incidents whose count went up.
+    pub updated: u64,
+}
+
+/// Writes a batch of events in one statement, exactly once per event id.
+///
+/// Each event id goes into the `ingested_events` ledger first (`ON CONFLICT DO NOTHING`),
+/// so a redelivered event changes nothing. The new events are grouped by dedup key;
+/// each group opens an incident or, when an open incident has that key, raises its
+/// occurrence count and last-seen time. The partial unique index on open incidents'
+/// dedup keys makes that race-free across replicas; rows are written in key order so
+/// concurrent batches lock in the same order.
+pub async fn ingest_events(pool: &PgPool, events: &[NewEvent]) -> Result<IngestOutcome, StorageError> {
+    if events.is_empty() {
+        return Ok(IngestOutcome::default());
+    }
+    // One row per event id: the upsert below must not see a key twice.
+    let mut seen = std::collections::HashSet::with_capacity(events.len());
+    let events: Vec<&NewEvent> = events.iter().filter(|e| seen.insert(e.event_id)).collect();
+
+    let n = events.len();
+    let mut event_ids = Vec::with_capacity(n);
+    let mut agent_ids = Vec::with_capacity(n);
+    let mut kinds = Vec::with_capacity(n);
+    let mut sources = Vec::with_capacity(n);
+    let mut raw_errors = Vec::with_capacity(n);
+    let mut contexts = Vec::with_capacity(n);
+    let mut criticals = Vec::with_capacity(n);
+    let mut severities = Vec::with_capacity(n);
+    let mut fingerprints = Vec::with_capacity(n);
+    let mut dedup_keys = Vec::with_capacity(n);
+    let mut occurred = Vec::with_capacity(n);
+    for e in events {
+        event_ids.push(e.event_id);
+        agent_ids.push(e.agent_id.as_str());
+        kinds.push(e.kind.as_str());
+        sources.push(e.source.as_str());
+        raw_errors.push(e.raw_error.as_str());
+        contexts.push(&e.context);
+        criticals.push(e.severity.is_critical());
+        severities.push(e.severity.as_str());
+        fingerprints.push(e.fingerprint.as_str());
+        dedup_keys.push(e.dedup_key.as_str());
+        occurred.push(e.occurred_at);
+    }
+
+    let mut tx = pool.begin().await?;
+    let rows: Vec<UpsertRow> = sqlx::query_as(
+        r#"
+        WITH input AS (
+            SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[],
+                                 $7::bool[], $8::text[], $9::text[], $10::text[], $11::timestamptz[])
+                AS t(event_id, agent_id, type, source, raw_error, context, is_critical, severity,
+                     fingerprint, dedup_key, occurred_at)
+        ),
+        new_events AS (
+            INSERT INTO ingested_events (event_id, agent_id, dedup_key, occurred_at)
+            SELECT event_id, agent_id, dedup_key, occurred_at FROM input
+            ON CONFLICT (event_id) DO NOTHING
+            RETURNING event_id, dedup_key, occurred_at
+        ),
+        grouped AS (
+            SELECT dedup_key,
+                   count(*) AS n,
+                   min(occurred_at) AS first_seen,
+                   max(occurred_at) AS last_seen,
+                   (array_agg(event_id ORDER BY occurred_at, event_id))[1] AS first_event
+            FROM new_events
+            GROUP BY dedup_key
+        )
+        INSERT INTO incidents AS inc (agent_id, type, source, raw_error, context, is_critical, severity,
+                                      status, event_id, fingerprint, dedup_key, occurrences,
+                                      first_seen_at, last_seen_at)
+        SELECT i.agent_id, i.type, i.source, i.raw_error, i.context, i.is_critical, i.severity,
+               'new', i.event_id, i.fingerprint, g.dedup_key, g.n, g.first_seen, g.last_seen
+        FROM grouped g
+        JOIN input i ON i.event_id = g.first_event
+        ORDER BY g.dedup_key
+        ON CONFLICT (dedup_key) WHERE status <> 'resolved'
+        DO UPDATE SET occurrences = inc.occurrences + EXCLUDED.occurrences,
+                      last_seen_at = GREATEST(inc.last_seen_at, EXCLUDED.last_seen_at),
+                      is_critical = inc.is_critical OR EXCLUDED.is_critical,
+                      updated_at = now()
+        RETURNING inc.id, inc.agent_id, inc.type, inc.severity, inc.is_critical, inc.fingerprint,
+                  inc.created_at, (inc.xmax = 0) AS inserted,
+                  (SELECT count(*) FROM new_events) AS new_events
+        "#,
+    )
+    .bind(&event_ids)
+    .bind(&agent_ids)
+    .bind(&kinds)
+    .bind(&sources)
+    .bind(&raw_errors)
+    .bind(&contexts)
+    .bind(&criticals)
+    .bind(&severities)
+    .bind(&fingerprints)
+    .bind(&dedup_keys)
+    .bind(&occurred)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+
+    let mut outcome = IngestOutcome::default();
+    for row in rows {
+        outcome.new_events = u64::try_from(row.new_events).unwrap_or(0);
+        if row.inserted {
+            outcome.created.push(CreatedIncident {
+                id: row.id,
+                agent_id: row.agent_id,
+                kind: row.kind,
+                severity: row.severity,
+                is_critical: row.is_critical,
+                fingerprint: row.fingerprint,
+                created_at: row.created_at,
+            });
+        } else {
+            outcome.updated += 1;
+        }
+    }
+    Ok(outcome)
+}
+
+#[derive(sqlx::FromRow)]
+struct UpsertRow {
+    id: i64,
+    agent_id: String,
+    #[sqlx(rename = "type")]
+    kind: String,
+    severity: String,
+    is_critical: bool,
+    fingerprint: String,
+    created_at: DateTime<Utc>,
+    inserted: bool,
+    new_events: i64,
+}

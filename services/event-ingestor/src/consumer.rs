@@ -1,0 +1,312 @@
+//! The machinery both consumers share: a durable pull consumer shared by every
+//! replica, batches formed from whatever is ready, transient failures retried in place
+//! (extending the ack deadline), poison messages dead-lettered, and redelivery capped.
+
+use std::future::Future;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
+use async_nats::jetstream::{self, AckKind, Message};
+use futures::{FutureExt, StreamExt};
+use tokio_util::sync::CancellationToken;
+use wire_models::{DlqOrigin, Subjects};
+
+/// Where a consumer reads and how.
+#[derive(Debug, Clone)]
+pub(crate) struct ConsumerSpec {
+    pub(crate) label: &'static str,
+    pub(crate) durable: String,
+    pub(crate) stream: String,
+    pub(crate) filter: String,
+    pub(crate) origin: DlqOrigin,
+    pub(crate) batch_size: usize,
+    pub(crate) ack_wait: Duration,
+    pub(crate) max_deliver: i64,
+}
+
+/// Why a message was refused, as it goes into the dead-letter headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Rejection {
+    pub(crate) reason: &'static str,
+    pub(crate) detail: String,
+}
+
+impl Rejection {
+    pub(crate) fn new(reason: &'static str, detail: impl Into<String>) -> Self {
+        Self { reason, detail: detail.into() }
+    }
+}
+
+/// Handles one batch: decides, writes, then acknowledges or dead-letters each message.
+pub(crate) trait BatchHandler: Send + Sync + 'static {
+    fn handle(&self, batch: Vec<Message>, shutdown: &CancellationToken) -> impl Future<Output = ()> + Send;
+}
+
+pub(crate) async fn ensure_consumer(
+    js: &jetstream::Context,
+    spec: &ConsumerSpec,
+) -> anyhow::Result<PullConsumer> {
+    let stream = js.get_stream(&spec.stream).await?;
+    let config = pull::Config {
+        durable_name: Some(spec.durable.clone()),
+        description: Some(format!("OpsPilot {} (shared by every ingestor replica)", spec.label)),
+        filter_subject: spec.filter.clone(),
+        ack_policy: AckPolicy::Explicit,
+        deliver_policy: DeliverPolicy::All,
+        ack_wait: spec.ack_wait,
+        max_deliver: spec.max_deliver,
+        // Enough for several replicas each holding a few batches.
+        max_ack_pending: i64::try_from(spec.batch_size * 64).unwrap_or(i64::MAX).max(10_000),
+        ..Default::default()
+    };
+    Ok(stream.create_consumer(config).await?)
+}
+
+/// Runs one consumer until `shutdown`: the batch in flight finishes (and is acked),
+/// messages already fetched but not started are handed back with a NAK.
+pub(crate) async fn run<H: BatchHandler>(
+    js: jetstream::Context,
+    spec: ConsumerSpec,
+    handler: H,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut attempt: u32 = 0;
+    let mut started_once = false;
+    while !shutdown.is_cancelled() {
+        let messages = match ensure_consumer(&js, &spec).await {
+            Ok(consumer) => consumer
+                .stream()
+                .max_messages_per_batch(spec.batch_size)
+                .heartbeat(Duration::from_secs(5))
+                .expires(Duration::from_secs(30))
+                .messages()
+                .await
+                .map_err(anyhow::Error::from),
+            Err(err) => Err(err),
+        };
+        let messages = match messages {
+            Ok(messages) => messages,
+            Err(err) => {
+                attempt += 1;
+                tracing::warn!(consumer = spec.label, attempt, error = %err, "cannot start consumer; retrying");
+                if sleep_or_shutdown(backoff(attempt), &shutdown).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        attempt = 0;
+        if started_once {
+            tracing::info!(consumer = spec.label, durable = %spec.durable, "{} consumer resumed", spec.label);
+        } else {
+            tracing::info!(consumer = spec.label, durable = %spec.durable, stream = %spec.stream, "{} consumer started", spec.label);
+            started_once = true;
+        }
+
+        let mut chunks = messages.ready_chunks(spec.batch_size);
+        loop {
+            let chunk = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    hand_back_ready(&mut chunks).await;
+                    return Ok(());
+                }
+                chunk = chunks.next() => chunk,
+            };
+            let Some(chunk) = chunk else {
+                tracing::warn!(consumer = spec.label, "message stream ended; re-subscribing");
+                break;
+            };
+            let mut batch = Vec::with_capacity(chunk.len());
+            let mut broken = None;
+            for item in chunk {
+                match item {
+                    Ok(msg) => batch.push(msg),
+                    Err(err) => broken = Some(err),
+                }
+            }
+            if !batch.is_empty() {
+                handler.handle(batch, &shutdown).await;
+            }
+            if let Some(err) = broken {
+                // Heartbeats missed (server restart), consumer deleted, ...: start over.
+                tracing::warn!(consumer = spec.label, error = %err, "consumer stream error; re-subscribing");
+                sleep_or_shutdown(Duration::from_millis(200), &shutdown).await;
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// NAKs messages that were fetched but will not be handled, so another replica gets
+/// them now rather than after the ack deadline.
+async fn hand_back_ready<S>(chunks: &mut S)
+where
+    S: futures::Stream<Item = Vec<Result<Message, async_nats::jetstream::consumer::pull::MessagesError>>>
+        + Unpin,
+{
+    let mut handed_back = 0usize;
+    while let Some(Some(chunk)) = chunks.next().now_or_never() {
+        for msg in chunk.into_iter().flatten() {
+            let _ = msg.ack_with(AckKind::Nak(None)).await;
+            handed_back += 1;
+        }
+    }
+    if handed_back > 0 {
+        tracing::info!(handed_back, "handed unstarted messages back to the stream");
+    }
+}
+
+/// Sleeps, or returns `true` early when shutdown is requested.
+pub(crate) async fn sleep_or_shutdown(duration: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => true,
+        _ = tokio::time::sleep(duration) => false,
+    }
+}
+
+/// 100 ms doubling to 5 s.
+pub(crate) fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(100u64.saturating_mul(1 << attempt.min(6))).min(Duration::from_secs(5))
+}
+
+/// Runs `op` until it succeeds or fails permanently. Transient failures (database down,
+/// deadlock, timeout) are retried with backoff while the batch's ack deadline is
+/// extended, so no other replica receives it meanwhile. Returns `None` when shutdown
+/// interrupted the retries (the caller hands the batch back).
+pub(crate) async fn retry_transient<T, F, Fut>(
+    what: &'static str,
+    batch: &[Message],
+    ack_wait: Duration,
+    shutdown: &CancellationToken,
+    mut op: F,
+) -> Option<Result<T, storage::StorageError>>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, storage::StorageError>>,
+{
+    let mut attempt: u32 = 0;
+    let mut last_progress = tokio::time::Instant::now();
+    loop {
+        match op().await {
+            Ok(value) => {
+                if attempt > 0 {
+                    tracing::info!(what, attempts = attempt + 1, "recovered after transient failures");
+                }
+                return Some(Ok(value));
+            }
+            Err(err) if err.is_transient() => {
+                attempt += 1;
+                metrics::counter!("opspilot_ingest_retries_total", "what" => what).increment(1);
+                if attempt == 1 || attempt.is_power_of_two() {
+                    tracing::warn!(what, attempt, error = %err, "transient failure; retrying the batch");
+                }
+                if last_progress.elapsed() >= ack_wait / 3 {
+                    for msg in batch {
+                        let _ = msg.ack_with(AckKind::Progress).await;
+                    }
+                    last_progress = tokio::time::Instant::now();
+                }
+                if sleep_or_shutdown(backoff(attempt), shutdown).await {
+                    return None;
+                }
+            }
+            Err(err) => return Some(Err(err)),
+        }
+    }
+}
+
+/// Hands a whole batch back (NAK) for redelivery, e.g. when shutdown interrupted it.
+pub(crate) async fn nak_all(batch: &[Message]) {
+    for msg in batch {
+        let _ = msg.ack_with(AckKind::Nak(None)).await;
+    }
+}
+
+/// Dead-letters each rejected message (waiting for the dead-letter stream's ack), then
+/// terminates it so it is never redelivered. A message whose dead-letter publish fails
+/// is left unacknowledged: it comes back and is dead-lettered then.
+pub(crate) async fn dead_letter_all(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    origin: DlqOrigin,
+    rejected: Vec<(&Message, Rejection)>,
+) -> u64 {
+    let results = futures::future::join_all(rejected.into_iter().map(|(msg, rejection)| async move {
+        let sequence = msg.info().ok().map(|info| info.stream_sequence);
+        let letter = natsbus::DeadLetter {
+            origin,
+            subject: msg.subject.as_str(),
+            payload: msg.payload.clone(),
+            stream_sequence: sequence,
+            reason: rejection.reason,
+            detail: &rejection.detail,
+        };
+        match natsbus::dead_letter(js, subjects, letter).await {
+            Ok(()) => {
+                tracing::debug!(reason = rejection.reason, detail = %rejection.detail, subject = %msg.subject, "message dead-lettered");
+                let _ = msg.ack_with(AckKind::Term).await;
+                true
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "dead-letter publish failed; the message will be redelivered");
+                false
+            }
+        }
+    }))
+    .await;
+    results.into_iter().filter(|ok| *ok).count() as u64
+}
+
+/// Dead-letters messages JetStream gave up on (`max_deliver` reached), so nothing is
+/// ever dropped silently. Served in a queue group: one replica handles each advisory.
+pub(crate) async fn watch_max_deliveries(
+    client: async_nats::Client,
+    js: jetstream::Context,
+    subjects: Subjects,
+    spec: ConsumerSpec,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    #[derive(serde::Deserialize)]
+    struct Advisory {
+        stream_seq: u64,
+        deliveries: u64,
+    }
+    let subject = format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.{}", spec.stream, spec.durable);
+    let mut sub = client.queue_subscribe(subject, format!("{}-advisories", spec.durable)).await?;
+    loop {
+        let msg = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            msg = sub.next() => match msg { Some(msg) => msg, None => return Ok(()) },
+        };
+        let Ok(advisory) = serde_json::from_slice::<Advisory>(&msg.payload) else { continue };
+        let stream = match js.get_stream(&spec.stream).await {
+            Ok(stream) => stream,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read a message that reached max deliveries");
+                continue;
+            }
+        };
+        let Ok(original) = stream.get_raw_message(advisory.stream_seq).await else { continue };
+        let detail = format!("delivered {} times without being acknowledged", advisory.deliveries);
+        let letter = natsbus::DeadLetter {
+            origin: spec.origin,
+            subject: original.subject.as_str(),
+            payload: original.payload.clone(),
+            stream_sequence: Some(advisory.stream_seq),
+            reason: "max_deliveries",
+            detail: &detail,
+        };
+        match natsbus::dead_letter(&js, &subjects, letter).await {
+            Ok(()) => tracing::warn!(
+                sequence = advisory.stream_seq,
+                deliveries = advisory.deliveries,
+                "message reached max deliveries; dead-lettered"
+            ),
+            Err(err) => {
+                tracing::error!(error = %err, sequence = advisory.stream_seq, "dead-lettering a max-deliveries message failed")
+            }
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! Events -> incidents.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, Message};
+use bytes::Bytes;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use wire_models::{
+    AgentSubject, DlqOrigin, Event, EventKind, HEADER_TRACEPARENT, IncidentCreated, PROTOCOL_VERSION,
+    Severity, Subjects,
+};
+
+use crate::consumer::{self, BatchHandler, Rejection};
+use crate::fingerprint::fingerprint;
+use crate::known::KnownAgents;
+use crate::stats::Stats;
+
+pub(crate) struct EventsHandler {
+    pub(crate) js: jetstream::Context,
+    pub(crate) pool: PgPool,
+    pub(crate) subjects: Subjects,
+    pub(crate) known: Arc<KnownAgents>,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) dedup: bool,
+    pub(crate) ack_wait: Duration,
+}
+
+/// Decodes and checks one message (pure, runs on a blocking thread with the batch).
+pub(crate) fn decode(
+    subjects: &Subjects,
+    subject: &str,
+    payload: &[u8],
+    dedup: bool,
+) -> Result<storage::incidents::NewEvent, Rejection> {
+    let parsed = subjects.parse(subject).map_err(|e| Rejection::new(e.code(), e.to_string()))?;
+    let AgentSubject::Event { agent_id, kind } = parsed else {
+        return Err(Rejection::new("invalid_subject", format!("{subject} is not an event subject")));
+    };
+    let event: Event = wire_models::decode(payload).map_err(|e| Rejection::new(e.code(), e.to_string()))?;
+    event.check_subject(&agent_id, &kind).map_err(|e| Rejection::new(e.code(), e.to_string()))?;
+    let fingerprint =
+        fingerprint(event.agent_id.as_str(), event.kind.as_str(), &event.source, &event.raw_error);
+    let dedup_key = if dedup { fingerprint.clone() } else { event.event_id.to_string() };
+    Ok(storage::incidents::NewEvent {
+        event_id: event.event_id,
+        agent_id: event.agent_id,
+        kind: event.kind.as_str().to_owned(),
+        severity: event.severity,
+        source: event.source,
+        raw_error: event.raw_error,
+        context: serde_json::Value::Object(event.context),
+        occurred_at: event.occurred_at,
+        fingerprint,
+        dedup_key,
+    })
+}
+
+impl BatchHandler for EventsHandler {
+    async fn handle(&self, batch: Vec<Message>, shutdown: &CancellationToken) {
+        let started = Instant::now();
+        let size = batch.len();
+        // Agents that sent trace context see their event's ingestion in their trace.
+        let spans: Vec<tracing::Span> = batch
+            .iter()
+            .filter(|m| m.headers.as_ref().is_some_and(|h| h.get(HEADER_TRACEPARENT).is_some()))
+            .map(|m| {
+                let span = tracing::info_span!("ingest.event", subject = %m.subject, otel.kind = "consumer");
+                natsbus::trace::set_parent(&span, m.headers.as_ref());
+                span
+            })
+            .collect();
+
+        let inputs: Vec<(String, Bytes)> =
+            batch.iter().map(|m| (m.subject.to_string(), m.payload.clone())).collect();
+        let (subjects, dedup) = (self.subjects.clone(), self.dedup);
+        let decoded = match tokio::task::spawn_blocking(move || {
+            inputs.iter().map(|(s, p)| decode(&subjects, s, p, dedup)).collect::<Vec<_>>()
+        })
+        .await
+        {
+            Ok(decoded) => decoded,
+            Err(err) => {
+                tracing::error!(error = %err, "decoding task failed; handing the batch back");
+                consumer::nak_all(&batch).await;
+                return;
+            }
+        };
+
+        let ids: Vec<_> =
+            decoded.iter().filter_map(|r| r.as_ref().ok().map(|e| e.agent_id.clone())).collect();
+        let enrolled =
+            match consumer::retry_transient("known agents", &batch, self.ack_wait, shutdown, || {
+                self.known.filter_enrolled(&self.pool, ids.iter())
+            })
+            .await
+            {
+                Some(Ok(enrolled)) => enrolled,
+                Some(Err(err)) => {
+                    tracing::error!(error = %err, "checking enrolled agents failed; handing the batch back");
+                    consumer::nak_all(&batch).await;
+                    return;
+                }
+                None => {
+                    consumer::nak_all(&batch).await;
+                    return;
+                }
+            };
+
+        let mut good: Vec<(usize, storage::incidents::NewEvent)> = Vec::with_capacity(size);
+        let mut rejected: Vec<(usize, Rejection)> = Vec::new();
+        for (i, result) in decoded.into_iter().enumerate() {
+            match result {
+                Ok(event) if enrolled.contains(&event.agent_id) => good.push((i, event)),
+                Ok(event) => rejected.push((
+                    i,
+                    Rejection::new("unknown_agent", format!("agent {} is not enrolled", event.agent_id)),
+                )),
+                Err(rejection) => rejected.push((i, rejection)),
+            }
+        }
+
+        let events: Vec<storage::incidents::NewEvent> = good.iter().map(|(_, e)| e.clone()).collect();
+        let write = consumer::retry_transient("incidents", &batch, self.ack_wait, shutdown, || {
+            storage::incidents::ingest_events(&self.pool, &events)
+        })
+        .instrument(tracing::info_span!("ingest.batch", size, good = events.len()))
+        .await;
+        let (created, acked) = match write {
+            None => {
+                consumer::nak_all(&batch).await;
+                return;
+            }
+            Some(Ok(outcome)) => {
+                let redelivered = events.len() as u64 - outcome.new_events.min(events.len() as u64);
+                Stats::add(&self.stats.redelivered, redelivered);
+                (outcome.created, good.iter().map(|(i, _)| *i).collect::<Vec<_>>())
+            }
+            Some(Err(err)) => {
+                // Something in the batch is refused by the database for good (a
+                // constraint, say). Write one at a time to find it; park only it.
+                tracing::warn!(error = %err, "batch refused by postgres; isolating the offending events");
+                let mut created = Vec::new();
+                let mut acked = Vec::new();
+                for (i, event) in &good {
+                    match storage::incidents::ingest_events(&self.pool, std::slice::from_ref(event)).await {
+                        Ok(outcome) => {
+                            created.extend(outcome.created);
+                            acked.push(*i);
+                        }
+                        Err(err) if err.is_transient() => {}
+                        Err(err) => rejected.push((*i, Rejection::new("storage_rejected", err.to_string()))),
+                    }
+                }
+                (created, acked)
+            }
+        };
+
+        for i in &acked {
+            let _ = batch[*i].ack().await;
+        }
+        let dead = consumer::dead_letter_all(
+            &self.js,
+            &self.subjects,
+            DlqOrigin::Events,
+            rejected.into_iter().map(|(i, r)| (&batch[i], r)).collect(),
+        )
+        .await;
+        // Events neither acked nor dead-lettered (a transient failure while isolating)
+        // come back after the ack deadline.
+
+        for incident in &created {
+            tracing::debug!(incident_id = incident.id, agent_id = %incident.agent_id, kind = %incident.kind, "incident created");
+            self.announce(incident).await;
+        }
+        drop(spans);
+
+        Stats::add(&self.stats.messages, size as u64);
+        Stats::add(&self.stats.total, size as u64);
+        Stats::add(&self.stats.batches, 1);
+        Stats::add(&self.stats.dead_lettered, dead);
+        Stats::add(&self.stats.incidents_created, created.len() as u64);
+        metrics::counter!("opspilot_events_ingested_total").increment(acked.len() as u64);
+        metrics::counter!("opspilot_incidents_created_total").increment(created.len() as u64);
+        metrics::histogram!("opspilot_ingest_batch_size", "consumer" => "events").record(size as f64);
+        metrics::histogram!("opspilot_ingest_batch_seconds", "consumer" => "events")
+            .record(started.elapsed().as_secs_f64());
+    }
+}
+
+impl EventsHandler {
+    /// Tells other services (the analyzer) about a new incident. Best effort after the
+    /// commit: a failure is logged, the incident stays.
+    async fn announce(&self, incident: &storage::incidents::CreatedIncident) {
+        let (Ok(agent_id), Ok(kind)) =
+            (wire_models::AgentId::parse(&incident.agent_id), EventKind::parse(&incident.kind))
+        else {
+            return;
+        };
+        let severity = match incident.severity.as_str() {
+            "critical" => Severity::Critical,
+            "warning" => Severity::Warning,
+            "info" => Severity::Info,
+            _ => Severity::Error,
+        };
+        let msg = IncidentCreated {
+            v: PROTOCOL_VERSION,
+            incident_id: incident.id,
+            agent_id,
+            kind,
+            severity,
+            is_critical: incident.is_critical,
+            fingerprint: incident.fingerprint.clone(),
+            created_at: incident.created_at,
+        };
+        let msg_id = format!("incident-{}", incident.id);
+        if let Err(err) =
+            natsbus::js_publish(&self.js, self.subjects.incident_created(), &msg, Some(&msg_id)).await
+        {
+            tracing::warn!(incident_id = incident.id, error = %err, "publishing incident-created failed");
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! The incident fingerprint: what makes two events "the same problem".
+//!
+//! `fingerprint = sha256(agent_id ␟ kind ␟ source ␟ normalise(raw_error))`, hex.
+//!
+//! `normalise` replaces the parts of an error message that change from one occurrence
+//! to the next while the problem stays the same, in this order:
+//! UUIDs -> `<uuid>`, ISO-8601 / syslog timestamps -> `<ts>`, IPv4 addresses (with an
+//! optional port) -> `<ip>`, `0x` hex and hex runs of 8+ characters (container ids,
+//! hashes) -> `<hex>`, numbers
+//! (integers, decimals) -> `<n>`; then runs of whitespace collapse to one space and the
+//! ends are trimmed. Case is kept: `Connection refused` and `connection refused` are the
+//! same problem far less often than they are different programs.
+
+use std::sync::LazyLock;
+
+use regex::Regex;
+use sha2::{Digest, Sha256};
+
+struct Rule {
+    pattern: Regex,
+    replacement: &'static str,
+}
+
+#[allow(clippy::expect_used)] // constant patterns, exercised by every test below
+static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
+    let rule =
+        |pattern: &str, replacement| Rule { pattern: Regex::new(pattern).expect("valid regex"), replacement };
+    vec![
+        rule(r"(?i)\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b", "<uuid>"),
+        rule(r"\b\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?\b", "<ts>"),
+        rule(r"\b(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) +\d{1,2} \d{2}:\d{2}:\d{2}\b", "<ts>"),
+        rule(r"\b\d{4}-\d{2}-\d{2}\b", "<ts>"),
+        rule(r"\b\d{2}:\d{2}:\d{2}(?:\.\d+)?\b", "<ts>"),
+        rule(r"\b(?:\d{1,3}\.){3}\d{1,3}(?::\d{1,5})?\b", "<ip>"),
+        rule(r"\b0x[0-9a-fA-F]+\b", "<hex>"),
+        rule(r"\b[0-9a-fA-F]{8,}\b", "<hex>"),
+        rule(r"\d+(?:\.\d+)?", "<n>"),
+        rule(r"\s+", " "),
+    ]
+});
+
+/// The normalised error text (see the module documentation).
+pub fn normalise(raw_error: &str) -> String {
+    let mut text = raw_error.to_owned();
+    for rule in RULES.iter() {
+        if let std::borrow::Cow::Owned(replaced) = rule.pattern.replace_all(&text, rule.replacement) {
+            text = replaced;
+        }
+    }
+    text.trim().to_owned()
+}
+
+/// The fingerprint of an event (lowercase hex SHA-256).
+pub fn fingerprint(agent_id: &str, kind: &str, source: &str, raw_error: &str) -> String {
+    let mut hasher = Sha256::new();
+    for (i, part) in [agent_id, kind, source, &normalise(raw_error)].into_iter().enumerate() {
+        if i > 0 {
+            hasher.update([0x1f]);
+        }
+        hasher.update(part.as_bytes());
+    }
+    hex::encode(hasher.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_ids_and_times_are_normalised_away() {
+        assert_eq!(
+            normalise("nginx.service: Main process exited, code=killed, status=9/KILL (pid 12345)"),
+            "nginx.service: Main process exited, code=killed, status=<n>/KILL (pid <n>)"
+        );
+        assert_eq!(
+            normalise("Out of memory: Killed process 4242 (java) total-vm:8123456kB"),
+            "Out of memory: Killed process <n> (java) total-vm:<n>kB"
+        );
+        assert_eq!(
+            normalise("request 3f2b8c1e-9a4d-4c2b-8e7f-0123456789ab failed at 2026-11-26T12:00:01.123Z"),
+            "request <uuid> failed at <ts>"
+        );
+        assert_eq!(normalise("Nov 26 12:00:01 host sshd: timeout"), "<ts> host sshd: timeout");
+        assert_eq!(
+            normalise("dial tcp 10.0.3.4:5432: connect: connection refused"),
+            "dial tcp <ip>: connect: connection refused"
+        );
+        assert_eq!(normalise("segfault at 0x7ffd1234 in libc"), "segfault at <hex> in libc");
+        assert_eq!(normalise("container deadbeef12345678 exited"), "container <hex> exited");
+        assert_eq!(normalise("  many   spaces\n\tand lines "), "many spaces and lines");
+    }
+
+    #[test]
+    fn short_words_that_look_like_hex_are_kept() {
+        assert_eq!(normalise("build failed on cafe bed"), "build failed on cafe bed");
+    }
+
+    #[test]
+    fn the_same_problem_has_the_same_fingerprint() {
+        let a = fingerprint("a1b2c3d4e5f6", "service_down", "nginx", "exited (pid 1234) at 12:00:01");
+        let b = fingerprint("a1b2c3d4e5f6", "service_down", "nginx", "exited (pid 9876) at 13:14:15");
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 64);
+    }
+
+    #[test]
+    fn different_problems_have_different_fingerprints() {
+        let base = fingerprint("a1b2c3d4e5f6", "service_down", "nginx", "exited");
+        assert_ne!(base, fingerprint("0123456789ab", "service_down", "nginx", "exited"));
+        assert_ne!(base, fingerprint("a1b2c3d4e5f6", "oom", "nginx", "exited"));
+        assert_ne!(base, fingerprint("a1b2c3d4e5f6", "service_down", "apache", "exited"));
+        assert_ne!(base, fingerprint("a1b2c3d4e5f6", "service_down", "nginx", "failed to start"));
+        // The separator keeps fields from sliding into each other.
+        assert_ne!(fingerprint("a", "bc", "d", "e"), fingerprint("a", "b", "cd", "e"));
+    }
+}

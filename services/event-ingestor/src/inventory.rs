@@ -1,0 +1,160 @@
+//! Inventory snapshots -> history rows (only when the hash changes).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, Message};
+use bytes::Bytes;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use wire_models::{AgentSubject, DlqOrigin, InventoryReport, Subjects};
+
+use crate::consumer::{self, BatchHandler, Rejection};
+use crate::known::KnownAgents;
+use crate::stats::Stats;
+
+pub(crate) struct InventoryHandler {
+    pub(crate) js: jetstream::Context,
+    pub(crate) pool: PgPool,
+    pub(crate) subjects: Subjects,
+    pub(crate) known: Arc<KnownAgents>,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) ack_wait: Duration,
+}
+
+/// Decodes, checks and hashes one snapshot (CPU work: runs on a blocking thread).
+pub(crate) fn decode(
+    subjects: &Subjects,
+    subject: &str,
+    payload: &[u8],
+) -> Result<storage::inventory::Snapshot, Rejection> {
+    let parsed = subjects.parse(subject).map_err(|e| Rejection::new(e.code(), e.to_string()))?;
+    let AgentSubject::Inventory { agent_id } = parsed else {
+        return Err(Rejection::new("invalid_subject", format!("{subject} is not an inventory subject")));
+    };
+    let report: InventoryReport =
+        wire_models::decode(payload).map_err(|e| Rejection::new(e.code(), e.to_string()))?;
+    report.check_subject(&agent_id).map_err(|e| Rejection::new(e.code(), e.to_string()))?;
+    let hash = report.snapshot_hash();
+    let data = serde_json::to_value(&report.snapshot)
+        .map_err(|e| Rejection::new("invalid_message", e.to_string()))?;
+    Ok(storage::inventory::Snapshot {
+        agent_id: report.agent_id,
+        hash,
+        hostname: report.snapshot.hostname,
+        meta: serde_json::Value::Object(report.snapshot.meta),
+        data,
+        collected_at: report.collected_at,
+    })
+}
+
+impl BatchHandler for InventoryHandler {
+    async fn handle(&self, batch: Vec<Message>, shutdown: &CancellationToken) {
+        let started = Instant::now();
+        let size = batch.len();
+        let inputs: Vec<(String, Bytes)> =
+            batch.iter().map(|m| (m.subject.to_string(), m.payload.clone())).collect();
+        let subjects = self.subjects.clone();
+        let decoded = match tokio::task::spawn_blocking(move || {
+            inputs.iter().map(|(s, p)| decode(&subjects, s, p)).collect::<Vec<_>>()
+        })
+        .await
+        {
+            Ok(decoded) => decoded,
+            Err(err) => {
+                tracing::error!(error = %err, "decoding task failed; handing the batch back");
+                consumer::nak_all(&batch).await;
+                return;
+            }
+        };
+
+        let ids: Vec<_> =
+            decoded.iter().filter_map(|r| r.as_ref().ok().map(|s| s.agent_id.clone())).collect();
+        let enrolled =
+            match consumer::retry_transient("known agents", &batch, self.ack_wait, shutdown, || {
+                self.known.filter_enrolled(&self.pool, ids.iter())
+            })
+            .await
+            {
+                Some(Ok(enrolled)) => enrolled,
+                Some(Err(err)) => {
+                    tracing::error!(error = %err, "checking enrolled agents failed; handing the batch back");
+                    consumer::nak_all(&batch).await;
+                    return;
+                }
+                None => {
+                    consumer::nak_all(&batch).await;
+                    return;
+                }
+            };
+
+        let mut good = Vec::with_capacity(size);
+        let mut good_index = Vec::with_capacity(size);
+        let mut rejected: Vec<(usize, Rejection)> = Vec::new();
+        for (i, result) in decoded.into_iter().enumerate() {
+            match result {
+                Ok(snapshot) if enrolled.contains(&snapshot.agent_id) => {
+                    good_index.push(i);
+                    good.push(snapshot);
+                }
+                Ok(snapshot) => rejected.push((
+                    i,
+                    Rejection::new("unknown_agent", format!("agent {} is not enrolled", snapshot.agent_id)),
+                )),
+                Err(rejection) => rejected.push((i, rejection)),
+            }
+        }
+
+        let write = consumer::retry_transient("inventory", &batch, self.ack_wait, shutdown, || {
+            storage::inventory::ingest_snapshots(&self.pool, &good)
+        })
+        .await;
+        let mut acked = Vec::new();
+        let mut rows = 0;
+        match write {
+            None => {
+                consumer::nak_all(&batch).await;
+                return;
+            }
+            Some(Ok(outcome)) => {
+                rows = outcome.rows;
+                acked = good_index;
+            }
+            Some(Err(err)) => {
+                tracing::warn!(error = %err, "inventory batch refused by postgres; isolating the offending snapshots");
+                for (i, snapshot) in good_index.into_iter().zip(&good) {
+                    match storage::inventory::ingest_snapshots(&self.pool, std::slice::from_ref(snapshot))
+                        .await
+                    {
+                        Ok(outcome) => {
+                            rows += outcome.rows;
+                            acked.push(i);
+                        }
+                        Err(err) if err.is_transient() => {}
+                        Err(err) => rejected.push((i, Rejection::new("storage_rejected", err.to_string()))),
+                    }
+                }
+            }
+        }
+        for i in &acked {
+            let _ = batch[*i].ack().await;
+        }
+        let dead = consumer::dead_letter_all(
+            &self.js,
+            &self.subjects,
+            DlqOrigin::Inventory,
+            rejected.into_iter().map(|(i, r)| (&batch[i], r)).collect(),
+        )
+        .await;
+
+        Stats::add(&self.stats.messages, size as u64);
+        Stats::add(&self.stats.total, size as u64);
+        Stats::add(&self.stats.batches, 1);
+        Stats::add(&self.stats.dead_lettered, dead);
+        metrics::counter!("opspilot_inventory_snapshots_total").increment(acked.len() as u64);
+        metrics::counter!("opspilot_inventory_rows_total").increment(rows);
+        metrics::histogram!("opspilot_ingest_batch_size", "consumer" => "inventory").record(size as f64);
+        metrics::histogram!("opspilot_ingest_batch_seconds", "consumer" => "inventory")
+            .record(started.elapsed().as_secs_f64());
+    }
+}

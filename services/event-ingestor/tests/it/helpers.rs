@@ -1,0 +1,92 @@
+use std::time::Duration;
+
+use agent_sim::{Bus, Fleet};
+use async_nats::jetstream::consumer::pull;
+use clap::Parser;
+use event_ingestor::{Config, Running};
+use futures::StreamExt;
+use test_support::Stack;
+use tokio_util::sync::CancellationToken;
+
+/// A stack with the topology in place and a bus for simulated agents.
+pub async fn setup() -> (Stack, Bus) {
+    let stack = Stack::start().await;
+    let js = stack.jetstream().await;
+    natsbus::ensure_topology(&js, &stack.topology).await.unwrap();
+    let bus = Bus::new(stack.client().await, stack.topology.subjects.clone(), &stack.topology.agents_bucket)
+        .await
+        .unwrap();
+    (stack, bus)
+}
+
+pub fn config(stack: &Stack, extra: &[&str]) -> Config {
+    let mut args = vec![
+        "event-ingestor".to_owned(),
+        "--admin-addr".into(),
+        "127.0.0.1:0".into(),
+        "--ack-wait".into(),
+        "2s".into(),
+        "--summary-interval".into(),
+        "1s".into(),
+    ];
+    args.extend(stack.args());
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    Config::try_parse_from(args).unwrap()
+}
+
+pub async fn start(stack: &Stack, extra: &[&str]) -> (Running, CancellationToken) {
+    let shutdown = CancellationToken::new();
+    let running = event_ingestor::start(config(stack, extra), shutdown.clone()).await.unwrap();
+    (running, shutdown)
+}
+
+pub async fn stop(running: Running, shutdown: CancellationToken) {
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(20), running.wait()).await.unwrap().unwrap();
+}
+
+/// Registers the fleet's agents as enrolled.
+pub async fn enroll(stack: &Stack, fleet: &Fleet) {
+    let agents: Vec<_> = fleet.agents().iter().map(|a| (a.id.clone(), a.hostname.clone())).collect();
+    storage::agents::register_many(&stack.db.pool, &agents).await.unwrap();
+}
+
+pub async fn scalar(stack: &Stack, sql: &'static str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(&stack.db.pool).await.unwrap()
+}
+
+/// Waits until the durable consumer has nothing pending and nothing unacknowledged.
+pub async fn wait_drained(stack: &Stack, stream: &str, consumer: &str, timeout: Duration) {
+    let js = stack.jetstream().await;
+    test_support::eventually(timeout, "the consumer to drain", || {
+        let js = js.clone();
+        async move {
+            let stream = js.get_stream(stream).await.ok()?;
+            let mut consumer = stream.get_consumer::<pull::Config>(consumer).await.ok()?;
+            let info = consumer.info().await.ok()?;
+            (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+        }
+    })
+    .await;
+}
+
+/// Every message in the dead-letter stream: (original subject, reason, payload).
+pub async fn dead_letters(stack: &Stack) -> Vec<(String, String, Vec<u8>)> {
+    let js = stack.jetstream().await;
+    let stream = js.get_stream(&stack.topology.dlq_stream).await.unwrap();
+    let consumer = stream.create_consumer(pull::Config::default()).await.unwrap();
+    let mut out = Vec::new();
+    let mut batch =
+        consumer.fetch().max_messages(10_000).expires(Duration::from_millis(500)).messages().await.unwrap();
+    while let Some(msg) = batch.next().await {
+        let msg = msg.unwrap();
+        let headers = msg.headers.clone().unwrap_or_default();
+        let get = |name: &str| headers.get(name).map(|v| v.as_str().to_owned()).unwrap_or_default();
+        out.push((
+            get(wire_models::HEADER_DLQ_SUBJECT),
+            get(wire_models::HEADER_DLQ_REASON),
+            msg.payload.to_vec(),
+        ));
+    }
+    out
+}

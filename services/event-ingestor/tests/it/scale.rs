@@ -1,0 +1,84 @@
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_sim::Fleet;
+use event_ingestor::fingerprint::fingerprint;
+
+use crate::helpers::*;
+
+/// Two replicas share 20,000 events from 200 agents: every event counted exactly once,
+/// one incident per fingerprint, nothing left unacknowledged.
+#[tokio::test]
+async fn two_replicas_ingest_twenty_thousand_events_exactly_once() {
+    let (stack, bus) = setup().await;
+    let fleet = Arc::new(Fleet::numbered("scale", 200));
+    enroll(&stack, &fleet).await;
+
+    let events: Vec<_> = {
+        let mut rng = rand::rng();
+        (0..20_000).map(|i| fleet.agents()[i % 200].random_event(&mut rng)).collect()
+    };
+    let mut expected: HashMap<String, i64> = HashMap::new();
+    for e in &events {
+        *expected
+            .entry(fingerprint(e.agent_id.as_str(), e.kind.as_str(), &e.source, &e.raw_error))
+            .or_default() += 1;
+    }
+
+    let (a, stop_a) = start(&stack, &[]).await;
+    let (b, stop_b) = start(&stack, &[]).await;
+    let published = fleet.publish_prepared(&bus, events, 512).await;
+    assert_eq!(published, 20_000);
+    wait_drained(&stack, &stack.topology.events_stream, "event-ingestor", Duration::from_secs(120)).await;
+    let (handled_a, handled_b) = (a.events_handled(), b.events_handled());
+    assert!(handled_a > 0 && handled_b > 0, "both replicas must share the work: {handled_a} / {handled_b}");
+    assert_eq!(handled_a + handled_b, 20_000);
+    stop(a, stop_a).await;
+    stop(b, stop_b).await;
+
+    assert_eq!(scalar(&stack, "SELECT count(*) FROM ingested_events").await, 20_000);
+    assert_eq!(scalar(&stack, "SELECT COALESCE(sum(occurrences), 0)::bigint FROM incidents").await, 20_000);
+    assert_eq!(scalar(&stack, "SELECT count(*) FROM incidents").await, expected.len() as i64);
+    let rows: Vec<(String, i64)> = sqlx::query_as("SELECT fingerprint, occurrences FROM incidents")
+        .fetch_all(&stack.db.pool)
+        .await
+        .unwrap();
+    for (fp, occurrences) in rows {
+        assert_eq!(expected.get(&fp), Some(&occurrences), "fingerprint {fp}");
+    }
+    assert!(dead_letters(&stack).await.is_empty());
+}
+
+/// With de-duplication off every event is its own incident, still exactly once.
+#[tokio::test]
+async fn without_dedup_every_event_is_one_incident() {
+    let (stack, bus) = setup().await;
+    let fleet = Fleet::numbered("nodedup", 20);
+    enroll(&stack, &fleet).await;
+    let (running, shutdown) = start(&stack, &["--incident-dedup", "false"]).await;
+    assert_eq!(fleet.publish_events(&bus, 2_000, 256).await, 2_000);
+    wait_drained(&stack, &stack.topology.events_stream, "event-ingestor", Duration::from_secs(60)).await;
+    stop(running, shutdown).await;
+    assert_eq!(scalar(&stack, "SELECT count(*) FROM incidents").await, 2_000);
+    assert_eq!(scalar(&stack, "SELECT count(DISTINCT event_id) FROM incidents").await, 2_000);
+}
+
+/// Stopping one of two replicas mid-run: the other takes all the remaining work.
+#[tokio::test]
+async fn when_one_replica_stops_the_other_takes_all_the_work() {
+    let (stack, bus) = setup().await;
+    let fleet = Arc::new(Fleet::numbered("handover", 50));
+    enroll(&stack, &fleet).await;
+    let (a, stop_a) = start(&stack, &["--batch-size", "100"]).await;
+    let (b, stop_b) = start(&stack, &["--batch-size", "100"]).await;
+    assert_eq!(fleet.publish_events(&bus, 2_000, 256).await, 2_000);
+    wait_drained(&stack, &stack.topology.events_stream, "event-ingestor", Duration::from_secs(60)).await;
+    stop(a, stop_a).await;
+    let before = b.events_handled();
+    assert_eq!(fleet.publish_events(&bus, 3_000, 256).await, 3_000);
+    wait_drained(&stack, &stack.topology.events_stream, "event-ingestor", Duration::from_secs(60)).await;
+    assert_eq!(b.events_handled() - before, 3_000);
+    stop(b, stop_b).await;
+    assert_eq!(scalar(&stack, "SELECT sum(occurrences)::bigint FROM incidents").await, 5_000);
+}
