@@ -66,8 +66,8 @@ CREATE TABLE incidents (
     updated_at          TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 CREATE UNIQUE INDEX incidents_open_dedup_key_uq ON incidents (dedup_key) WHERE status <> 'resolved';
-CREATE INDEX incidents_agent_created_idx ON incidents (agent_id, created_at DESC, id DESC);
-CREATE INDEX incidents_agent_status_idx ON incidents (agent_id, status, created_at DESC, id DESC);
+CREATE INDEX incidents_agent_idx ON incidents (agent_id, id DESC);
+CREATE INDEX incidents_agent_status_idx ON incidents (agent_id, status, id DESC);
 CREATE INDEX incidents_fingerprint_idx ON incidents (fingerprint);
 
 -- Every event id ever ingested: the idempotency ledger that makes redelivery harmless

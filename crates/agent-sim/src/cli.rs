@@ -45,15 +45,29 @@ pub struct Args {
     /// Publishes in flight at once.
     #[arg(long, env = "SIM_CONCURRENCY", value_name = "SIM_CONCURRENCY", default_value_t = 256)]
     concurrency: usize,
+    /// Enroll the agents through this API first (e.g. http://127.0.0.1:8080), as real
+    /// agents do; without it the agents use ids derived from SIM_SEED.
+    #[arg(long = "api-url", env = "SIM_API_URL", value_name = "SIM_API_URL")]
+    api_url: Option<String>,
+    /// Enrollment token used with SIM_API_URL (never logged).
+    #[arg(long = "enroll-token", env = "SIM_ENROLL_TOKEN", value_name = "SIM_ENROLL_TOKEN", hide_env_values = true, value_parser = secret)]
+    enroll_token: Option<secrecy::SecretString>,
     /// Stop after this long (default: run until Ctrl-C).
     #[arg(long, env = "SIM_DURATION", value_name = "SIM_DURATION", value_parser = service_kit::config::parse_duration)]
     duration: Option<Duration>,
+}
+
+fn secret(s: &str) -> Result<secrecy::SecretString, std::convert::Infallible> {
+    Ok(secrecy::SecretString::from(s.to_owned()))
 }
 
 impl Args {
     pub fn validate(&self) -> Result<(), String> {
         self.telemetry.validate()?;
         self.nats.validate()?;
+        if self.api_url.is_some() != self.enroll_token.is_some() {
+            return Err("SIM_API_URL and SIM_ENROLL_TOKEN: set both to enroll, or neither".into());
+        }
         if self.agents == 0 {
             return Err("SIM_AGENTS: must be at least 1".into());
         }
@@ -75,7 +89,13 @@ impl Args {
 pub async fn run(args: Args, shutdown: tokio_util::sync::CancellationToken) -> anyhow::Result<()> {
     let client = natsbus::connect(&args.nats, "agent-sim").await?;
     let bus = Bus::new(client.clone(), args.nats.subjects(), &args.nats.agents_bucket).await?;
-    let fleet = Arc::new(Fleet::numbered(&args.seed, args.agents));
+    let mut fleet = Fleet::numbered(&args.seed, args.agents);
+    if let (Some(api), Some(token)) = (&args.api_url, &args.enroll_token) {
+        use secrecy::ExposeSecret as _;
+        fleet = crate::enroll::enroll_fleet(api, token.expose_secret(), &fleet).await?;
+        tracing::info!(agents = args.agents, api = %api, "simulated agents enrolled");
+    }
+    let fleet = Arc::new(fleet);
     tracing::info!(agents = args.agents, seed = %args.seed, "simulated agents starting");
     if let Some(duration) = args.duration {
         let stop = shutdown.clone();

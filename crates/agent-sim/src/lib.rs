@@ -7,6 +7,7 @@
 mod agent;
 mod bus;
 pub mod cli;
+pub mod enroll;
 mod fleet;
 
 pub use agent::SimAgent;

@@ -53,3 +53,13 @@ pub fn is_transient_sqlx(err: &sqlx::Error) -> bool {
         _ => false,
     }
 }
+
+/// Maps a unique violation (SQLSTATE 23505) to [`StorageError::Conflict`].
+pub(crate) fn unique_to_conflict(err: sqlx::Error, message: &str) -> StorageError {
+    match &err {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("23505") => {
+            StorageError::Conflict(message.to_owned())
+        }
+        _ => StorageError::Database(err),
+    }
+}

@@ -182,3 +182,133 @@ struct UpsertRow {
     inserted: bool,
     new_events: i64,
 }
+
+/// An incident as the API and the analyzer see it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct IncidentRow {
+    pub id: i64,
+    pub agent_id: String,
+    #[sqlx(rename = "type")]
+    pub kind: String,
+    pub source: String,
+    pub raw_error: String,
+    pub context: Value,
+    pub is_critical: bool,
+    pub severity: String,
+    pub status: String,
+    pub fingerprint: String,
+    pub occurrences: i64,
+    pub first_seen_at: DateTime<Utc>,
+    pub last_seen_at: DateTime<Utc>,
+    pub ai_analysis: Option<String>,
+    pub suggested_action: Option<Value>,
+    pub analysis_status: String,
+    pub analysis_error: Option<String>,
+    pub analyzer: Option<String>,
+    pub analyzer_model: Option<String>,
+    pub analyzed_at: Option<DateTime<Utc>>,
+    pub dropped_action: Option<Value>,
+    pub action_result: Option<Value>,
+    pub action_executed_at: Option<DateTime<Utc>>,
+    pub acknowledged_at: Option<DateTime<Utc>>,
+    pub acknowledged_by: Option<String>,
+    pub resolved_at: Option<DateTime<Utc>>,
+    pub resolved_by: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+const INCIDENT_COLUMNS: &str = "id, agent_id, type, source, raw_error, context, is_critical, severity, status, \
+    fingerprint, occurrences, first_seen_at, last_seen_at, ai_analysis, suggested_action, analysis_status, \
+    analysis_error, analyzer, analyzer_model, analyzed_at, dropped_action, action_result, action_executed_at, \
+    acknowledged_at, acknowledged_by, resolved_at, resolved_by, created_at, updated_at";
+
+pub async fn get(pool: &PgPool, id: i64) -> Result<Option<IncidentRow>, StorageError> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = $1")))
+        .bind(id)
+        .fetch_optional(pool)
+        .await?)
+}
+
+/// An agent's incidents, newest first; `before` is the last id of the previous page.
+pub async fn list_for_agent(
+    pool: &PgPool,
+    agent: &AgentId,
+    status: Option<&str>,
+    before: Option<i64>,
+    limit: i64,
+) -> Result<Vec<IncidentRow>, StorageError> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {INCIDENT_COLUMNS} FROM incidents
+         WHERE agent_id = $1 AND ($2::text IS NULL OR status = $2) AND ($3::bigint IS NULL OR id < $3)
+         ORDER BY id DESC LIMIT $4"
+    )))
+    .bind(agent.as_str())
+    .bind(status)
+    .bind(before)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Outcome of an acknowledge / resolve request.
+#[derive(Debug)]
+pub enum StatusChange {
+    Changed(Box<IncidentRow>),
+    NotFound,
+    /// The incident is in a status that cannot move there (e.g. already resolved).
+    Refused {
+        current: String,
+    },
+}
+
+/// Moves an incident to `acknowledged` or `resolved`. A resolved incident stays resolved
+/// (a new occurrence opens a new incident).
+pub async fn change_status(
+    pool: &PgPool,
+    id: i64,
+    target: &str,
+    actor: &str,
+) -> Result<StatusChange, StorageError> {
+    let allowed_from: &[&str] = match target {
+        "acknowledged" => &["new", "analyzed"],
+        "resolved" => &["new", "analyzed", "acknowledged"],
+        _ => return Err(StorageError::Conflict(format!("unsupported target status {target}"))),
+    };
+    let row: Option<IncidentRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE incidents SET status = $2, updated_at = now(),
+             acknowledged_at = CASE WHEN $2 = 'acknowledged' THEN now() ELSE acknowledged_at END,
+             acknowledged_by = CASE WHEN $2 = 'acknowledged' THEN $3 ELSE acknowledged_by END,
+             resolved_at = CASE WHEN $2 = 'resolved' THEN now() ELSE resolved_at END,
+             resolved_by = CASE WHEN $2 = 'resolved' THEN $3 ELSE resolved_by END
+         WHERE id = $1 AND status = ANY($4::text[])
+         RETURNING {INCIDENT_COLUMNS}"
+    )))
+    .bind(id)
+    .bind(target)
+    .bind(actor)
+    .bind(allowed_from)
+    .fetch_optional(pool)
+    .await?;
+    if let Some(row) = row {
+        return Ok(StatusChange::Changed(Box::new(row)));
+    }
+    let current: Option<String> = sqlx::query_scalar("SELECT status FROM incidents WHERE id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
+    Ok(match current {
+        None => StatusChange::NotFound,
+        Some(current) => StatusChange::Refused { current },
+    })
+}
+
+/// Records the outcome of the incident's suggested action.
+pub async fn record_action(pool: &PgPool, id: i64, result: &Value) -> Result<(), StorageError> {
+    sqlx::query("UPDATE incidents SET action_result = $2, action_executed_at = now(), updated_at = now() WHERE id = $1")
+        .bind(id)
+        .bind(result)
+        .execute(pool)
+        .await?;
+    Ok(())
+}

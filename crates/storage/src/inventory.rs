@@ -125,3 +125,46 @@ pub async fn ingest_snapshots(
     tx.commit().await?;
     Ok(outcome)
 }
+
+/// One stored snapshot.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct InventoryRow {
+    pub id: i64,
+    pub agent_id: String,
+    pub hash: String,
+    pub data: Value,
+    pub collected_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// An agent's history, newest first; `before` is the last id of the previous page.
+pub async fn history(
+    pool: &PgPool,
+    agent: &AgentId,
+    before: Option<i64>,
+    limit: i64,
+) -> Result<Vec<InventoryRow>, StorageError> {
+    Ok(sqlx::query_as(
+        "SELECT id, agent_id, hash, data, collected_at, created_at FROM agents_inventory
+         WHERE agent_id = $1 AND ($2::bigint IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
+    )
+    .bind(agent.as_str())
+    .bind(before)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+pub async fn get(pool: &PgPool, agent: &AgentId, id: i64) -> Result<Option<InventoryRow>, StorageError> {
+    Ok(sqlx::query_as(
+        "SELECT id, agent_id, hash, data, collected_at, created_at FROM agents_inventory WHERE agent_id = $1 AND id = $2",
+    )
+    .bind(agent.as_str())
+    .bind(id)
+    .fetch_optional(pool)
+    .await?)
+}
+
+pub async fn latest(pool: &PgPool, agent: &AgentId) -> Result<Option<InventoryRow>, StorageError> {
+    Ok(history(pool, agent, None, 1).await?.into_iter().next())
+}

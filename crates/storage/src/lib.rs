@@ -4,10 +4,13 @@
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
 pub mod agents;
+pub mod audit;
 mod config;
 mod error;
 pub mod incidents;
 pub mod inventory;
+pub mod tokens;
+pub mod users;
 
 pub use config::{DbConfig, SslMode};
 pub use error::{StorageError, is_transient_sqlx};

@@ -1,10 +1,14 @@
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use natsbus::NatsConfig;
 use presence::RedisConfig;
 use secrecy::{ExposeSecret, SecretString};
+use service_kit::config::parse_duration;
 use service_kit::telemetry::TelemetryArgs;
 use storage::DbConfig;
+
+use crate::auth::Role;
 
 /// Configuration of the api-gateway.
 #[derive(Debug, Clone, clap::Parser)]
@@ -37,13 +41,28 @@ pub enum Command {
     /// Create the database if missing, apply migrations and exit (safe to run from
     /// several places at once).
     Migrate,
+    /// Create a user and exit; the password is read from standard input (one line) or
+    /// from ADMIN_PASSWORD.
+    CreateUser {
+        /// The user's email (their login).
+        #[arg(long)]
+        email: String,
+        /// viewer, operator or admin.
+        #[arg(long, value_parser = parse_role, default_value = "admin")]
+        role: Role,
+    },
 }
 
-/// HTTP and security settings.
+fn parse_role(s: &str) -> Result<Role, String> {
+    Role::parse(s).ok_or_else(|| "must be viewer, operator or admin".to_owned())
+}
+
+/// HTTP, security and behaviour settings.
 #[derive(Clone, clap::Args)]
 pub struct ServeArgs {
     /// Address the HTTP API listens on.
     #[arg(
+        id = "http-addr",
         long = "http-addr",
         env = "HTTP_ADDR",
         value_name = "HTTP_ADDR",
@@ -52,11 +71,132 @@ pub struct ServeArgs {
     )]
     pub http_addr: SocketAddr,
     /// Secret that signs access tokens (HS256); at least 32 bytes. Never logged.
-    #[arg(long = "jwt-secret", env = "JWT_SECRET", value_name = "JWT_SECRET", hide_env_values = true, value_parser = secret, global = true)]
+    #[arg(id = "jwt-secret", long = "jwt-secret", env = "JWT_SECRET", value_name = "JWT_SECRET", hide_env_values = true, value_parser = secret, global = true)]
     pub jwt_secret: Option<SecretString>,
+    /// `iss` claim of issued tokens; tokens from any other issuer are refused.
+    #[arg(
+        id = "jwt-issuer",
+        long = "jwt-issuer",
+        env = "JWT_ISSUER",
+        value_name = "JWT_ISSUER",
+        default_value = "opspilot",
+        global = true
+    )]
+    pub jwt_issuer: String,
+    /// Lifetime of an access token.
+    #[arg(id = "token-ttl", long = "token-ttl", env = "TOKEN_TTL", value_name = "TOKEN_TTL", default_value = "1h", value_parser = parse_duration, global = true)]
+    pub token_ttl: Duration,
     /// Development mode: accept a short or default JWT_SECRET. Never in production.
-    #[arg(long = "dev", env = "OPSPILOT_DEV", value_name = "OPSPILOT_DEV", global = true)]
+    #[arg(id = "dev", long = "dev", env = "OPSPILOT_DEV", value_name = "OPSPILOT_DEV", global = true)]
     pub dev: bool,
+    /// Email of the first admin, created at start when there are no users yet.
+    #[arg(
+        id = "admin-email",
+        long = "admin-email",
+        env = "ADMIN_EMAIL",
+        value_name = "ADMIN_EMAIL",
+        global = true
+    )]
+    pub admin_email: Option<String>,
+    /// Password of that first admin (never logged).
+    #[arg(id = "admin-password", long = "admin-password", env = "ADMIN_PASSWORD", value_name = "ADMIN_PASSWORD", hide_env_values = true, value_parser = secret, global = true)]
+    pub admin_password: Option<SecretString>,
+    /// An enrollment token accepted without a database entry (local development).
+    #[arg(id = "bootstrap-token", long = "bootstrap-token", env = "BOOTSTRAP_TOKEN", value_name = "BOOTSTRAP_TOKEN", hide_env_values = true, value_parser = secret, global = true)]
+    pub bootstrap_token: Option<SecretString>,
+    /// NATS URLs handed to enrolling agents (default: the gateway's own NATS_URLS).
+    #[arg(
+        id = "agent-nats-urls",
+        long = "agent-nats-urls",
+        env = "AGENT_NATS_URLS",
+        value_name = "AGENT_NATS_URLS",
+        global = true
+    )]
+    pub agent_nats_urls: Option<String>,
+    /// Heartbeat interval handed to enrolling agents, in seconds.
+    #[arg(
+        id = "agent-heartbeat-interval",
+        long = "agent-heartbeat-interval",
+        env = "AGENT_HEARTBEAT_INTERVAL",
+        value_name = "AGENT_HEARTBEAT_INTERVAL",
+        default_value_t = 10,
+        global = true
+    )]
+    pub agent_heartbeat_interval: u32,
+    /// Silence after which an agent counts as offline when only Postgres knows about it.
+    #[arg(id = "offline-threshold", long = "offline-threshold", env = "OFFLINE_THRESHOLD", value_name = "OFFLINE_THRESHOLD", default_value = "30s", value_parser = parse_duration, global = true)]
+    pub offline_threshold: Duration,
+    /// How long an execute waits for the agent's reply before answering 504.
+    #[arg(id = "rpc-timeout", long = "rpc-timeout", env = "RPC_TIMEOUT", value_name = "RPC_TIMEOUT", default_value = "10s", value_parser = parse_duration, global = true)]
+    pub rpc_timeout: Duration,
+    /// How long an analyze waits for the ai-analyzer.
+    #[arg(id = "analyze-timeout", long = "analyze-timeout", env = "ANALYZE_TIMEOUT", value_name = "ANALYZE_TIMEOUT", default_value = "60s", value_parser = parse_duration, global = true)]
+    pub analyze_timeout: Duration,
+    /// Requests per minute per client address (0 = no limit).
+    #[arg(
+        id = "rate-limit-ip",
+        long = "rate-limit-ip",
+        env = "RATE_LIMIT_PER_IP",
+        value_name = "RATE_LIMIT_PER_IP",
+        default_value_t = 1200,
+        global = true
+    )]
+    pub rate_limit_ip: u32,
+    /// Requests per minute per user (0 = no limit).
+    #[arg(
+        id = "rate-limit-user",
+        long = "rate-limit-user",
+        env = "RATE_LIMIT_PER_USER",
+        value_name = "RATE_LIMIT_PER_USER",
+        default_value_t = 1200,
+        global = true
+    )]
+    pub rate_limit_user: u32,
+    /// Login attempts per minute per client address.
+    #[arg(
+        id = "rate-limit-login",
+        long = "rate-limit-login",
+        env = "RATE_LIMIT_LOGIN",
+        value_name = "RATE_LIMIT_LOGIN",
+        default_value_t = 10,
+        global = true
+    )]
+    pub rate_limit_login: u32,
+    /// Login attempts per 10 minutes per account.
+    #[arg(
+        id = "rate-limit-login-account",
+        long = "rate-limit-login-account",
+        env = "RATE_LIMIT_LOGIN_ACCOUNT",
+        value_name = "RATE_LIMIT_LOGIN_ACCOUNT",
+        default_value_t = 20,
+        global = true
+    )]
+    pub rate_limit_login_account: u32,
+    /// Enrollment attempts per minute per client address.
+    #[arg(
+        id = "rate-limit-enroll",
+        long = "rate-limit-enroll",
+        env = "RATE_LIMIT_ENROLL",
+        value_name = "RATE_LIMIT_ENROLL",
+        default_value_t = 60,
+        global = true
+    )]
+    pub rate_limit_enroll: u32,
+    /// Believe X-Forwarded-For (only behind a proxy that sets it).
+    #[arg(
+        id = "trust-proxy",
+        long = "trust-proxy",
+        env = "TRUST_PROXY_HEADERS",
+        value_name = "TRUST_PROXY_HEADERS",
+        global = true
+    )]
+    pub trust_proxy: bool,
+    /// How long cached reads (agent lists) are reused; 0 disables the cache.
+    #[arg(id = "cache-ttl", long = "cache-ttl", env = "API_CACHE_TTL", value_name = "API_CACHE_TTL", default_value = "2s", value_parser = parse_duration, global = true)]
+    pub cache_ttl: Duration,
+    /// How long a shutdown may take to finish requests in flight.
+    #[arg(id = "shutdown-grace", long = "shutdown-grace", env = "SHUTDOWN_GRACE", value_name = "SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration, global = true)]
+    pub shutdown_grace: Duration,
 }
 
 impl std::fmt::Debug for ServeArgs {
@@ -64,8 +204,10 @@ impl std::fmt::Debug for ServeArgs {
         f.debug_struct("ServeArgs")
             .field("http_addr", &self.http_addr)
             .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "[REDACTED]"))
+            .field("admin_password", &self.admin_password.as_ref().map(|_| "[REDACTED]"))
+            .field("bootstrap_token", &self.bootstrap_token.as_ref().map(|_| "[REDACTED]"))
             .field("dev", &self.dev)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -82,8 +224,13 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         self.telemetry.validate()?;
         self.db.validate()?;
-        if matches!(self.command, Some(Command::Migrate)) {
-            return Ok(());
+        match &self.command {
+            Some(Command::Migrate) => return Ok(()),
+            Some(Command::CreateUser { email, .. }) => {
+                return crate::routes::auth::validate_email(email)
+                    .map_err(|_| "--email: not a valid email".into());
+            }
+            None | Some(Command::Serve) => {}
         }
         self.nats.validate()?;
         self.redis.validate()?;
@@ -100,6 +247,40 @@ impl Config {
         }
         if weak {
             tracing::warn!("JWT_SECRET is weak; accepted only because OPSPILOT_DEV is set");
+        }
+        if self.serve.jwt_issuer.is_empty() || self.serve.jwt_issuer.len() > 128 {
+            return Err("JWT_ISSUER: 1 to 128 characters".into());
+        }
+        if self.serve.token_ttl < Duration::from_secs(60)
+            || self.serve.token_ttl > Duration::from_secs(30 * 86400)
+        {
+            return Err("TOKEN_TTL: between 1m and 30d".into());
+        }
+        if !(1..=3600).contains(&self.serve.agent_heartbeat_interval) {
+            return Err("AGENT_HEARTBEAT_INTERVAL: between 1 and 3600 seconds".into());
+        }
+        if self.serve.rpc_timeout.is_zero() || self.serve.rpc_timeout > Duration::from_secs(300) {
+            return Err("RPC_TIMEOUT: between 1ms and 5m".into());
+        }
+        if self.serve.analyze_timeout.is_zero() {
+            return Err("ANALYZE_TIMEOUT: must be positive".into());
+        }
+        if self.serve.admin_email.is_some() != self.serve.admin_password.is_some() {
+            return Err("ADMIN_EMAIL and ADMIN_PASSWORD: set both or neither".into());
+        }
+        if let Some(email) = &self.serve.admin_email {
+            crate::routes::auth::validate_email(email)
+                .map_err(|_| "ADMIN_EMAIL: not a valid email".to_owned())?;
+        }
+        if let Some(password) = &self.serve.admin_password {
+            crate::routes::auth::validate_password(password)
+                .map_err(|_| "ADMIN_PASSWORD: 12 to 1024 characters".to_owned())?;
+        }
+        if let Some(token) = &self.serve.bootstrap_token
+            && token.expose_secret().len() < 16
+            && !self.serve.dev
+        {
+            return Err("BOOTSTRAP_TOKEN: at least 16 characters".into());
         }
         Ok(())
     }

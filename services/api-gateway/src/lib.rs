@@ -3,16 +3,39 @@
 
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
+mod auth;
+mod cache;
+mod client_ip;
 mod config;
+mod error;
+mod extract;
+mod http;
+mod presence_view;
+mod ratelimit;
+mod routes;
+mod rpc;
+mod state;
+mod views;
 
+pub use auth::Role;
 pub use config::{Command, Config, ServeArgs};
+pub use views::*;
 
 use std::net::SocketAddr;
 
+use anyhow::Context as _;
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use secrecy::{ExposeSecret, SecretString};
 use service_kit::admin::Readiness;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+use utoipa_swagger_ui::SwaggerUi;
+
+/// Largest request body accepted (413 beyond).
+pub const BODY_LIMIT: usize = 64 * 1024;
 
 /// A started gateway.
 pub struct Running {
@@ -37,36 +60,134 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             storage::migrate(&pool).await?;
             Ok(())
         }
+        Command::CreateUser { email, role } => {
+            let password = match &config.serve.admin_password {
+                Some(password) => password.clone(),
+                None => read_password_from_stdin()?,
+            };
+            let pool = storage::connect(&config.db).await?;
+            storage::check_schema(&pool).await?;
+            let user = routes::auth::create_user(&pool, &email, password, role)
+                .await
+                .map_err(|e| anyhow::anyhow!("creating the user: {e}"))?;
+            tracing::info!(user_id = %user.id, role = role.as_str(), "user created");
+            Ok(())
+        }
     }
+}
+
+fn read_password_from_stdin() -> anyhow::Result<SecretString> {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).context("reading the password from standard input")?;
+    Ok(SecretString::from(line.trim_end_matches(['\r', '\n']).to_owned()))
 }
 
 /// Connects to everything and starts serving HTTP; returns once ready.
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
-    use anyhow::Context as _;
-
+    let secret = config.serve.jwt_secret.clone().context("JWT_SECRET is required")?;
     let client = natsbus::connect(&config.nats, "api-gateway").await?;
     let pool = storage::connect(&config.db).await?;
     storage::check_schema(&pool).await?;
     let redis = presence::connect(&config.redis).await?;
+    ensure_first_admin(&pool, &config).await?;
+
+    let serve = &config.serve;
+    let limits = ratelimit::Limits {
+        per_ip_per_minute: serve.rate_limit_ip,
+        per_user_per_minute: serve.rate_limit_user,
+        login_per_ip_per_minute: serve.rate_limit_login,
+        login_per_account_per_10_minutes: serve.rate_limit_login_account,
+        enroll_per_ip_per_minute: serve.rate_limit_enroll,
+    };
+    let nats_urls = match &serve.agent_nats_urls {
+        Some(urls) => urls.split(',').map(str::trim).filter(|u| !u.is_empty()).map(str::to_owned).collect(),
+        None => config.nats.server_urls(),
+    };
+    let state = state::AppState::new(state::Inner {
+        pool: pool.clone(),
+        redis: redis.clone(),
+        keys: config.redis.keys(),
+        nats: client.clone(),
+        subjects: config.nats.subjects(),
+        jwt: auth::JwtKeys::new(&secret, &serve.jwt_issuer, serve.token_ttl),
+        limiter: ratelimit::RateLimiter::new(redis.clone(), config.redis.keys(), limits),
+        rpc_timeout: serve.rpc_timeout,
+        analyze_timeout: serve.analyze_timeout,
+        bootstrap_token_hash: serve
+            .bootstrap_token
+            .as_ref()
+            .map(|t| wire_models::sha256_hex(t.expose_secret().as_bytes())),
+        enrollment: state::EnrollmentInfo {
+            nats_urls,
+            subject_root: config.nats.subject_root.to_string(),
+            agents_bucket: config.nats.agents_bucket.clone(),
+            heartbeat_interval_secs: serve.agent_heartbeat_interval,
+        },
+        cache_ttl: serve.cache_ttl,
+        default_offline_threshold: serve.offline_threshold,
+    });
 
     let readiness = Readiness::new()
         .with_check("postgres", storage::ready_check(pool.clone()))
         .with_check("nats", natsbus::ready_check(client.clone()))
         .with_check("redis", presence::ready_check(redis.clone()));
-    let app: Router = service_kit::admin::router(readiness);
+    let app = router(state, readiness, serve.trust_proxy);
 
-    let listener = tokio::net::TcpListener::bind(config.serve.http_addr)
+    let listener = tokio::net::TcpListener::bind(serve.http_addr)
         .await
-        .with_context(|| format!("binding {}", config.serve.http_addr))?;
+        .with_context(|| format!("binding {}", serve.http_addr))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "api-gateway ready");
+    let grace = serve.shutdown_grace;
     let task = tokio::spawn(async move {
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
-            .context("serving http")?;
+        let stopping = shutdown.clone();
+        let server = std::future::IntoFuture::into_future(
+            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+                .with_graceful_shutdown(shutdown.cancelled_owned()),
+        );
+        tokio::pin!(server);
+        tokio::select! {
+            result = &mut server => result.context("serving http")?,
+            _ = async { stopping.cancelled().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!(?grace, "requests still in flight after the grace period; stopping anyway");
+            }
+        }
         client.flush().await.context("flushing nats")?;
         Ok(())
     });
     Ok(Running { addr, task })
+}
+
+fn router(state: state::AppState, readiness: Readiness, trust_proxy: bool) -> Router {
+    let (api, openapi) = routes::api();
+    let api =
+        api.layer(axum::middleware::from_fn_with_state(state.clone(), http::rate_limit)).with_state(state);
+    Router::new()
+        .merge(api)
+        .merge(SwaggerUi::new("/api/v1/docs").url("/api/v1/openapi.json", openapi))
+        .merge(service_kit::admin::router(readiness))
+        .fallback(http::not_found)
+        .method_not_allowed_fallback(http::method_not_allowed)
+        .layer(axum::middleware::from_fn(http::metrics))
+        .layer(TraceLayer::new_for_http().make_span_with(http::make_span))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::Extension(client_ip::TrustProxy(trust_proxy)))
+        .layer(CatchPanicLayer::custom(http::panic_response))
+}
+
+/// Creates the first admin from ADMIN_EMAIL / ADMIN_PASSWORD when there are no users.
+async fn ensure_first_admin(pool: &storage::PgPool, config: &Config) -> anyhow::Result<()> {
+    let (Some(email), Some(password)) = (&config.serve.admin_email, &config.serve.admin_password) else {
+        return Ok(());
+    };
+    if storage::users::count(pool).await? > 0 {
+        return Ok(());
+    }
+    match routes::auth::create_user(pool, email, password.clone(), Role::Admin).await {
+        Ok(user) => tracing::info!(user_id = %user.id, "first admin created from ADMIN_EMAIL"),
+        // Another replica created it at the same moment.
+        Err(error::ApiError::Conflict(_)) => {}
+        Err(err) => anyhow::bail!("creating the first admin: {err}"),
+    }
+    Ok(())
 }

@@ -1,4 +1,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(unused_crate_dependencies, unreachable_pub)]
 
+mod agents;
+mod auth;
+mod enroll;
+mod execute;
+mod helpers;
+mod hostile;
+mod incidents;
 mod lifecycle;
+mod roles;

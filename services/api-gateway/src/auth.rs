@@ -1,0 +1,233 @@
+//! Who is calling: bearer JWTs (HS256 only, issuer and expiry checked), argon2id
+//! passwords (hashed off the async threads), and role checks as extractors.
+
+use std::time::Duration;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use chrono::{DateTime, Utc};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// What a user may do. Each role includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Reads everything operators read.
+    Viewer,
+    /// Also executes actions and asks for analyses; acknowledges and resolves incidents.
+    Operator,
+    /// Everything: users, enrollment tokens, the audit log, revoking agents.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "viewer" => Some(Role::Viewer),
+            "operator" => Some(Role::Operator),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// Token claims.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Claims {
+    pub(crate) sub: Uuid,
+    pub(crate) email: String,
+    pub(crate) role: Role,
+    pub(crate) iss: String,
+    pub(crate) iat: i64,
+    pub(crate) exp: i64,
+    pub(crate) jti: Uuid,
+}
+
+/// Signing and verification keys with the validation rules pinned.
+pub(crate) struct JwtKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    issuer: String,
+    pub(crate) ttl: Duration,
+}
+
+impl JwtKeys {
+    pub(crate) fn new(secret: &SecretString, issuer: &str, ttl: Duration) -> Self {
+        let bytes = secret.expose_secret().as_bytes();
+        // Only HS256: a token claiming `none`, RS256 (the key-confusion attack) or any
+        // other algorithm is refused before its signature is even looked at.
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_issuer(&[issuer]);
+        validation.set_required_spec_claims(&["exp", "iss", "sub"]);
+        validation.leeway = 30;
+        Self {
+            encoding: EncodingKey::from_secret(bytes),
+            decoding: DecodingKey::from_secret(bytes),
+            validation,
+            issuer: issuer.to_owned(),
+            ttl,
+        }
+    }
+
+    /// A signed token for `user`, and when it expires.
+    pub(crate) fn issue(
+        &self,
+        id: Uuid,
+        email: &str,
+        role: Role,
+    ) -> Result<(String, DateTime<Utc>), ApiError> {
+        let now = Utc::now();
+        let expires = now + chrono::Duration::from_std(self.ttl).unwrap_or(chrono::Duration::hours(1));
+        let claims = Claims {
+            sub: id,
+            email: email.to_owned(),
+            role,
+            iss: self.issuer.clone(),
+            iat: now.timestamp(),
+            exp: expires.timestamp(),
+            jti: Uuid::new_v4(),
+        };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(|e| ApiError::Internal(anyhow::anyhow!("signing a token: {e}")))?;
+        Ok((token, expires))
+    }
+
+    pub(crate) fn verify(&self, token: &str) -> Result<Claims, ApiError> {
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map(|data| data.claims)
+            .map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind;
+                let reason = match e.kind() {
+                    ErrorKind::ExpiredSignature => "token expired",
+                    ErrorKind::InvalidIssuer => "token from another issuer",
+                    ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+                        "token algorithm not accepted"
+                    }
+                    ErrorKind::InvalidSignature => "token signature invalid",
+                    _ => "token invalid",
+                };
+                ApiError::Unauthenticated(reason.into())
+            })
+    }
+}
+
+/// Hashes a password with argon2id (default parameters: 19 MiB, 2 passes) on a
+/// blocking thread: it takes tens of milliseconds by design.
+pub(crate) async fn hash_password(password: SecretString) -> Result<String, ApiError> {
+    tokio::task::spawn_blocking(move || {
+        use argon2::password_hash::PasswordHasher;
+        argon2::Argon2::default()
+            .hash_password(password.expose_secret().as_bytes())
+            .map(|hash| hash.to_string())
+            .map_err(|e| ApiError::Internal(anyhow::anyhow!("hashing a password: {e}")))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.into()))?
+}
+
+/// A valid-looking hash to verify against when the user does not exist, so a login for
+/// an unknown email takes as long as one with a wrong password.
+const DECOY_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$0UGUxkTFRRnUQ0nBB3Vh1K2Gfi7x+7mdK1iGXAGBFjk";
+
+/// Checks a password against a stored hash (or the decoy) on a blocking thread.
+pub(crate) async fn verify_password(password: SecretString, hash: Option<String>) -> bool {
+    let real = hash.is_some();
+    let hash = hash.unwrap_or_else(|| DECOY_HASH.to_owned());
+    let ok = tokio::task::spawn_blocking(move || {
+        use argon2::password_hash::PasswordVerifier;
+        let Ok(parsed) = argon2::password_hash::phc::PasswordHash::new(&hash) else { return false };
+        argon2::Argon2::default().verify_password(password.expose_secret().as_bytes(), &parsed).is_ok()
+    })
+    .await
+    .unwrap_or(false);
+    ok && real
+}
+
+/// The authenticated caller. The role comes from the database on every request, so
+/// disabling a user or lowering a role takes effect at once.
+#[derive(Debug, Clone)]
+pub(crate) struct CurrentUser {
+    pub(crate) id: Uuid,
+    pub(crate) email: String,
+    pub(crate) role: Role,
+}
+
+impl CurrentUser {
+    pub(crate) fn require(&self, role: Role) -> Result<(), ApiError> {
+        if self.role >= role { Ok(()) } else { Err(ApiError::Forbidden(role.as_str())) }
+    }
+}
+
+impl FromRequestParts<AppState> for CurrentUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        if let Some(user) = parts.extensions.get::<CurrentUser>() {
+            return Ok(user.clone());
+        }
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .ok_or_else(|| ApiError::Unauthenticated("missing bearer token".into()))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| ApiError::Unauthenticated("expected `Authorization: Bearer <token>`".into()))?;
+        let claims = state.jwt.verify(token)?;
+        let user = storage::users::by_id(&state.pool, claims.sub)
+            .await?
+            .filter(|u| !u.disabled)
+            .ok_or_else(|| ApiError::Unauthenticated("user unknown or disabled".into()))?;
+        let role = Role::parse(&user.role)
+            .ok_or_else(|| ApiError::Unauthenticated("user has no valid role".into()))?;
+        state.limiter.per_user(user.id).await?;
+        let current = CurrentUser { id: user.id, email: user.email, role };
+        parts.extensions.insert(current.clone());
+        Ok(current)
+    }
+}
+
+macro_rules! role_extractor {
+    ($name:ident, $role:expr, $doc:literal) => {
+        #[doc = $doc]
+        #[allow(dead_code)] // read-only handlers only need the check, not the user
+        #[allow(dead_code)] // read-only handlers only need the check, not the user
+        pub(crate) struct $name(pub(crate) CurrentUser);
+
+        impl FromRequestParts<AppState> for $name {
+            type Rejection = ApiError;
+
+            async fn from_request_parts(
+                parts: &mut Parts,
+                state: &AppState,
+            ) -> Result<Self, Self::Rejection> {
+                let user = CurrentUser::from_request_parts(parts, state).await?;
+                user.require($role)?;
+                Ok($name(user))
+            }
+        }
+    };
+}
+
+role_extractor!(Viewer, Role::Viewer, "Any authenticated user.");
+role_extractor!(Operator, Role::Operator, "An operator or an admin.");
+role_extractor!(Admin, Role::Admin, "An admin.");

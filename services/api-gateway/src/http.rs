@@ -1,0 +1,90 @@
+//! Cross-cutting HTTP behaviour: trace context from `traceparent`, per-route metrics,
+//! the per-address rate limit, panics and unknown routes as problem documents.
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::HeaderMap;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use opentelemetry::propagation::Extractor;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+struct HeaderExtractor<'a>(&'a HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+/// The span of one request, a child of the caller's trace when it sent `traceparent`.
+pub(crate) fn make_span(request: &Request) -> tracing::Span {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let span = tracing::info_span!(
+        "http.request",
+        otel.name = format!("{} {route}", request.method()),
+        otel.kind = "server",
+        http.method = %request.method(),
+        http.route = %route,
+        http.status_code = tracing::field::Empty,
+    );
+    let parent =
+        opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(request.headers())));
+    let _ = span.set_parent(parent);
+    span
+}
+
+/// Counts and times every request by route and status.
+pub(crate) async fn metrics(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = request.method().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    tracing::Span::current().record("http.status_code", response.status().as_u16());
+    metrics::histogram!("opspilot_http_request_seconds", "route" => route.clone(), "method" => method.clone())
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!("opspilot_http_requests_total", "route" => route, "method" => method, "status" => status)
+        .increment(1);
+    response
+}
+
+/// The per-address rate limit on every API request.
+pub(crate) async fn rate_limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let ip = crate::client_ip::client_ip(&parts);
+    if let Err(err) = state.limiter.per_ip(ip).await {
+        return err.into_response();
+    }
+    next.run(Request::from_parts(parts, body)).await
+}
+
+pub(crate) async fn not_found() -> ApiError {
+    ApiError::NotFound("no such endpoint".into())
+}
+
+pub(crate) async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+/// A handler panic answers 500 with a problem document; the panic itself is logged by
+/// the panic hook.
+pub(crate) fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
+}

@@ -1,0 +1,472 @@
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::Value;
+use utoipa::IntoParams;
+
+use crate::auth::{Admin, Operator, Viewer};
+use crate::client_ip::ClientIp;
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, agent_id};
+use crate::presence_view;
+use crate::routes::page_size;
+use crate::state::AppState;
+use crate::views::*;
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub(crate) struct ListQuery {
+    /// `online` or `offline`.
+    status: Option<String>,
+    /// Only agents whose hostname starts with this.
+    hostname_prefix: Option<String>,
+    /// The `next_cursor` of the previous page.
+    after: Option<String>,
+    /// 1 to 500 (default 100).
+    limit: Option<u32>,
+}
+
+/// Enrolled agents with their presence, ordered by id (keyset pagination).
+#[utoipa::path(
+    get, path = "/api/v1/agents", tag = "agents", security(("bearer" = [])), params(ListQuery),
+    responses(
+        (status = 200, body = AgentPage),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    _viewer: Viewer,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> ApiResult<Json<AgentPage>> {
+    let limit = page_size(query.limit)?;
+    if let Some(status) = &query.status
+        && status != "online"
+        && status != "offline"
+    {
+        return Err(ApiError::bad_request("invalid-query", "status must be online or offline"));
+    }
+    if let Some(prefix) = &query.hostname_prefix
+        && (prefix.len() > 253 || prefix.chars().any(char::is_control))
+    {
+        return Err(ApiError::bad_request(
+            "invalid-query",
+            "hostname_prefix is too long or has control characters",
+        ));
+    }
+    let after = query.after.as_deref().map(agent_id).transpose()?;
+    let cache_key = format!(
+        "agents:{}",
+        wire_models::sha256_hex(
+            format!("{:?}|{:?}|{:?}|{limit}", query.status, query.hostname_prefix, after).as_bytes()
+        )
+    );
+    if let Some(page) = crate::cache::get::<AgentPage>(&state, &cache_key).await {
+        return Ok(Json(page));
+    }
+    let rows = storage::agents::list(
+        &state.pool,
+        &storage::agents::AgentFilter {
+            status: query.status.as_deref(),
+            hostname_prefix: query.hostname_prefix.as_deref(),
+            after: after.as_ref().map(|a| a.as_str()),
+            limit,
+            include_revoked: false,
+        },
+    )
+    .await?;
+    let next_cursor = (rows.len() as i64 == limit).then(|| rows.last().map(|r| r.id.clone())).flatten();
+    let page = AgentPage { items: presence_view::agent_views(&state, rows).await, next_cursor };
+    crate::cache::put(&state, &cache_key, &page).await;
+    Ok(Json(page))
+}
+
+/// One agent with its presence and latest inventory.
+#[utoipa::path(
+    get, path = "/api/v1/agents/{id}", tag = "agents", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Agent id (12 lowercase hex characters)")),
+    responses(
+        (status = 200, body = AgentDetail),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn get(
+    State(state): State<AppState>,
+    _viewer: Viewer,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<AgentDetail>> {
+    let id = agent_id(&id)?;
+    let row = find_agent(&state, &id).await?;
+    let latest = storage::inventory::latest(&state.pool, &id).await?;
+    let agent = presence_view::agent_views(&state, vec![row]).await.into_iter().next();
+    let agent = agent.ok_or_else(|| ApiError::NotFound(format!("agent {id} not found")))?;
+    Ok(Json(AgentDetail { agent, latest_inventory: latest.map(Into::into) }))
+}
+
+/// Revokes an agent: its data stays, it can no longer send anything or be enrolled
+/// again, and its bus credentials stop working.
+#[utoipa::path(
+    delete, path = "/api/v1/agents/{id}", tag = "agents", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Agent id")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn revoke(
+    State(state): State<AppState>,
+    Admin(user): Admin,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    let id = agent_id(&id)?;
+    let request_id = uuid::Uuid::now_v7();
+    storage::audit::begin(
+        &state.pool,
+        &storage::audit::NewAudit {
+            request_id,
+            actor: &user.email,
+            action: "revoke_agent",
+            agent_id: Some(id.as_str()),
+            incident_id: None,
+            command: None,
+            params: None,
+        },
+    )
+    .await?;
+    let revoked = storage::agents::revoke(&state.pool, &id).await?;
+    storage::audit::finish(&state.pool, request_id, if revoked { "ok" } else { "not_found" }, None, 0)
+        .await?;
+    if !revoked {
+        return Err(ApiError::NotFound(format!("agent {id} not found or already revoked")));
+    }
+    tracing::info!(agent_id = %id, by = %user.email, "agent revoked");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub(crate) struct IncidentQuery {
+    /// `new`, `analyzed`, `acknowledged` or `resolved`.
+    status: Option<String>,
+    /// The `next_cursor` of the previous page.
+    before: Option<i64>,
+    limit: Option<u32>,
+}
+
+/// An agent's incidents, newest first.
+#[utoipa::path(
+    get, path = "/api/v1/agents/{id}/incidents", tag = "agents", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Agent id"), IncidentQuery),
+    responses(
+        (status = 200, body = IncidentPage),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn incidents(
+    State(state): State<AppState>,
+    _viewer: Viewer,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<IncidentQuery>,
+) -> ApiResult<Json<IncidentPage>> {
+    let id = agent_id(&id)?;
+    let limit = page_size(query.limit)?;
+    if let Some(status) = &query.status
+        && !["new", "analyzed", "acknowledged", "resolved"].contains(&status.as_str())
+    {
+        return Err(ApiError::bad_request(
+            "invalid-query",
+            "status must be new, analyzed, acknowledged or resolved",
+        ));
+    }
+    find_agent(&state, &id).await?;
+    let rows =
+        storage::incidents::list_for_agent(&state.pool, &id, query.status.as_deref(), query.before, limit)
+            .await?;
+    let next_cursor = (rows.len() as i64 == limit).then(|| rows.last().map(|r| r.id)).flatten();
+    Ok(Json(IncidentPage { items: rows.into_iter().map(Into::into).collect(), next_cursor }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub(crate) struct PageQuery {
+    before: Option<i64>,
+    limit: Option<u32>,
+}
+
+/// An agent's inventory history (a row per change), newest first.
+#[utoipa::path(
+    get, path = "/api/v1/agents/{id}/inventory", tag = "agents", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Agent id"), PageQuery),
+    responses(
+        (status = 200, body = InventoryPage),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn inventory(
+    State(state): State<AppState>,
+    _viewer: Viewer,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<PageQuery>,
+) -> ApiResult<Json<InventoryPage>> {
+    let id = agent_id(&id)?;
+    let limit = page_size(query.limit)?;
+    find_agent(&state, &id).await?;
+    let rows = storage::inventory::history(&state.pool, &id, query.before, limit).await?;
+    let next_cursor = (rows.len() as i64 == limit).then(|| rows.last().map(|r| r.id)).flatten();
+    Ok(Json(InventoryPage { items: rows.into_iter().map(Into::into).collect(), next_cursor }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub(crate) struct DiffQuery {
+    /// Id of the older snapshot.
+    from: i64,
+    /// Id of the newer snapshot.
+    to: i64,
+}
+
+/// What changed between two of an agent's snapshots.
+#[utoipa::path(
+    get, path = "/api/v1/agents/{id}/inventory/diff", tag = "agents", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Agent id"), DiffQuery),
+    responses(
+        (status = 200, body = InventoryDiff),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn inventory_diff(
+    State(state): State<AppState>,
+    _viewer: Viewer,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<DiffQuery>,
+) -> ApiResult<Json<InventoryDiff>> {
+    let id = agent_id(&id)?;
+    let from = storage::inventory::get(&state.pool, &id, query.from).await?;
+    let to = storage::inventory::get(&state.pool, &id, query.to).await?;
+    let (Some(from), Some(to)) = (from, to) else {
+        return Err(ApiError::NotFound(format!(
+            "snapshot {} or {} of agent {id} not found",
+            query.from, query.to
+        )));
+    };
+    let mut changes = Vec::new();
+    diff_values("", &from.data, &to.data, &mut changes);
+    Ok(Json(InventoryDiff { from: from.id, to: to.id, changes }))
+}
+
+/// Structural diff; lists of objects with a `name` are compared by name.
+pub(crate) fn diff_values(path: &str, a: &Value, b: &Value, out: &mut Vec<InventoryChange>) {
+    let join = |key: &str| if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") };
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for key in keys {
+                match (x.get(key), y.get(key)) {
+                    (Some(va), Some(vb)) => diff_values(&join(key), va, vb, out),
+                    (Some(va), None) => out.push(change(join(key), "removed", Some(va.clone()), None)),
+                    (None, Some(vb)) => out.push(change(join(key), "added", None, Some(vb.clone()))),
+                    (None, None) => {}
+                }
+            }
+        }
+        (Value::Array(x), Value::Array(y)) if by_name(x).is_some() && by_name(y).is_some() => {
+            let (x, y) = (by_name(x).unwrap_or_default(), by_name(y).unwrap_or_default());
+            let names: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for name in names {
+                match (x.get(name), y.get(name)) {
+                    (Some(va), Some(vb)) => diff_values(&join(name), va, vb, out),
+                    (Some(va), None) => out.push(change(join(name), "removed", Some((*va).clone()), None)),
+                    (None, Some(vb)) => out.push(change(join(name), "added", None, Some((*vb).clone()))),
+                    (None, None) => {}
+                }
+            }
+        }
+        (x, y) if x != y => out.push(change(path.to_owned(), "changed", Some(x.clone()), Some(y.clone()))),
+        _ => {}
+    }
+}
+
+fn by_name(items: &[Value]) -> Option<BTreeMap<String, &Value>> {
+    let mut map = BTreeMap::new();
+    for item in items {
+        let name = item.get("name")?.as_str()?;
+        if map.insert(name.to_owned(), item).is_some() {
+            return None;
+        }
+    }
+    Some(map)
+}
+
+fn change(path: String, op: &str, from: Option<Value>, to: Option<Value>) -> InventoryChange {
+    InventoryChange { path, op: op.to_owned(), from, to }
+}
+
+/// Runs an allow-listed command on the agent and returns its reply.
+#[utoipa::path(
+    post, path = "/api/v1/agents/{id}/execute", tag = "agents", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Agent id")),
+    request_body = ExecuteRequest,
+    responses(
+        (status = 200, description = "The agent's reply", body = ExecuteResponse),
+        (status = 400, description = "Invalid command or params; nothing was sent", body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown or offline agent", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "The agent's reply was invalid", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "No reply within the timeout", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn execute(
+    State(state): State<AppState>,
+    Operator(user): Operator,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<ExecuteRequest>,
+) -> ApiResult<Json<ExecuteResponse>> {
+    let id = agent_id(&id)?;
+    if let Some(body_id) = &body.agent_id
+        && body_id != id.as_str()
+    {
+        return Err(ApiError::bad_request("agent-mismatch", "agent_id in the body differs from the path"));
+    }
+    let command = crate::rpc::command_from(&body.command, &body.params)?;
+    let agent = find_agent(&state, &id).await?;
+    ensure_online(&state, &agent)?;
+    Ok(Json(crate::rpc::execute(&state, &user, &id, &command, None).await?))
+}
+
+/// Looks an agent up; revoked agents are as good as unknown.
+pub(crate) async fn find_agent(
+    state: &AppState,
+    id: &wire_models::AgentId,
+) -> ApiResult<storage::agents::AgentRow> {
+    storage::agents::get(&state.pool, id)
+        .await?
+        .filter(|row| row.revoked_at.is_none())
+        .ok_or_else(|| ApiError::NotFound(format!("agent {id} not found")))
+}
+
+pub(crate) fn ensure_online(state: &AppState, agent: &storage::agents::AgentRow) -> ApiResult<()> {
+    let presence = presence_view::from_row(agent, state);
+    if presence_view::is_online(&presence) {
+        Ok(())
+    } else {
+        Err(ApiError::AgentOffline(format!("agent {} is offline", agent.id)))
+    }
+}
+
+/// Enrolls an agent with an enrollment token. Re-enrolling the same machine (same
+/// fingerprint) returns the same agent id.
+#[utoipa::path(
+    post, path = "/api/v1/agents/enroll", tag = "agents",
+    request_body = EnrollRequest,
+    responses(
+        (status = 201, description = "A new agent", body = EnrollResponse),
+        (status = 200, description = "A machine enrolled before", body = EnrollResponse),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Token unknown, expired, revoked or used up", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The machine's agent was revoked", body = Problem, content_type = "application/problem+json"),
+        (status = 429, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn enroll(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    ApiJson(body): ApiJson<EnrollRequest>,
+) -> ApiResult<(StatusCode, Json<EnrollResponse>)> {
+    state.limiter.enroll(ip).await?;
+    if body.token.is_empty() || body.token.len() > 256 {
+        return Err(ApiError::bad_request("invalid-body", "token must be 1 to 256 characters"));
+    }
+    let fingerprint = body.machine_fingerprint.trim();
+    if !(8..=512).contains(&fingerprint.len()) || fingerprint.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            "invalid-body",
+            "machine_fingerprint must be 8 to 512 printable characters",
+        ));
+    }
+    let hostname = body.hostname.trim();
+    if hostname.is_empty()
+        || hostname.len() > 253
+        || hostname.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err(ApiError::bad_request(
+            "invalid-body",
+            "hostname must be 1 to 253 characters without spaces",
+        ));
+    }
+    let token_hash = wire_models::sha256_hex(body.token.as_bytes());
+    let bootstrap = state.bootstrap_token_hash.as_deref() == Some(token_hash.as_str());
+    let outcome = storage::agents::enroll(
+        &state.pool,
+        &wire_models::AgentId::random(),
+        &wire_models::sha256_hex(fingerprint.as_bytes()),
+        hostname,
+        (!bootstrap).then_some(token_hash.as_str()),
+    )
+    .await?;
+    let (status, agent, label) = match outcome {
+        storage::agents::Enrollment::New(id) => (StatusCode::CREATED, id, "enrolled"),
+        storage::agents::Enrollment::Existing(id) => (StatusCode::OK, id, "re-enrolled"),
+        storage::agents::Enrollment::Revoked(id) => {
+            tracing::warn!(agent_id = %id, client_ip = %ip, "revoked agent tried to enroll again");
+            return Err(ApiError::Revoked(format!(
+                "agent {id} of this machine was revoked; an admin must remove it first"
+            )));
+        }
+        storage::agents::Enrollment::TokenRefused(reason) => {
+            tracing::info!(client_ip = %ip, reason = reason.as_str(), "enrollment refused");
+            return Err(ApiError::EnrollmentRefused(reason.as_str().to_owned()));
+        }
+    };
+    tracing::info!(agent_id = %agent, hostname, status = label, "agent enrolled");
+    metrics::counter!("opspilot_enrollments_total", "outcome" => label).increment(1);
+    let info = &state.enrollment;
+    let subjects = &state.subjects;
+    Ok((
+        status,
+        Json(EnrollResponse {
+            agent_id: agent.to_string(),
+            status: label.to_owned(),
+            nats_urls: info.nats_urls.clone(),
+            subject_root: info.subject_root.clone(),
+            heartbeat_interval_secs: info.heartbeat_interval_secs,
+            subjects: AgentSubjects {
+                events: subjects.agent_events(&agent),
+                inventory: subjects.inventory(&agent),
+                rpc: subjects.rpc(&agent),
+                heartbeat_bucket: info.agents_bucket.clone(),
+                heartbeat_key: agent.to_string(),
+            },
+        }),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::diff_values;
+
+    #[test]
+    fn diffs_compare_named_items_by_name() {
+        let a = json!({"hostname": "h", "services": [{"name": "nginx", "state": "running"}, {"name": "cron", "state": "running"}],
+                       "packages": [{"name": "openssl", "version": "3.0.1"}], "meta": {"env": "prod"}});
+        let b = json!({"hostname": "h", "services": [{"name": "nginx", "state": "failed"}, {"name": "sshd", "state": "running"}],
+                       "packages": [{"name": "openssl", "version": "3.0.2"}], "meta": {"env": "prod", "team": "web"}});
+        let mut changes = Vec::new();
+        diff_values("", &a, &b, &mut changes);
+        let summary: Vec<(String, String)> = changes.iter().map(|c| (c.path.clone(), c.op.clone())).collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("meta.team".to_owned(), "added".to_owned()),
+                ("packages.openssl.version".to_owned(), "changed".to_owned()),
+                ("services.cron".to_owned(), "removed".to_owned()),
+                ("services.nginx.state".to_owned(), "changed".to_owned()),
+                ("services.sshd".to_owned(), "added".to_owned()),
+            ]
+        );
+    }
+}

@@ -1,0 +1,182 @@
+use axum::Json;
+use axum::extract::State;
+use bytes::Bytes;
+use wire_models::{AnalyzeOutcome, AnalyzeReply, AnalyzeRequest, PROTOCOL_VERSION};
+
+use crate::auth::{Operator, Viewer};
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::extract::{ApiJson, ApiPath};
+use crate::routes::agents::{ensure_online, find_agent};
+use crate::state::AppState;
+use crate::views::{IncidentExecuteResponse, IncidentView, PatchIncident};
+
+async fn load(state: &AppState, id: i64) -> ApiResult<storage::incidents::IncidentRow> {
+    storage::incidents::get(&state.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("incident {id} not found")))
+}
+
+fn incident_id(raw: i64) -> ApiResult<i64> {
+    if raw > 0 {
+        Ok(raw)
+    } else {
+        Err(ApiError::bad_request("invalid-path", "incident ids are positive integers"))
+    }
+}
+
+/// One incident.
+#[utoipa::path(
+    get, path = "/api/v1/incidents/{id}", tag = "incidents", security(("bearer" = [])),
+    params(("id" = i64, Path, description = "Incident id")),
+    responses(
+        (status = 200, body = IncidentView),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn get(
+    State(state): State<AppState>,
+    _viewer: Viewer,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<Json<IncidentView>> {
+    Ok(Json(load(&state, incident_id(id)?).await?.into()))
+}
+
+/// Acknowledges or resolves an incident.
+#[utoipa::path(
+    patch, path = "/api/v1/incidents/{id}", tag = "incidents", security(("bearer" = [])),
+    params(("id" = i64, Path, description = "Incident id")),
+    request_body = PatchIncident,
+    responses(
+        (status = 200, body = IncidentView),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Not possible from the current status", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn patch(
+    State(state): State<AppState>,
+    Operator(user): Operator,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(body): ApiJson<PatchIncident>,
+) -> ApiResult<Json<IncidentView>> {
+    let id = incident_id(id)?;
+    if body.status != "acknowledged" && body.status != "resolved" {
+        return Err(ApiError::bad_request("invalid-body", "status must be acknowledged or resolved"));
+    }
+    match storage::incidents::change_status(&state.pool, id, &body.status, &user.email).await? {
+        storage::incidents::StatusChange::Changed(row) => {
+            tracing::info!(incident_id = id, status = %body.status, by = %user.email, "incident status changed");
+            Ok(Json((*row).into()))
+        }
+        storage::incidents::StatusChange::NotFound => {
+            Err(ApiError::NotFound(format!("incident {id} not found")))
+        }
+        storage::incidents::StatusChange::Refused { current } => {
+            Err(ApiError::Conflict(format!("incident {id} is {current}; it cannot become {}", body.status)))
+        }
+    }
+}
+
+/// Asks the ai-analyzer to explain the incident and suggest an action; returns the
+/// updated incident.
+#[utoipa::path(
+    post, path = "/api/v1/incidents/{id}/analyze", tag = "incidents", security(("bearer" = [])),
+    params(("id" = i64, Path, description = "Incident id")),
+    responses(
+        (status = 200, body = IncidentView),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "The analysis failed (recorded on the incident)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "No analyzer is running", body = Problem, content_type = "application/problem+json"),
+        (status = 504, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn analyze(
+    State(state): State<AppState>,
+    Operator(user): Operator,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<Json<IncidentView>> {
+    let id = incident_id(id)?;
+    load(&state, id).await?;
+    let request = AnalyzeRequest {
+        v: PROTOCOL_VERSION,
+        incident_id: id,
+        force: true,
+        requested_by: Some(user.email.clone()),
+    };
+    let payload = Bytes::from(wire_models::encode(&request).map_err(|e| ApiError::Internal(e.into()))?);
+    let mut headers = async_nats::HeaderMap::new();
+    natsbus::trace::inject_current(&mut headers);
+    let nats_request =
+        async_nats::Request::new().payload(payload).headers(headers).timeout(Some(state.analyze_timeout));
+    let message = state.nats.send_request(state.subjects.analyze(), nats_request).await.map_err(|err| {
+        match err.kind() {
+            async_nats::RequestErrorKind::NoResponders => {
+                ApiError::Unavailable("no ai-analyzer is running; start one or retry later".into())
+            }
+            async_nats::RequestErrorKind::TimedOut => ApiError::GatewayTimeout(format!(
+                "the analysis did not finish within {:?}",
+                state.analyze_timeout
+            )),
+            async_nats::RequestErrorKind::Other => {
+                ApiError::Unavailable(format!("the message bus is unavailable: {err}"))
+            }
+            async_nats::RequestErrorKind::InvalidSubject
+            | async_nats::RequestErrorKind::MaxPayloadExceeded => {
+                ApiError::Internal(anyhow::anyhow!("sending the analyze request: {err}"))
+            }
+        }
+    })?;
+    let reply: AnalyzeReply = wire_models::decode(&message.payload)
+        .map_err(|e| ApiError::BadGateway(format!("the analyzer sent an invalid reply: {e}")))?;
+    match reply.outcome {
+        AnalyzeOutcome::Analyzed { .. } => Ok(Json(load(&state, id).await?.into())),
+        AnalyzeOutcome::NotFound => Err(ApiError::NotFound(format!("incident {id} not found"))),
+        AnalyzeOutcome::Failed { reason } => Err(ApiError::BadGateway(format!("analysis failed: {reason}"))),
+    }
+}
+
+/// Runs the incident's suggested action (checked against the allow-list again) through
+/// the same path as a direct execute, and records the outcome on the incident.
+#[utoipa::path(
+    post, path = "/api/v1/incidents/{id}/execute", tag = "incidents", security(("bearer" = [])),
+    params(("id" = i64, Path, description = "Incident id")),
+    responses(
+        (status = 200, body = IncidentExecuteResponse),
+        (status = 404, description = "Unknown incident, or the agent is offline", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "No (valid) suggested action", body = Problem, content_type = "application/problem+json"),
+        (status = 502, body = Problem, content_type = "application/problem+json"),
+        (status = 504, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn execute(
+    State(state): State<AppState>,
+    Operator(user): Operator,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<Json<IncidentExecuteResponse>> {
+    let id = incident_id(id)?;
+    let incident = load(&state, id).await?;
+    let Some(action) = &incident.suggested_action else {
+        return Err(ApiError::Conflict(format!("incident {id} has no suggested action; analyze it first")));
+    };
+    let name = action.get("command").and_then(|c| c.as_str()).unwrap_or_default();
+    let params = action.get("params").cloned().unwrap_or(serde_json::Value::Null);
+    let command = crate::rpc::command_from(name, &params)
+        .map_err(|e| ApiError::Conflict(format!("the suggested action is not allowed: {e}")))?;
+    let agent_id = crate::extract::agent_id(&incident.agent_id)?;
+    let agent = find_agent(&state, &agent_id).await?;
+    ensure_online(&state, &agent)?;
+    let result = match crate::rpc::execute(&state, &user, &agent_id, &command, Some(id)).await {
+        Ok(result) => result,
+        Err(err) => {
+            // The attempt is part of the incident's story even when it failed.
+            let failure = serde_json::json!({"status": "failed", "error": err.to_string(), "by": user.email});
+            storage::incidents::record_action(&state.pool, id, &failure).await?;
+            return Err(err);
+        }
+    };
+    let recorded = serde_json::to_value(&result).map_err(|e| ApiError::Internal(e.into()))?;
+    storage::incidents::record_action(&state.pool, id, &recorded).await?;
+    let incident = load(&state, id).await?;
+    Ok(Json(IncidentExecuteResponse { result, incident: incident.into() }))
+}

@@ -1,0 +1,140 @@
+//! Sending an allow-listed action to an agent: the one path both executes (direct and
+//! an incident's suggested action) take. Audit row first, then the request, then the
+//! outcome on the audit row.
+
+use std::time::Instant;
+
+use async_nats::{HeaderMap, RequestErrorKind};
+use bytes::Bytes;
+use serde_json::{Value, json};
+use uuid::Uuid;
+use wire_models::{AgentId, Command, PROTOCOL_VERSION, RpcReply, RpcRequest, RpcStatus};
+
+use crate::auth::CurrentUser;
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::views::{ExecuteResponse, RpcErrorView};
+
+/// Sends `command` to `agent` (known to exist and be online) and waits for its reply.
+#[tracing::instrument(skip_all, fields(agent_id = %agent, command = %command.name(), request_id))]
+pub(crate) async fn execute(
+    state: &AppState,
+    user: &CurrentUser,
+    agent: &AgentId,
+    command: &Command,
+    incident_id: Option<i64>,
+) -> Result<ExecuteResponse, ApiError> {
+    let request_id = Uuid::now_v7();
+    tracing::Span::current().record("request_id", tracing::field::display(request_id));
+    let params = command.params();
+    let action = if incident_id.is_some() { "execute_suggested" } else { "execute" };
+    storage::audit::begin(
+        &state.pool,
+        &storage::audit::NewAudit {
+            request_id,
+            actor: &user.email,
+            action,
+            agent_id: Some(agent.as_str()),
+            incident_id,
+            command: Some(command.name().as_str()),
+            params: Some(&params),
+        },
+    )
+    .await?;
+
+    let started = Instant::now();
+    let outcome = send(state, agent, command, request_id).await;
+    let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let (label, result) = match &outcome {
+        Ok(reply) => (
+            if reply.status == RpcStatus::Ok { "ok" } else { "error" },
+            json!({"status": reply.status, "output": reply.output, "exit_code": reply.exit_code, "error": reply.error}),
+        ),
+        Err(ApiError::AgentOffline(_)) => ("offline", json!({"error": "no agent is listening"})),
+        Err(ApiError::GatewayTimeout(_)) => ("timeout", json!({"error": "no reply within the timeout"})),
+        Err(ApiError::BadGateway(detail)) => ("invalid_reply", json!({"error": detail})),
+        Err(other) => ("failed", json!({"error": other.to_string()})),
+    };
+    metrics::histogram!("opspilot_rpc_seconds", "command" => command.name().as_str(), "outcome" => label)
+        .record(started.elapsed().as_secs_f64());
+    if let Err(err) = storage::audit::finish(
+        &state.pool,
+        request_id,
+        label,
+        Some(&result),
+        i64::try_from(elapsed_ms).unwrap_or(i64::MAX),
+    )
+    .await
+    {
+        // The action went out; losing its outcome row must not turn into an error here.
+        tracing::error!(error = %err, %request_id, "recording the action's outcome failed");
+    }
+    tracing::info!(outcome = label, elapsed_ms, "action executed");
+    let reply = outcome?;
+    Ok(ExecuteResponse {
+        request_id,
+        agent_id: agent.to_string(),
+        command: command.name().as_str().to_owned(),
+        params,
+        status: match reply.status {
+            RpcStatus::Ok => "ok".into(),
+            RpcStatus::Error => "error".into(),
+        },
+        output: reply.output,
+        exit_code: reply.exit_code,
+        error: reply.error.map(|e| RpcErrorView { code: e.code, message: e.message }),
+        duration_ms: reply.duration_ms,
+        round_trip_ms: elapsed_ms,
+    })
+}
+
+async fn send(
+    state: &AppState,
+    agent: &AgentId,
+    command: &Command,
+    request_id: Uuid,
+) -> Result<RpcReply, ApiError> {
+    let request = RpcRequest {
+        v: PROTOCOL_VERSION,
+        request_id,
+        command: command.clone(),
+        issued_at: chrono::Utc::now(),
+        timeout_ms: u32::try_from(state.rpc_timeout.as_millis()).unwrap_or(u32::MAX),
+    };
+    let payload = Bytes::from(wire_models::encode(&request).map_err(|e| ApiError::Internal(e.into()))?);
+    let mut headers = HeaderMap::new();
+    natsbus::trace::inject_current(&mut headers);
+    let nats_request =
+        async_nats::Request::new().payload(payload).headers(headers).timeout(Some(state.rpc_timeout));
+    let message = state.nats.send_request(state.subjects.rpc(agent), nats_request).await.map_err(|err| {
+        match err.kind() {
+            RequestErrorKind::NoResponders => {
+                ApiError::AgentOffline(format!("agent {agent} is not connected"))
+            }
+            RequestErrorKind::TimedOut => ApiError::GatewayTimeout(format!(
+                "agent {agent} did not answer within {:?}",
+                state.rpc_timeout
+            )),
+            RequestErrorKind::Other => {
+                ApiError::Unavailable(format!("the message bus is unavailable: {err}"))
+            }
+            RequestErrorKind::InvalidSubject | RequestErrorKind::MaxPayloadExceeded => {
+                ApiError::Internal(anyhow::anyhow!("sending the request: {err}"))
+            }
+        }
+    })?;
+    let reply: RpcReply = wire_models::decode(&message.payload)
+        .map_err(|e| ApiError::BadGateway(format!("agent {agent} sent an invalid reply: {e}")))?;
+    if reply.request_id != request_id {
+        return Err(ApiError::BadGateway(format!(
+            "agent {agent} answered request {} instead of {request_id}",
+            reply.request_id
+        )));
+    }
+    Ok(reply)
+}
+
+/// Validates a command from an API body or an incident's suggested action.
+pub(crate) fn command_from(name: &str, params: &Value) -> Result<Command, ApiError> {
+    Command::from_parts(name, params).map_err(|e| ApiError::bad_request("invalid-command", e.to_string()))
+}

@@ -1,0 +1,57 @@
+//! What every handler can reach, shared through axum's `State`.
+
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Duration;
+
+use storage::PgPool;
+use wire_models::Subjects;
+
+use crate::auth::JwtKeys;
+use crate::ratelimit::RateLimiter;
+
+#[derive(Clone)]
+pub(crate) struct AppState(Arc<Inner>);
+
+pub(crate) struct Inner {
+    pub(crate) pool: PgPool,
+    pub(crate) redis: presence::Pool,
+    pub(crate) keys: presence::Keys,
+    pub(crate) nats: async_nats::Client,
+    pub(crate) subjects: Subjects,
+    pub(crate) jwt: JwtKeys,
+    pub(crate) limiter: RateLimiter,
+    /// How long an execute waits for the agent's reply.
+    pub(crate) rpc_timeout: Duration,
+    /// How long an analyze waits for the analyzer.
+    pub(crate) analyze_timeout: Duration,
+    /// SHA-256 of the development bootstrap token, when one is configured.
+    pub(crate) bootstrap_token_hash: Option<String>,
+    /// What enrolled agents are told about connecting.
+    pub(crate) enrollment: EnrollmentInfo,
+    /// TTL of cached reads (agent lists).
+    pub(crate) cache_ttl: Duration,
+    /// Agents silent longer than this are offline when Redis has no fresher word.
+    pub(crate) default_offline_threshold: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct EnrollmentInfo {
+    pub(crate) nats_urls: Vec<String>,
+    pub(crate) subject_root: String,
+    pub(crate) agents_bucket: String,
+    pub(crate) heartbeat_interval_secs: u32,
+}
+
+impl AppState {
+    pub(crate) fn new(inner: Inner) -> Self {
+        Self(Arc::new(inner))
+    }
+}
+
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}

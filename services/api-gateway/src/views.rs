@@ -1,0 +1,423 @@
+//! What the API sends and accepts (documented in the OpenAPI schema).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::auth::Role;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserView {
+    pub id: Uuid,
+    pub email: String,
+    pub role: Role,
+    pub disabled: bool,
+    pub created_at: DateTime<Utc>,
+    pub last_login_at: Option<DateTime<Utc>>,
+}
+
+impl From<storage::users::User> for UserView {
+    fn from(u: storage::users::User) -> Self {
+        Self {
+            id: u.id,
+            email: u.email,
+            role: Role::parse(&u.role).unwrap_or(Role::Viewer),
+            disabled: u.disabled,
+            created_at: u.created_at,
+            last_login_at: u.last_login_at,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct LoginRequest {
+    pub email: String,
+    pub password: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LoginResponse {
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: String,
+    pub expires_in: u64,
+    pub expires_at: DateTime<Utc>,
+    pub user: UserView,
+}
+
+/// Whether an agent is up, since when, and why the backend thinks so.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PresenceInfo {
+    /// `online` or `offline`.
+    pub state: String,
+    /// When the current state began.
+    pub since: Option<DateTime<Utc>>,
+    pub last_heartbeat_at: Option<DateTime<Utc>>,
+    /// Silence after which the agent counts as offline.
+    pub threshold_secs: Option<u32>,
+    /// `redis` (live) or `postgres` (the durable record, when Redis has no word).
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AgentView {
+    pub id: String,
+    pub hostname: String,
+    pub presence: PresenceInfo,
+    pub meta: Value,
+    pub enrolled_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub inventory_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AgentPage {
+    pub items: Vec<AgentView>,
+    /// Pass as `after` to get the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AgentDetail {
+    #[serde(flatten)]
+    pub agent: AgentView,
+    pub latest_inventory: Option<InventoryView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AnalysisInfo {
+    /// `none`, `ok` or `failed`.
+    pub status: String,
+    pub error: Option<String>,
+    /// `openrouter` or `rules`.
+    pub analyzer: Option<String>,
+    pub model: Option<String>,
+    pub analyzed_at: Option<DateTime<Utc>>,
+    /// An action the model proposed that was refused (not allow-listed or invalid).
+    pub dropped_action: Option<Value>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IncidentView {
+    pub id: i64,
+    pub agent_id: String,
+    /// The event kind.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub source: String,
+    pub raw_error: String,
+    pub context: Value,
+    pub is_critical: bool,
+    pub severity: String,
+    /// `new`, `analyzed`, `acknowledged` or `resolved`.
+    pub status: String,
+    pub fingerprint: String,
+    pub occurrences: i64,
+    pub first_seen_at: DateTime<Utc>,
+    pub last_seen_at: DateTime<Utc>,
+    pub ai_analysis: Option<String>,
+    pub suggested_action: Option<Value>,
+    pub analysis: AnalysisInfo,
+    pub action_result: Option<Value>,
+    pub action_executed_at: Option<DateTime<Utc>>,
+    pub acknowledged_at: Option<DateTime<Utc>>,
+    pub acknowledged_by: Option<String>,
+    pub resolved_at: Option<DateTime<Utc>>,
+    pub resolved_by: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<storage::incidents::IncidentRow> for IncidentView {
+    fn from(r: storage::incidents::IncidentRow) -> Self {
+        Self {
+            id: r.id,
+            agent_id: r.agent_id,
+            kind: r.kind,
+            source: r.source,
+            raw_error: r.raw_error,
+            context: r.context,
+            is_critical: r.is_critical,
+            severity: r.severity,
+            status: r.status,
+            fingerprint: r.fingerprint,
+            occurrences: r.occurrences,
+            first_seen_at: r.first_seen_at,
+            last_seen_at: r.last_seen_at,
+            ai_analysis: r.ai_analysis,
+            suggested_action: r.suggested_action,
+            analysis: AnalysisInfo {
+                status: r.analysis_status,
+                error: r.analysis_error,
+                analyzer: r.analyzer,
+                model: r.analyzer_model,
+                analyzed_at: r.analyzed_at,
+                dropped_action: r.dropped_action,
+            },
+            action_result: r.action_result,
+            action_executed_at: r.action_executed_at,
+            acknowledged_at: r.acknowledged_at,
+            acknowledged_by: r.acknowledged_by,
+            resolved_at: r.resolved_at,
+            resolved_by: r.resolved_by,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IncidentPage {
+    pub items: Vec<IncidentView>,
+    /// Pass as `before` to get the next (older) page; absent on the last page.
+    pub next_cursor: Option<i64>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct PatchIncident {
+    /// `acknowledged` or `resolved`.
+    pub status: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InventoryView {
+    pub id: i64,
+    pub hash: String,
+    pub collected_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub data: Value,
+}
+
+impl From<storage::inventory::InventoryRow> for InventoryView {
+    fn from(r: storage::inventory::InventoryRow) -> Self {
+        Self { id: r.id, hash: r.hash, collected_at: r.collected_at, created_at: r.created_at, data: r.data }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InventoryPage {
+    pub items: Vec<InventoryView>,
+    pub next_cursor: Option<i64>,
+}
+
+/// One difference between two snapshots.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct InventoryChange {
+    /// Dotted path; list items with a `name` are addressed by it (`services.nginx.state`).
+    pub path: String,
+    /// `added`, `removed` or `changed`.
+    pub op: String,
+    pub from: Option<Value>,
+    pub to: Option<Value>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InventoryDiff {
+    pub from: i64,
+    pub to: i64,
+    pub changes: Vec<InventoryChange>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ExecuteRequest {
+    /// Optional; when given it must equal the agent id in the path.
+    pub agent_id: Option<String>,
+    /// An allow-listed command (`restart_service`, `service_status`, `ping`, ...).
+    pub command: String,
+    #[serde(default)]
+    pub params: Value,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RpcErrorView {
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExecuteResponse {
+    pub request_id: Uuid,
+    pub agent_id: String,
+    pub command: String,
+    pub params: Value,
+    /// The agent's answer: `ok` or `error` (the command ran and failed).
+    pub status: String,
+    pub output: Option<String>,
+    pub exit_code: Option<i32>,
+    pub error: Option<RpcErrorView>,
+    /// How long the agent says the command took.
+    pub duration_ms: u64,
+    /// Request to reply, as the gateway measured it.
+    pub round_trip_ms: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IncidentExecuteResponse {
+    pub result: ExecuteResponse,
+    pub incident: IncidentView,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct EnrollRequest {
+    /// An enrollment (bootstrap) token.
+    pub token: String,
+    /// Stable identity of the machine (e.g. /etc/machine-id); re-enrolling with the
+    /// same fingerprint returns the same agent id.
+    pub machine_fingerprint: String,
+    pub hostname: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AgentSubjects {
+    pub events: String,
+    pub inventory: String,
+    pub rpc: String,
+    pub heartbeat_bucket: String,
+    pub heartbeat_key: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct EnrollResponse {
+    pub agent_id: String,
+    /// `enrolled` for a new agent, `re-enrolled` for a machine seen before.
+    pub status: String,
+    pub nats_urls: Vec<String>,
+    pub subject_root: String,
+    pub heartbeat_interval_secs: u32,
+    pub subjects: AgentSubjects,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CreateToken {
+    pub name: String,
+    /// Lifetime in seconds (default 86400, at most 90 days).
+    pub expires_in_secs: Option<u64>,
+    /// How many enrollments it allows (default: unlimited until it expires).
+    pub max_uses: Option<u32>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenView {
+    pub id: Uuid,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub max_uses: Option<i32>,
+    pub use_count: i32,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// `active`, `expired`, `exhausted` or `revoked`.
+    pub state: String,
+}
+
+impl From<storage::tokens::EnrollmentToken> for TokenView {
+    fn from(t: storage::tokens::EnrollmentToken) -> Self {
+        let state = if t.revoked_at.is_some() {
+            "revoked"
+        } else if t.expires_at <= Utc::now() {
+            "expired"
+        } else if t.max_uses.is_some_and(|m| t.use_count >= m) {
+            "exhausted"
+        } else {
+            "active"
+        };
+        Self {
+            id: t.id,
+            name: t.name,
+            created_at: t.created_at,
+            expires_at: t.expires_at,
+            max_uses: t.max_uses,
+            use_count: t.use_count,
+            last_used_at: t.last_used_at,
+            revoked_at: t.revoked_at,
+            state: state.to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedToken {
+    /// The token itself: shown once, only its hash is stored.
+    pub token: String,
+    #[serde(flatten)]
+    pub details: TokenView,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CreateUser {
+    pub email: String,
+    pub password: String,
+    pub role: Role,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct UpdateUser {
+    pub role: Option<Role>,
+    pub disabled: Option<bool>,
+    pub password: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditView {
+    pub id: i64,
+    pub request_id: Uuid,
+    pub actor: String,
+    pub action: String,
+    pub agent_id: Option<String>,
+    pub incident_id: Option<i64>,
+    pub command: Option<String>,
+    pub params: Option<Value>,
+    /// `pending`, `ok`, `error`, `offline`, `timeout`, `invalid_reply`, `failed`.
+    pub outcome: String,
+    pub result: Option<Value>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub duration_ms: Option<i64>,
+}
+
+impl From<storage::audit::AuditEntry> for AuditView {
+    fn from(a: storage::audit::AuditEntry) -> Self {
+        Self {
+            id: a.id,
+            request_id: a.request_id,
+            actor: a.actor,
+            action: a.action,
+            agent_id: a.agent_id,
+            incident_id: a.incident_id,
+            command: a.command,
+            params: a.params,
+            outcome: a.outcome,
+            result: a.result,
+            started_at: a.started_at,
+            finished_at: a.finished_at,
+            duration_ms: a.duration_ms,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditPage {
+    pub items: Vec<AuditView>,
+    pub next_cursor: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PresenceTransitionView {
+    pub id: i64,
+    pub state: String,
+    pub changed_at: DateTime<Utc>,
+    pub last_seen_at: Option<DateTime<Utc>>,
+    pub threshold_secs: i32,
+    pub reason: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PresenceHistory {
+    pub agent_id: String,
+    pub current: PresenceInfo,
+    pub transitions: Vec<PresenceTransitionView>,
+    pub next_cursor: Option<i64>,
+}

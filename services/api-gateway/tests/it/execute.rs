@@ -1,0 +1,133 @@
+use std::time::{Duration, Instant};
+
+use agent_sim::RpcBehaviour;
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn execute_on_an_online_agent_returns_its_reply_and_is_audited() {
+    let api = start(&[]).await;
+    let fleet = api.online_fleet("exec", 2).await;
+    let stop = api.serve_rpc(&fleet, RpcBehaviour::default()).await;
+    let id = fleet.agents()[0].id.to_string();
+
+    // The original backend's body, agent id included.
+    let (status, reply) = api
+        .post(
+            &format!("/api/v1/agents/{id}/execute"),
+            &api.operator,
+            json!({"agent_id": id, "command": "restart_service", "params": {"service": "nginx"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert_eq!(reply["status"], "ok");
+    assert_eq!(reply["output"], "restarted nginx");
+    assert_eq!(reply["agent_id"], id);
+    // Without the body agent id, too.
+    let (status, reply) =
+        api.post(&format!("/api/v1/agents/{id}/execute"), &api.operator, json!({"command": "ping"})).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert_eq!(reply["output"], "pong");
+
+    // Refused before anything is sent: a command outside the allow-list, bad params,
+    // a body agent id that differs from the path.
+    for (body, slug) in [
+        (json!({"command": "shell", "params": {"cmd": "reboot"}}), "invalid-command"),
+        (json!({"command": "restart_service", "params": {"service": "nginx; rm -rf /"}}), "invalid-command"),
+        (json!({"command": "restart_service", "params": {}}), "invalid-command"),
+        (json!({"command": "tail_log", "params": {"path": "/etc/shadow"}}), "invalid-command"),
+        (json!({"agent_id": fleet.agents()[1].id, "command": "ping"}), "agent-mismatch"),
+    ] {
+        let (status, problem) =
+            api.post(&format!("/api/v1/agents/{id}/execute"), &api.operator, body.clone()).await;
+        assert_problem(status, &problem, StatusCode::BAD_REQUEST, slug);
+    }
+    let (status, _) =
+        api.post(&format!("/api/v1/agents/{id}/execute"), &api.viewer, json!({"command": "ping"})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // Only the two that went out are in the audit log, with who did it.
+    assert_eq!(
+        api.audit_outcomes(&id).await,
+        vec![("execute".to_owned(), "ok".to_owned()), ("execute".to_owned(), "ok".to_owned())]
+    );
+    let (status, audit) = api.get(&format!("/api/v1/audit?agent_id={id}"), &api.admin).await;
+    assert_eq!(status, StatusCode::OK);
+    let entry = &audit["items"][1];
+    assert_eq!(entry["actor"], "operator@example.com");
+    assert_eq!(entry["command"], "restart_service");
+    assert_eq!(entry["params"], json!({"service": "nginx"}));
+    assert_eq!(entry["result"]["output"], "restarted nginx");
+    assert!(entry["duration_ms"].is_i64());
+    stop.cancel();
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn offline_unknown_silent_and_broken_agents() {
+    let api = start(&[]).await;
+    let fleet = api.online_fleet("faults", 3).await;
+    let [offline, unresponsive, unsubscribed] = [0, 1, 2].map(|i| fleet.agents()[i].id.to_string());
+    sqlx::query("UPDATE agents SET status = 'offline' WHERE id = $1")
+        .bind(&offline)
+        .execute(&api.stack.db.pool)
+        .await
+        .unwrap();
+    let ping = json!({"command": "ping"});
+
+    // Offline in presence: 404 without sending.
+    let (status, body) =
+        api.post(&format!("/api/v1/agents/{offline}/execute"), &api.operator, ping.clone()).await;
+    assert_problem(status, &body, StatusCode::NOT_FOUND, "agent-offline");
+    // Unknown: 404.
+    let (status, body) = api.post("/api/v1/agents/0123456789ab/execute", &api.operator, ping.clone()).await;
+    assert_problem(status, &body, StatusCode::NOT_FOUND, "not-found");
+    // Online by presence but nobody listening: the bus says so at once, 404.
+    let (status, body) =
+        api.post(&format!("/api/v1/agents/{unsubscribed}/execute"), &api.operator, ping.clone()).await;
+    assert_problem(status, &body, StatusCode::NOT_FOUND, "agent-offline");
+    assert_eq!(api.audit_outcomes(&unsubscribed).await, vec![("execute".to_owned(), "offline".to_owned())]);
+
+    // Listening but never answering: 504 within the timeout (1 s in these tests).
+    let silent = std::sync::Arc::new(agent_sim::Fleet::from_agents(vec![agent_sim::SimAgent::new(
+        wire_models::AgentId::parse(&unresponsive).unwrap(),
+        "silent".into(),
+    )]));
+    let stop =
+        api.serve_rpc(&silent, RpcBehaviour { delay: Duration::from_secs(30), ..Default::default() }).await;
+    let started = Instant::now();
+    let (status, body) =
+        api.post(&format!("/api/v1/agents/{unresponsive}/execute"), &api.operator, ping.clone()).await;
+    assert_problem(status, &body, StatusCode::GATEWAY_TIMEOUT, "timeout");
+    assert!(started.elapsed() < Duration::from_secs(3), "504 must come within the timeout");
+    assert_eq!(api.audit_outcomes(&unresponsive).await, vec![("execute".to_owned(), "timeout".to_owned())]);
+    stop.cancel();
+
+    // An agent answering garbage: 502.
+    let client = api.stack.client().await;
+    let mut sub = client
+        .subscribe(api.stack.topology.subjects.rpc(&wire_models::AgentId::parse(&unsubscribed).unwrap()))
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    tokio::spawn(async move {
+        use futures::StreamExt;
+        if let Some(msg) = sub.next().await {
+            let _ = client.publish(msg.reply.unwrap(), "{\"not\": \"a reply\"}".into()).await;
+            let _ = client.flush().await;
+        }
+    });
+    let (status, body) =
+        api.post(&format!("/api/v1/agents/{unsubscribed}/execute"), &api.operator, ping).await;
+    assert_problem(status, &body, StatusCode::BAD_GATEWAY, "bad-gateway");
+    assert_eq!(
+        api.audit_outcomes(&unsubscribed).await,
+        vec![
+            ("execute".to_owned(), "offline".to_owned()),
+            ("execute".to_owned(), "invalid_reply".to_owned())
+        ]
+    );
+    api.stop().await;
+}

@@ -1,0 +1,206 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_sim::{Bus, Fleet, RpcBehaviour, RpcMode};
+use api_gateway::{Config, Running};
+use clap::Parser;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use test_support::Stack;
+use tokio_util::sync::CancellationToken;
+
+pub const SECRET: &str = "test-secret-0123456789abcdef0123456789abcdef";
+pub const PASSWORD: &str = "correct horse battery staple";
+pub const BOOTSTRAP: &str = "bootstrap-token-for-tests-0123";
+
+/// A running gateway against a private stack, with one user per role.
+pub struct Api {
+    pub stack: Stack,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub viewer: String,
+    pub operator: String,
+    pub admin: String,
+    running: Option<Running>,
+    shutdown: CancellationToken,
+}
+
+pub async fn start(extra: &[&str]) -> Api {
+    let stack = Stack::start().await;
+    let js = stack.jetstream().await;
+    natsbus::ensure_topology(&js, &stack.topology).await.unwrap();
+    start_on(stack, extra).await
+}
+
+pub async fn start_on(stack: Stack, extra: &[&str]) -> Api {
+    let mut args = vec![
+        "api-gateway".to_owned(),
+        "--http-addr".into(),
+        "127.0.0.1:0".into(),
+        "--jwt-secret".into(),
+        SECRET.into(),
+        "--bootstrap-token".into(),
+        BOOTSTRAP.into(),
+        "--rpc-timeout".into(),
+        "1s".into(),
+        "--analyze-timeout".into(),
+        "3s".into(),
+        // Tests make many requests from one address; the limits have their own tests.
+        "--rate-limit-ip".into(),
+        "0".into(),
+        "--rate-limit-user".into(),
+        "0".into(),
+    ];
+    args.extend(stack.args());
+    args.extend(stack.redis_args());
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    let config = Config::try_parse_from(args).unwrap();
+    config.validate().unwrap();
+    let shutdown = CancellationToken::new();
+    let running = api_gateway::start(config, shutdown.clone()).await.unwrap();
+    let base = format!("http://{}", running.addr);
+    let http = reqwest::Client::new();
+    let mut api = Api {
+        stack,
+        base,
+        http,
+        viewer: String::new(),
+        operator: String::new(),
+        admin: String::new(),
+        running: Some(running),
+        shutdown,
+    };
+    for role in ["viewer", "operator", "admin"] {
+        let email = format!("{role}@example.com");
+        add_user(&api.stack, &email, role).await;
+        let token = api.login(&email, PASSWORD).await;
+        match role {
+            "viewer" => api.viewer = token,
+            "operator" => api.operator = token,
+            _ => api.admin = token,
+        }
+    }
+    api
+}
+
+pub async fn add_user(stack: &Stack, email: &str, role: &str) {
+    use argon2::password_hash::PasswordHasher;
+    let hash = argon2::Argon2::default().hash_password(PASSWORD.as_bytes()).unwrap().to_string();
+    storage::users::create(&stack.db.pool, email, &hash, role).await.unwrap();
+}
+
+impl Api {
+    pub async fn login(&self, email: &str, password: &str) -> String {
+        let (status, body) = self
+            .call(
+                Method::POST,
+                "/api/v1/auth/login",
+                None,
+                Some(json!({"email": email, "password": password})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["access_token"].as_str().unwrap().to_owned()
+    }
+
+    /// Sends a request; returns the status and the JSON body (Null when empty).
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, value)
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, path, Some(token), None).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, Some(token), Some(body)).await
+    }
+
+    /// Registers agents and marks them online, as the presence tracker would.
+    pub async fn online_fleet(&self, seed: &str, n: usize) -> Arc<Fleet> {
+        let fleet = Arc::new(Fleet::numbered(seed, n));
+        let agents: Vec<_> = fleet.agents().iter().map(|a| (a.id.clone(), a.hostname.clone())).collect();
+        storage::agents::register_many(&self.stack.db.pool, &agents).await.unwrap();
+        let ids: Vec<String> = agents.iter().map(|(id, _)| id.to_string()).collect();
+        sqlx::query("UPDATE agents SET status = 'online', status_changed_at = now(), last_seen_at = now() WHERE id = ANY($1)")
+            .bind(&ids)
+            .execute(&self.stack.db.pool)
+            .await
+            .unwrap();
+        fleet
+    }
+
+    /// Starts the fleet's RPC responder; returns the token that stops it.
+    pub async fn serve_rpc(&self, fleet: &Arc<Fleet>, behaviour: RpcBehaviour) -> CancellationToken {
+        let bus = Bus::new(
+            self.stack.client().await,
+            self.stack.topology.subjects.clone(),
+            &self.stack.topology.agents_bucket,
+        )
+        .await
+        .unwrap();
+        let stop = CancellationToken::new();
+        tokio::spawn(Arc::clone(fleet).serve_rpc(bus, behaviour, RpcMode::PerAgent, stop.clone()));
+        // Let the subscriptions reach the server.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stop
+    }
+
+    /// Inserts an incident for an agent and returns its id.
+    pub async fn incident(&self, agent: &str, kind: &str, raw_error: &str) -> i64 {
+        sqlx::query_scalar(
+            "INSERT INTO incidents (agent_id, type, source, raw_error, severity, is_critical, event_id, fingerprint, dedup_key)
+             VALUES ($1, $2, 'test', $3, 'critical', true, gen_random_uuid(), md5(random()::text), md5(random()::text))
+             RETURNING id",
+        )
+        .bind(agent)
+        .bind(kind)
+        .bind(raw_error)
+        .fetch_one(&self.stack.db.pool)
+        .await
+        .unwrap()
+    }
+
+    pub async fn audit_outcomes(&self, agent: &str) -> Vec<(String, String)> {
+        sqlx::query_as("SELECT action, outcome FROM audit_log WHERE agent_id = $1 ORDER BY id")
+            .bind(agent)
+            .fetch_all(&self.stack.db.pool)
+            .await
+            .unwrap()
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(running) = self.running.take() {
+            tokio::time::timeout(Duration::from_secs(20), running.wait()).await.unwrap().unwrap();
+        }
+    }
+}
+
+/// Asserts a problem document with the given status and type slug.
+pub fn assert_problem(status: StatusCode, body: &Value, expected: StatusCode, slug: &str) {
+    assert_eq!(status, expected, "{body}");
+    assert_eq!(body["type"], format!("urn:opspilot:problem:{slug}"), "{body}");
+    assert_eq!(body["status"], expected.as_u16(), "{body}");
+}

@@ -1,0 +1,221 @@
+//! Hostile input in every parameter gets a 4xx problem document, never a 5xx.
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::helpers::*;
+
+const HOSTILE: &[&str] = &[
+    "' OR '1'='1",
+    "1; DROP TABLE agents; --",
+    "../../../../etc/passwd",
+    "..%2F..%2Fetc%2Fpasswd",
+    "%00",
+    "\u{0}",
+    "ａｂｃ１２３",
+    "🙂🙂🙂🙂🙂🙂🙂🙂🙂🙂🙂🙂",
+    "a1b2c3d4e5f6*",
+    "ops.>",
+    "<script>alert(1)</script>",
+    "${jndi:ldap://x}",
+    "-1",
+    "99999999999999999999999999",
+    "NaN",
+];
+
+fn encode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+#[tokio::test]
+async fn hostile_strings_in_every_parameter_get_4xx() {
+    let api = start(&[]).await;
+    let fleet = api.online_fleet("hostile", 1).await;
+    let agent = fleet.agents()[0].id.to_string();
+    let huge = "x".repeat(10_000);
+    let mut inputs: Vec<String> = HOSTILE.iter().map(|s| (*s).to_owned()).collect();
+    inputs.push(huge);
+
+    let mut failures = Vec::new();
+    for input in &inputs {
+        let e = encode(input);
+        let requests: Vec<(Method, String, Option<serde_json::Value>)> = vec![
+            (Method::GET, format!("/api/v1/agents/{e}"), None),
+            (Method::GET, format!("/api/v1/agents/{e}/incidents"), None),
+            (Method::GET, format!("/api/v1/agents/{e}/inventory"), None),
+            (Method::DELETE, format!("/api/v1/agents/{e}"), None),
+            (Method::POST, format!("/api/v1/agents/{e}/execute"), Some(json!({"command": "ping"}))),
+            (Method::GET, format!("/api/v1/incidents/{e}"), None),
+            (Method::PATCH, format!("/api/v1/incidents/{e}"), Some(json!({"status": "resolved"}))),
+            (Method::POST, format!("/api/v1/incidents/{e}/analyze"), None),
+            (Method::GET, format!("/api/v1/agents?status={e}"), None),
+            (Method::GET, format!("/api/v1/agents?hostname_prefix={e}"), None),
+            (Method::GET, format!("/api/v1/agents?after={e}"), None),
+            (Method::GET, format!("/api/v1/agents?limit={e}"), None),
+            (Method::GET, format!("/api/v1/agents/{agent}/incidents?status={e}"), None),
+            (Method::GET, format!("/api/v1/agents/{agent}/incidents?before={e}"), None),
+            (Method::GET, format!("/api/v1/agents/{agent}/inventory/diff?from={e}&to=1"), None),
+            (Method::GET, format!("/api/v1/audit?agent_id={e}"), None),
+            (Method::DELETE, format!("/api/v1/enrollment-tokens/{e}"), None),
+            (Method::PATCH, format!("/api/v1/users/{e}"), Some(json!({"disabled": false}))),
+            (Method::POST, format!("/api/v1/agents/{agent}/execute"), Some(json!({"command": input}))),
+            (
+                Method::POST,
+                format!("/api/v1/agents/{agent}/execute"),
+                Some(json!({"command": "restart_service", "params": {"service": input}})),
+            ),
+            (
+                Method::POST,
+                format!("/api/v1/agents/{agent}/execute"),
+                Some(json!({"command": "tail_log", "params": {"path": input, "lines": 5}})),
+            ),
+            (
+                Method::POST,
+                format!("/api/v1/agents/{agent}/execute"),
+                Some(json!({"agent_id": input, "command": "ping"})),
+            ),
+            (Method::POST, "/api/v1/auth/login".to_owned(), Some(json!({"email": input, "password": input}))),
+            (
+                Method::POST,
+                "/api/v1/agents/enroll".to_owned(),
+                Some(json!({"token": input, "machine_fingerprint": input, "hostname": input})),
+            ),
+            (Method::POST, "/api/v1/enrollment-tokens".to_owned(), Some(json!({"name": input}))),
+            (
+                Method::POST,
+                "/api/v1/users".to_owned(),
+                Some(json!({"email": input, "password": input, "role": "viewer"})),
+            ),
+            (Method::PATCH, "/api/v1/incidents/1".to_owned(), Some(json!({"status": input}))),
+        ];
+        for (method, path, body) in requests {
+            let (status, response) = api.call(method.clone(), &path, Some(&api.admin), body).await;
+            let is_problem = response.get("type").is_some() || status.is_success();
+            if status.is_server_error() || !is_problem {
+                failures.push(format!("{method} {} -> {status} {response}", &path[..path.len().min(120)]));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // None of that created anything.
+    let users: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM users").fetch_one(&api.stack.db.pool).await.unwrap();
+    assert_eq!(users, 3);
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn bodies_are_size_limited_and_must_be_json() {
+    let api = start(&[]).await;
+    let url = format!("{}/api/v1/auth/login", api.base);
+    let big = json!({"email": "a@b.c", "password": "x".repeat(100 * 1024)});
+    let response = api.http.post(&url).json(&big).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(response.headers()["content-type"], "application/problem+json");
+
+    let response = api
+        .http
+        .post(&url)
+        .header("content-type", "application/json")
+        .body("{\"email\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["type"], "urn:opspilot:problem:malformed-json");
+
+    let response =
+        api.http.post(&url).header("content-type", "text/plain").body("email=a").send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+
+    let response = api.http.post(&url).json(&json!({"email": 5})).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+
+    let (status, body) = api.get("/api/v1/nope", &api.viewer).await;
+    assert_problem(status, &body, StatusCode::NOT_FOUND, "not-found");
+    let (status, body) = api.call(Method::PUT, "/api/v1/agents", Some(&api.viewer), None).await;
+    assert_problem(status, &body, StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed");
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn the_openapi_document_and_docs_page_are_served() {
+    let api = start(&[]).await;
+    let (status, doc) = api.call(Method::GET, "/api/v1/openapi.json", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = doc["paths"].as_object().unwrap();
+    for path in [
+        "/api/v1/auth/login",
+        "/api/v1/auth/me",
+        "/api/v1/agents/enroll",
+        "/api/v1/agents",
+        "/api/v1/agents/{id}/incidents",
+        "/api/v1/agents/{id}/execute",
+        "/api/v1/incidents/{id}/analyze",
+        "/api/v1/incidents/{id}/execute",
+        "/api/v1/audit",
+    ] {
+        assert!(paths.contains_key(path), "{path} missing from the OpenAPI document");
+    }
+    let page = api.http.get(format!("{}/api/v1/docs/", api.base)).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("swagger"), "the docs page is served offline");
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn create_user_subcommand_and_first_admin_from_the_environment() {
+    let stack = test_support::Stack::start().await;
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_api-gateway"));
+    let env = vec![("DATABASE_URL", stack.db.url()), ("ADMIN_PASSWORD", PASSWORD.to_owned())];
+    let (code, stderr) = test_support::process::run_to_exit(
+        bin,
+        &env,
+        &["create-user", "--email", "ops@example.com", "--role", "operator"],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stderr:?}");
+    let role: String = sqlx::query_scalar("SELECT role FROM users WHERE email = 'ops@example.com'")
+        .fetch_one(&stack.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(role, "operator");
+    let stored: String =
+        sqlx::query_scalar("SELECT password_hash FROM users").fetch_one(&stack.db.pool).await.unwrap();
+    assert!(stored.starts_with("$argon2id$"), "{stored}");
+
+    // First admin: only created when there are no users at all.
+    let db2 = test_support::TestDb::create().await;
+    let js = stack.jetstream().await;
+    natsbus::ensure_topology(&js, &stack.topology).await.unwrap();
+    let mut args: Vec<String> = vec![
+        "api-gateway".into(),
+        "--http-addr".into(),
+        "127.0.0.1:0".into(),
+        "--jwt-secret".into(),
+        SECRET.into(),
+    ];
+    args.extend(stack.args());
+    args.extend(stack.redis_args());
+    args.extend([
+        "--database-url".into(),
+        db2.url(),
+        "--admin-email".into(),
+        "root@example.com".into(),
+        "--admin-password".into(),
+        PASSWORD.into(),
+    ]);
+    let config = <api_gateway::Config as clap::Parser>::try_parse_from(args).unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = api_gateway::start(config, shutdown.clone()).await.unwrap();
+    let admins: i64 = sqlx::query_scalar("SELECT count(*) FROM users WHERE role = 'admin'")
+        .fetch_one(&db2.pool)
+        .await
+        .unwrap();
+    assert_eq!(admins, 1);
+    shutdown.cancel();
+    running.wait().await.unwrap();
+}
