@@ -15,11 +15,12 @@ where
     F: FnOnce(CancellationToken) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
+    // Before telemetry: the OTLP exporter builds an HTTP client, which needs it.
+    crate::install_crypto_provider();
     let guard = match crate::telemetry::init(service, telemetry) {
         Ok(guard) => guard,
         Err(err) => crate::config::exit_config_error(format!("telemetry: {err:#}")),
     };
-    crate::install_crypto_provider();
     crate::metrics::install();
     tracing::info!(service, version = env!("CARGO_PKG_VERSION"), "starting");
 

@@ -13,6 +13,7 @@
 mod db;
 pub mod lifecycle;
 mod nats;
+pub mod otlp;
 pub mod process;
 mod proxy;
 mod stack;

@@ -10,3 +10,4 @@ mod hostile;
 mod incidents;
 mod lifecycle;
 mod roles;
+mod tracing;

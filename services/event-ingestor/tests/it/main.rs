@@ -8,3 +8,4 @@ mod helpers;
 mod inventory;
 mod lifecycle;
 mod scale;
+mod tracing;
