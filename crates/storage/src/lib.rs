@@ -4,6 +4,7 @@
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
 pub mod agents;
+pub mod analysis;
 pub mod audit;
 mod config;
 mod error;

@@ -1,19 +1,42 @@
 //! The ai-analyzer: explains an incident and proposes one safe, allow-listed action,
 //! with OpenRouter (or any OpenAI-compatible endpoint) or with built-in rules.
+//!
+//! It serves `AnalyzeRequest`s on `{root}.sys.analyze` in a queue group (the API's
+//! analyze endpoint reaches it only that way) and, when AUTO_ANALYZE is on, analyzes
+//! new critical incidents from the INCIDENTS stream. Either way the outcome is written
+//! to the incident in Postgres; the AI never runs an action itself.
 
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
+pub mod analyzer;
+mod answer;
+mod auto;
+mod cache;
+mod engine;
+pub mod notify;
+pub mod openrouter;
+mod prompt;
+mod requests;
+pub mod rules;
+
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use natsbus::NatsConfig;
 use presence::RedisConfig;
-use secrecy::SecretString;
+use reqwest::Url;
+use secrecy::{ExposeSecret, SecretString};
 use service_kit::admin::Readiness;
 use service_kit::telemetry::TelemetryArgs;
 use storage::DbConfig;
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+use crate::analyzer::Analyzer;
+use crate::notify::{Notifier, SlackNotifier};
 
 /// Configuration of the ai-analyzer.
 #[derive(Debug, Clone, clap::Parser)]
@@ -32,9 +55,59 @@ pub struct Config {
     pub db: DbConfig,
     #[command(flatten)]
     pub redis: RedisConfig,
-    /// OpenRouter API key; without it the rule-based analyzer answers (never logged).
+    /// OpenRouter API key, sent as a bearer token; without it the rule-based analyzer
+    /// answers (never logged).
     #[arg(long = "openrouter-key", env = "OPENROUTER_KEY", value_name = "OPENROUTER_KEY", hide_env_values = true, value_parser = secret)]
     pub openrouter_key: Option<SecretString>,
+    /// Base URL of the chat-completions API: OpenRouter, or any OpenAI-compatible
+    /// server (`{base}/chat/completions` is called).
+    #[arg(long = "openrouter-base-url", env = "OPENROUTER_BASE_URL", value_name = "OPENROUTER_BASE_URL", default_value = "https://openrouter.ai/api/v1", value_parser = parse_base_url)]
+    pub openrouter_base_url: Url,
+    /// Model asked for the analysis (an OpenRouter model id, or the local server's).
+    #[arg(long = "openrouter-model", env = "OPENROUTER_MODEL", value_name = "OPENROUTER_MODEL", default_value = "openai/gpt-4o-mini", value_parser = parse_model)]
+    pub openrouter_model: String,
+    /// Timeout of each call to the AI provider.
+    #[arg(long = "ai-timeout", env = "AI_TIMEOUT", value_name = "AI_TIMEOUT", default_value = "20s", value_parser = service_kit::config::parse_duration)]
+    pub ai_timeout: Duration,
+    /// Budget of one analysis with the AI provider, retries and waits included; set the
+    /// API's analyze request timeout above it.
+    #[arg(long = "ai-deadline", env = "AI_DEADLINE", value_name = "AI_DEADLINE", default_value = "45s", value_parser = service_kit::config::parse_duration)]
+    pub ai_deadline: Duration,
+    /// Attempts per analysis: 429, 5xx, timeouts and connection errors are retried.
+    #[arg(long = "ai-max-attempts", env = "AI_MAX_ATTEMPTS", value_name = "AI_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10))]
+    pub ai_max_attempts: u32,
+    /// Delay before the first retry; it doubles with every retry (with jitter). A
+    /// `Retry-After` from the provider takes precedence.
+    #[arg(long = "ai-backoff", env = "AI_BACKOFF", value_name = "AI_BACKOFF", default_value = "500ms", value_parser = service_kit::config::parse_duration)]
+    pub ai_backoff: Duration,
+    /// Longest delay between two retries.
+    #[arg(long = "ai-backoff-max", env = "AI_BACKOFF_MAX", value_name = "AI_BACKOFF_MAX", default_value = "8s", value_parser = service_kit::config::parse_duration)]
+    pub ai_backoff_max: Duration,
+    /// Analyses in progress at once in this replica, requested and automatic together.
+    #[arg(long = "ai-concurrency", env = "AI_CONCURRENCY", value_name = "AI_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub ai_concurrency: u32,
+    /// Largest answer the model may write, in tokens.
+    #[arg(long = "ai-max-tokens", env = "AI_MAX_TOKENS", value_name = "AI_MAX_TOKENS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(64..=32_768))]
+    pub ai_max_tokens: u32,
+    /// How long an AI analysis stays in the Redis cache, keyed by the incident's
+    /// fingerprint (`0s` disables the cache).
+    #[arg(long = "analysis-cache-ttl", env = "ANALYSIS_CACHE_TTL", value_name = "ANALYSIS_CACHE_TTL", default_value = "24h", value_parser = service_kit::config::parse_duration)]
+    pub analysis_cache_ttl: Duration,
+    /// Analyze new critical incidents automatically (from the incident-created
+    /// messages).
+    #[arg(long = "auto-analyze", env = "AUTO_ANALYZE", value_name = "AUTO_ANALYZE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub auto_analyze: bool,
+    /// Durable consumer name on the incidents stream (shared by every replica).
+    #[arg(
+        long = "auto-analyze-consumer",
+        env = "AUTO_ANALYZE_CONSUMER",
+        value_name = "AUTO_ANALYZE_CONSUMER",
+        default_value = "ai-analyzer"
+    )]
+    pub auto_analyze_consumer: String,
+    /// The agent's other incidents put in the prompt (newest first).
+    #[arg(long = "recent-incidents", env = "RECENT_INCIDENTS", value_name = "RECENT_INCIDENTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=50))]
+    pub recent_incidents: u32,
     /// Address of the admin HTTP server (`/healthz`, `/readyz`, `/metrics`).
     #[arg(
         long = "admin-addr",
@@ -53,7 +126,57 @@ impl Config {
         self.telemetry.validate()?;
         self.nats.validate()?;
         self.db.validate()?;
-        self.redis.validate()
+        self.redis.validate()?;
+        if self.ai_timeout.is_zero() {
+            return Err("AI_TIMEOUT: must be more than 0".into());
+        }
+        if self.ai_deadline < self.ai_timeout {
+            return Err("AI_DEADLINE: must be at least AI_TIMEOUT".into());
+        }
+        if self.ai_backoff_max < self.ai_backoff {
+            return Err("AI_BACKOFF_MAX: must be at least AI_BACKOFF".into());
+        }
+        if !self.analysis_cache_ttl.is_zero() && self.analysis_cache_ttl < Duration::from_secs(1) {
+            return Err("ANALYSIS_CACHE_TTL: must be 0s (off) or at least 1s".into());
+        }
+        if let Some(key) = self.key()
+            && !key.expose_secret().chars().all(|c| c.is_ascii_graphic())
+        {
+            // The key itself is never echoed.
+            return Err("OPENROUTER_KEY: must be printable ASCII without spaces".into());
+        }
+        let name = &self.auto_analyze_consumer;
+        if name.is_empty()
+            || name.len() > 64
+            || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err("AUTO_ANALYZE_CONSUMER: use 1 to 64 letters, digits, '-' and '_'".into());
+        }
+        Ok(())
+    }
+
+    /// The key, unless unset or blank.
+    fn key(&self) -> Option<&SecretString> {
+        self.openrouter_key.as_ref().filter(|k| !k.expose_secret().trim().is_empty())
+    }
+
+    /// The analyzer this configuration asks for: OpenRouter with a key, rules without.
+    pub fn build_analyzer(&self) -> anyhow::Result<Arc<dyn Analyzer>> {
+        let Some(key) = self.key() else {
+            return Ok(Arc::new(rules::RulesAnalyzer));
+        };
+        let settings = openrouter::Settings {
+            base_url: self.openrouter_base_url.clone(),
+            key: key.clone(),
+            model: self.openrouter_model.clone(),
+            timeout: self.ai_timeout,
+            deadline: self.ai_deadline,
+            max_attempts: self.ai_max_attempts,
+            backoff: self.ai_backoff,
+            backoff_max: self.ai_backoff_max,
+            max_tokens: self.ai_max_tokens,
+        };
+        Ok(Arc::new(openrouter::OpenRouterAnalyzer::new(settings)?))
     }
 }
 
@@ -61,13 +184,40 @@ fn secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
     Ok(SecretString::from(s.to_owned()))
 }
 
+fn parse_base_url(s: &str) -> Result<Url, String> {
+    let url = Url::parse(s).map_err(|e| format!("not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err("must be an http:// or https:// URL".into());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not contain credentials (the key goes in OPENROUTER_KEY)".into());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("must not have a query or fragment".into());
+    }
+    Ok(url)
+}
+
+fn parse_model(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 128 || s.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err("must be 1 to 128 characters without spaces".into());
+    }
+    Ok(s.to_owned())
+}
+
 /// A started analyzer.
 pub struct Running {
     pub admin_addr: SocketAddr,
     task: JoinHandle<anyhow::Result<()>>,
+    handled: Arc<AtomicU64>,
 }
 
 impl Running {
+    /// Analyze requests this replica has answered so far.
+    pub fn requests_handled(&self) -> u64 {
+        self.handled.load(Ordering::Relaxed)
+    }
+
     /// Waits until the analyzer stops (after `shutdown` is cancelled, or on a fatal error).
     pub async fn wait(self) -> anyhow::Result<()> {
         self.task.await?
@@ -83,6 +233,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
     use anyhow::Context as _;
 
+    // The HTTP client needs a TLS crypto provider; installing it twice is harmless.
+    service_kit::install_crypto_provider();
+    let analyzer = config.build_analyzer().context("building the AI client")?;
     let client = natsbus::connect(&config.nats, "ai-analyzer").await?;
     let js = async_nats::jetstream::new(client.clone());
     let topology = config.nats.topology();
@@ -90,9 +243,30 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let pool = storage::connect(&config.db).await?;
     storage::check_schema(&pool).await?;
     let redis = presence::connect(&config.redis).await?;
-    if config.openrouter_key.is_none() {
-        tracing::info!("OPENROUTER_KEY is not set; the rule-based analyzer answers");
+    match analyzer.model() {
+        Some(model) => {
+            tracing::info!(analyzer = analyzer.name(), model, base_url = %config.openrouter_base_url, "analyzing with the AI provider")
+        }
+        None => tracing::info!(
+            analyzer = analyzer.name(),
+            "OPENROUTER_KEY is not set; the rule-based analyzer answers"
+        ),
     }
+    let notifier: Arc<dyn Notifier> = Arc::new(SlackNotifier::disabled());
+
+    let concurrency = usize::try_from(config.ai_concurrency).unwrap_or(1);
+    let engine = Arc::new(engine::Engine {
+        pool: pool.clone(),
+        cache: cache::AnalysisCache::new(
+            redis.clone(),
+            config.redis.keys(),
+            config.analysis_cache_ttl,
+            config.redis.timeout,
+        ),
+        analyzer,
+        limit: Arc::new(Semaphore::new(concurrency)),
+        recent_incidents: config.recent_incidents,
+    });
 
     let readiness = Readiness::new()
         .with_check("postgres", storage::ready_check(pool.clone()))
@@ -100,13 +274,144 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .with_check("redis", presence::ready_check(redis.clone()));
     let (admin_addr, admin) =
         service_kit::admin::spawn(config.admin_addr, readiness, shutdown.clone()).await?;
-    tracing::info!(%admin_addr, "ai-analyzer ready");
 
+    let mut workers = tokio::task::JoinSet::new();
+    let handled = Arc::new(AtomicU64::new(0));
+    if config.auto_analyze {
+        let spec = auto::AutoSpec {
+            durable: config.auto_analyze_consumer.clone(),
+            stream: topology.incidents_stream.clone(),
+            filter: topology.subjects.all_incident_messages(),
+            created_subject: topology.subjects.incident_created(),
+            concurrency,
+        };
+        // Created before reporting ready, so a ready replica is part of the consumer.
+        auto::ensure_consumer(&js, &spec).await.context("creating the auto-analysis consumer")?;
+        workers.spawn(auto::run(js.clone(), spec, Arc::clone(&engine), notifier, shutdown.clone()));
+    } else {
+        tracing::info!("automatic analysis of critical incidents is off (AUTO_ANALYZE=false)");
+    }
+    // Subscribed before reporting ready, so a ready replica answers requests.
+    let subscriber = requests::subscribe(&client, &topology.subjects).await?;
+    workers.spawn(requests::serve(
+        client.clone(),
+        subscriber,
+        engine,
+        Arc::clone(&handled),
+        shutdown.clone(),
+    ));
+    tracing::info!(%admin_addr, auto_analyze = config.auto_analyze, concurrency, "ai-analyzer ready");
+
+    let grace = config.shutdown_grace;
     let task = tokio::spawn(async move {
-        shutdown.cancelled().await;
-        client.flush().await.context("flushing nats")?;
+        let outcome = supervise(&mut workers, &shutdown, grace).await;
+        shutdown.cancel();
+        if let Err(err) = client.flush().await {
+            tracing::warn!(error = %err, "flushing nats on shutdown failed");
+        }
         admin.await??;
-        Ok(())
+        outcome
     });
-    Ok(Running { admin_addr, task })
+    Ok(Running { admin_addr, task, handled })
+}
+
+/// Waits for shutdown (then gives the workers `grace` to finish what is in flight) or
+/// for a worker to fail, which stops the service so its orchestrator restarts it.
+async fn supervise(
+    workers: &mut tokio::task::JoinSet<anyhow::Result<()>>,
+    shutdown: &CancellationToken,
+    grace: Duration,
+) -> anyhow::Result<()> {
+    tokio::select! {
+        biased;
+        _ = shutdown.cancelled() => {}
+        Some(result) = workers.join_next() => {
+            if !shutdown.is_cancelled() {
+                shutdown.cancel();
+                result??;
+                anyhow::bail!("a worker stopped unexpectedly");
+            }
+        }
+    }
+    let drained = tokio::time::timeout(grace, async {
+        while let Some(result) = workers.join_next().await {
+            if let Ok(Err(err)) = result {
+                tracing::warn!(error = %err, "worker stopped with an error during shutdown");
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(grace = ?grace, "shutdown grace period over; abandoning analyses in flight");
+        workers.shutdown().await;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<Config, String> {
+        let mut args = vec!["ai-analyzer"];
+        args.extend(extra);
+        service_kit::config::try_parse_from::<Config, _, _>(args)
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = Config::try_parse_from(["ai-analyzer"]).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.openrouter_base_url.as_str(), "https://openrouter.ai/api/v1");
+        assert!(config.auto_analyze);
+        assert_eq!(config.analysis_cache_ttl, Duration::from_secs(86_400));
+    }
+
+    #[test]
+    fn the_key_is_never_in_debug_output() {
+        let config = parse(&["--openrouter-key", "sk-or-v1-very-secret"]).unwrap();
+        assert!(!format!("{config:?}").contains("very-secret"));
+        service_kit::install_crypto_provider();
+        let analyzer = config.build_analyzer().unwrap();
+        assert_eq!(analyzer.name(), "openrouter");
+        assert_eq!(analyzer.model(), Some("openai/gpt-4o-mini"));
+    }
+
+    #[test]
+    fn a_blank_key_means_rules() {
+        let config = parse(&["--openrouter-key", "  "]).unwrap();
+        assert_eq!(config.build_analyzer().unwrap().name(), "rules");
+        let config = parse(&[]).unwrap();
+        assert_eq!(config.build_analyzer().unwrap().name(), "rules");
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        for (flag, value, var) in [
+            ("--openrouter-base-url", "ftp://x", "OPENROUTER_BASE_URL"),
+            ("--openrouter-base-url", "not a url", "OPENROUTER_BASE_URL"),
+            ("--openrouter-model", "a b", "OPENROUTER_MODEL"),
+            ("--ai-concurrency", "0", "AI_CONCURRENCY"),
+            ("--ai-max-attempts", "11", "AI_MAX_ATTEMPTS"),
+            ("--ai-timeout", "soon", "AI_TIMEOUT"),
+            ("--auto-analyze", "maybe", "AUTO_ANALYZE"),
+            ("--openrouter-base-url", "https://user:pw@openrouter.ai/api/v1", "OPENROUTER_BASE_URL"),
+        ] {
+            let err = parse(&[flag, value]).unwrap_err();
+            assert!(err.contains(var), "{flag} {value}: {err}");
+        }
+        for (args, var) in [
+            (&["--ai-timeout", "0s"][..], "AI_TIMEOUT"),
+            (&["--ai-timeout", "10s", "--ai-deadline", "5s"][..], "AI_DEADLINE"),
+            (&["--ai-backoff", "2s", "--ai-backoff-max", "1s"][..], "AI_BACKOFF_MAX"),
+            (&["--analysis-cache-ttl", "10ms"][..], "ANALYSIS_CACHE_TTL"),
+            (&["--auto-analyze-consumer", "a.b"][..], "AUTO_ANALYZE_CONSUMER"),
+            (&["--openrouter-key", "sk-or\u{7f}-secret"][..], "OPENROUTER_KEY"),
+        ] {
+            let err = parse(args).unwrap().validate().unwrap_err();
+            assert!(err.starts_with(var), "{args:?}: {err}");
+        }
+    }
 }

@@ -46,7 +46,22 @@ async fn a_bad_configuration_exits_64_naming_the_variable() {
     lifecycle::assert_bad_config_refused(
         Path::new(BIN),
         &[],
-        &[("ADMIN_ADDR", "nowhere"), ("SHUTDOWN_GRACE", "soon"), ("REDIS_URL", "http://not-redis")],
+        &[
+            ("ADMIN_ADDR", "nowhere"),
+            ("SHUTDOWN_GRACE", "soon"),
+            ("REDIS_URL", "http://not-redis"),
+            ("OPENROUTER_BASE_URL", "ftp://openrouter.ai/api/v1"),
+            ("OPENROUTER_MODEL", "two words"),
+            ("AI_TIMEOUT", "soon"),
+            ("AI_DEADLINE", "1s"),
+            ("AI_MAX_ATTEMPTS", "0"),
+            ("AI_BACKOFF_MAX", "1ms"),
+            ("AI_CONCURRENCY", "0"),
+            ("ANALYSIS_CACHE_TTL", "forever"),
+            ("AUTO_ANALYZE", "maybe"),
+            ("AUTO_ANALYZE_CONSUMER", "has.dots"),
+            ("RECENT_INCIDENTS", "500"),
+        ],
     )
     .await;
 }
@@ -54,6 +69,25 @@ async fn a_bad_configuration_exits_64_naming_the_variable() {
 #[tokio::test]
 async fn help_documents_every_variable() {
     let mut vars = lifecycle::COMMON_VARIABLES.to_vec();
-    vars.extend(["ADMIN_ADDR", "SHUTDOWN_GRACE", "REDIS_URL", "REDIS_PREFIX", "OPENROUTER_KEY"]);
+    vars.extend([
+        "ADMIN_ADDR",
+        "SHUTDOWN_GRACE",
+        "REDIS_URL",
+        "REDIS_PREFIX",
+        "OPENROUTER_KEY",
+        "OPENROUTER_BASE_URL",
+        "OPENROUTER_MODEL",
+        "AI_TIMEOUT",
+        "AI_DEADLINE",
+        "AI_MAX_ATTEMPTS",
+        "AI_BACKOFF",
+        "AI_BACKOFF_MAX",
+        "AI_CONCURRENCY",
+        "AI_MAX_TOKENS",
+        "ANALYSIS_CACHE_TTL",
+        "AUTO_ANALYZE",
+        "AUTO_ANALYZE_CONSUMER",
+        "RECENT_INCIDENTS",
+    ]);
     lifecycle::assert_help_documents(Path::new(BIN), &vars).await;
 }
