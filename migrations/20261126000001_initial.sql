@@ -148,3 +148,15 @@ CREATE TABLE audit_log (
 );
 CREATE INDEX audit_log_agent_idx ON audit_log (agent_id, id DESC);
 CREATE INDEX audit_log_started_idx ON audit_log (id DESC);
+
+-- NATS credentials issued to agents (one row per user key); revoking an agent revokes
+-- every key it was issued, and the account's revocation list is built from here.
+CREATE TABLE agent_credentials (
+    user_public_key     TEXT PRIMARY KEY,
+    agent_id            TEXT NOT NULL REFERENCES agents (id) ON DELETE CASCADE,
+    issued_at           TIMESTAMPTZ NOT NULL DEFAULT now(),
+    expires_at          TIMESTAMPTZ NOT NULL,
+    revoked_at          TIMESTAMPTZ
+);
+CREATE INDEX agent_credentials_agent_idx ON agent_credentials (agent_id);
+CREATE INDEX agent_credentials_revoked_idx ON agent_credentials (revoked_at) WHERE revoked_at IS NOT NULL;

@@ -43,6 +43,8 @@ pub async fn connect_with(
     let connected_before = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let options = options
         .name(name)
+        // Each identity has an inbox namespace of its own (see auth::perms).
+        .custom_inbox_prefix(crate::auth::inbox_prefix(name))
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(5))
         .request_timeout(Some(request_timeout))

@@ -4,6 +4,7 @@
 
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
+pub mod auth;
 mod config;
 mod connect;
 mod deadletter;

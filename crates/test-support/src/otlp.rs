@@ -7,7 +7,9 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::routing::post;
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use prost::Message;
 
@@ -47,7 +49,12 @@ impl OtlpReceiver {
     }
 
     /// Waits until a span matching `predicate` arrived.
-    pub async fn wait_for(&self, what: &str, timeout: Duration, predicate: impl Fn(&ReceivedSpan) -> bool) -> ReceivedSpan {
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        predicate: impl Fn(&ReceivedSpan) -> bool,
+    ) -> ReceivedSpan {
         crate::eventually(timeout, what, || {
             let found = self.spans().into_iter().find(|s| predicate(s));
             async move { found }
@@ -98,6 +105,10 @@ pub fn binary(name: &str) -> std::path::PathBuf {
     // target/debug/deps/it-xxxx -> target/debug/{name}
     let dir = exe.parent().and_then(std::path::Path::parent).expect("target directory");
     let path = dir.join(name);
-    assert!(path.exists(), "{} is not built; build the workspace (`cargo build --workspace --bins`)", path.display());
+    assert!(
+        path.exists(),
+        "{} is not built; build the workspace (`cargo build --workspace --bins`)",
+        path.display()
+    );
     path
 }

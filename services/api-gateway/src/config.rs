@@ -31,6 +31,8 @@ pub struct Config {
     pub db: DbConfig,
     #[command(flatten)]
     pub redis: RedisConfig,
+    #[command(flatten)]
+    pub(crate) bus_auth: crate::bus_auth::BusAuthArgs,
 }
 
 /// What to do.
@@ -50,6 +52,14 @@ pub enum Command {
         /// viewer, operator or admin.
         #[arg(long, value_parser = parse_role, default_value = "admin")]
         role: Role,
+    },
+    /// Generate (or complete) the bus security setup in a directory: keys, the
+    /// nats-server configuration fragment and every service's credentials. Existing
+    /// keys are kept, so running it again only refreshes the files.
+    NatsInit {
+        /// Where to write keys.json, nats-auth.conf and creds/.
+        #[arg(long)]
+        dir: std::path::PathBuf,
     },
 }
 
@@ -230,6 +240,7 @@ impl Config {
                 return crate::routes::auth::validate_email(email)
                     .map_err(|_| "--email: not a valid email".into());
             }
+            Some(Command::NatsInit { .. }) => return Ok(()),
             None | Some(Command::Serve) => {}
         }
         self.nats.validate()?;
@@ -276,6 +287,7 @@ impl Config {
             crate::routes::auth::validate_password(password)
                 .map_err(|_| "ADMIN_PASSWORD: 12 to 1024 characters".to_owned())?;
         }
+        self.bus_auth.validate()?;
         if let Some(token) = &self.serve.bootstrap_token
             && token.expose_secret().len() < 16
             && !self.serve.dev

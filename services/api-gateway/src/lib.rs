@@ -4,6 +4,7 @@
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
 mod auth;
+mod bus_auth;
 mod cache;
 mod client_ip;
 mod config;
@@ -60,6 +61,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             storage::migrate(&pool).await?;
             Ok(())
         }
+        Command::NatsInit { dir } => {
+            let setup = natsbus::auth::AuthSetup::load_or_generate(&dir, "OPSPILOT")
+                .with_context(|| format!("reading or writing keys in {}", dir.display()))?;
+            setup
+                .write_all(&dir, &config.nats.topology())
+                .with_context(|| format!("writing {}", dir.display()))?;
+            tracing::info!(dir = %dir.display(), "bus security files written: nats-auth.conf, creds/");
+            Ok(())
+        }
         Command::CreateUser { email, role } => {
             let password = match &config.serve.admin_password {
                 Some(password) => password.clone(),
@@ -90,6 +100,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     storage::check_schema(&pool).await?;
     let redis = presence::connect(&config.redis).await?;
     ensure_first_admin(&pool, &config).await?;
+    let bus_auth = std::sync::Arc::new(bus_auth::BusAuth::start(&config.bus_auth, &config.nats).await?);
 
     let serve = &config.serve;
     let limits = ratelimit::Limits {
@@ -124,6 +135,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             heartbeat_interval_secs: serve.agent_heartbeat_interval,
         },
         cache_ttl: serve.cache_ttl,
+        bus_auth: std::sync::Arc::clone(&bus_auth),
         default_offline_threshold: serve.offline_threshold,
     });
 
@@ -132,6 +144,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .with_check("nats", natsbus::ready_check(client.clone()))
         .with_check("redis", presence::ready_check(redis.clone()));
     let app = router(state, readiness, serve.trust_proxy);
+    tokio::spawn(bus_auth::resync_forever(
+        bus_auth,
+        pool.clone(),
+        std::time::Duration::from_secs(60),
+        shutdown.clone(),
+    ));
 
     let listener = tokio::net::TcpListener::bind(serve.http_addr)
         .await

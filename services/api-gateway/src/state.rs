@@ -29,6 +29,8 @@ pub(crate) struct Inner {
     pub(crate) bootstrap_token_hash: Option<String>,
     /// What enrolled agents are told about connecting.
     pub(crate) enrollment: EnrollmentInfo,
+    /// Agent credentials and revocations (bus security).
+    pub(crate) bus_auth: Arc<crate::bus_auth::BusAuth>,
     /// TTL of cached reads (agent lists).
     pub(crate) cache_ttl: Duration,
     /// Agents silent longer than this are offline when Redis has no fresher word.

@@ -268,6 +268,25 @@ pub struct EnrollRequest {
     /// same fingerprint returns the same agent id.
     pub machine_fingerprint: String,
     pub hostname: String,
+    /// An `U...` NKey the agent generated; when given, the response carries only a
+    /// JWT for it and the private seed never leaves the agent.
+    pub nats_public_key: Option<String>,
+}
+
+/// The agent's own NATS identity.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct NatsCredentials {
+    pub user_public_key: String,
+    /// The user JWT (signed by the OpsPilot account).
+    pub jwt: String,
+    /// The NKey seed, when the backend generated the key pair.
+    pub seed: Option<String>,
+    /// JWT and seed as a `.creds` file, when the seed is known.
+    pub creds: Option<String>,
+    pub expires_at: DateTime<Utc>,
+    /// The inbox prefix the agent must use (`custom_inbox_prefix`): replies to its
+    /// requests (JetStream acks) arrive there and nowhere else.
+    pub inbox_prefix: String,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -288,6 +307,8 @@ pub struct EnrollResponse {
     pub subject_root: String,
     pub heartbeat_interval_secs: u32,
     pub subjects: AgentSubjects,
+    /// Absent only when the deployment runs without bus security (development).
+    pub nats_credentials: Option<NatsCredentials>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -420,6 +420,18 @@ pub(crate) async fn enroll(
             return Err(ApiError::EnrollmentRefused(reason.as_str().to_owned()));
         }
     };
+    if let Some(key) = &body.nats_public_key
+        && (key.len() > 128 || !key.starts_with('U'))
+    {
+        return Err(ApiError::bad_request(
+            "invalid-public-key",
+            "nats_public_key must be a user NKey (U...)",
+        ));
+    }
+    let issued = state.bus_auth.issue(&agent, body.nats_public_key.as_deref())?;
+    if let Some(creds) = &issued {
+        storage::credentials::record(&state.pool, &agent, &creds.user_public_key, creds.expires_at).await?;
+    }
     tracing::info!(agent_id = %agent, hostname, status = label, "agent enrolled");
     metrics::counter!("opspilot_enrollments_total", "outcome" => label).increment(1);
     let info = &state.enrollment;
@@ -439,6 +451,14 @@ pub(crate) async fn enroll(
                 heartbeat_bucket: info.agents_bucket.clone(),
                 heartbeat_key: agent.to_string(),
             },
+            nats_credentials: issued.map(|c| NatsCredentials {
+                creds: c.creds_file(),
+                user_public_key: c.user_public_key,
+                jwt: c.jwt,
+                seed: c.seed,
+                expires_at: c.expires_at,
+                inbox_prefix: natsbus::auth::Identity::Agent(agent.clone()).inbox_prefix(),
+            }),
         }),
     ))
 }

@@ -50,6 +50,7 @@ pub async fn start_on(stack: Stack, extra: &[&str]) -> Api {
         "0".into(),
         "--rate-limit-user".into(),
         "0".into(),
+        "--insecure-bus".into(),
     ];
     args.extend(stack.args());
     args.extend(stack.redis_args());

@@ -13,6 +13,7 @@ const SECRET: &str = "test-secret-0123456789abcdef0123456789abcdef";
 fn env(stack: &Stack) -> Vec<(&'static str, String)> {
     let mut env = stack.env();
     env.push(("JWT_SECRET", SECRET.to_owned()));
+    env.push(("OPSPILOT_INSECURE_BUS", "true".to_owned()));
     env
 }
 
@@ -25,6 +26,7 @@ async fn starts_reports_ready_and_stops_in_process() {
         "127.0.0.1:0".into(),
         "--jwt-secret".into(),
         SECRET.into(),
+        "--insecure-bus".into(),
     ];
     args.extend(stack.args());
     args.extend(stack.redis_args());
@@ -58,7 +60,7 @@ async fn the_binary_stops_cleanly_on_sigterm_and_sigint() {
 
 #[tokio::test]
 async fn a_bad_configuration_exits_64_naming_the_variable() {
-    let base = vec![("JWT_SECRET", SECRET.to_owned())];
+    let base = vec![("JWT_SECRET", SECRET.to_owned()), ("OPSPILOT_INSECURE_BUS", "true".to_owned())];
     lifecycle::assert_bad_config_refused(
         Path::new(BIN),
         &base,
@@ -79,9 +81,12 @@ async fn a_bad_configuration_exits_64_naming_the_variable() {
 
 #[tokio::test]
 async fn a_weak_secret_is_accepted_only_in_development_mode() {
-    let config = Config::try_parse_from(["api-gateway", "--jwt-secret", "change_me"]).unwrap();
+    let config =
+        Config::try_parse_from(["api-gateway", "--jwt-secret", "change_me", "--insecure-bus"]).unwrap();
     assert!(config.validate().is_err());
-    let config = Config::try_parse_from(["api-gateway", "--jwt-secret", "change_me", "--dev"]).unwrap();
+    let config =
+        Config::try_parse_from(["api-gateway", "--jwt-secret", "change_me", "--dev", "--insecure-bus"])
+            .unwrap();
     config.validate().unwrap();
 }
 

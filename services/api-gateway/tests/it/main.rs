@@ -2,6 +2,7 @@
 #![allow(unused_crate_dependencies, unreachable_pub)]
 
 mod agents;
+mod analysis;
 mod auth;
 mod enroll;
 mod execute;

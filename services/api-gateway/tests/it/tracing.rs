@@ -19,6 +19,7 @@ async fn an_execute_is_one_trace_from_gateway_to_agent() {
     let mut env = stack.env();
     env.extend([
         ("JWT_SECRET", SECRET.to_owned()),
+        ("OPSPILOT_INSECURE_BUS", "true".to_owned()),
         ("HTTP_ADDR", format!("127.0.0.1:{port}")),
         ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.clone()),
         ("OTEL_BSP_SCHEDULE_DELAY", "200".into()),
@@ -26,13 +27,19 @@ async fn an_execute_is_one_trace_from_gateway_to_agent() {
     let mut gateway = ServiceProcess::spawn(&binary("api-gateway"), &env, &[]);
     gateway.wait_for_line("api-gateway ready", Duration::from_secs(30)).await;
     let mut sim_env = env.clone();
-    sim_env.extend([("SIM_AGENTS", "2".to_owned()), ("SIM_SEED", "traced".into()), ("SIM_EVENTS_PER_SEC", "0".into())]);
+    sim_env.extend([
+        ("SIM_AGENTS", "2".to_owned()),
+        ("SIM_SEED", "traced".into()),
+        ("SIM_EVENTS_PER_SEC", "0".into()),
+    ]);
     let mut sim = ServiceProcess::spawn(&binary("agent-sim"), &sim_env, &[]);
     sim.wait_for_line("simulated agents starting", Duration::from_secs(30)).await;
 
     let fleet = agent_sim::Fleet::numbered("traced", 2);
     let agent = fleet.agents()[0].id.to_string();
-    storage::agents::register_many(&stack.db.pool, &[(fleet.agents()[0].id.clone(), "traced".into())]).await.unwrap();
+    storage::agents::register_many(&stack.db.pool, &[(fleet.agents()[0].id.clone(), "traced".into())])
+        .await
+        .unwrap();
     sqlx::query("UPDATE agents SET status = 'online', status_changed_at = now() WHERE id = $1")
         .bind(&agent)
         .execute(&stack.db.pool)
@@ -65,7 +72,9 @@ async fn an_execute_is_one_trace_from_gateway_to_agent() {
     assert_eq!(response.status(), StatusCode::OK);
 
     let agent_span = receiver
-        .wait_for("the agent's rpc span", Duration::from_secs(20), |s| s.service == "agent-sim" && s.trace_id == trace_id)
+        .wait_for("the agent's rpc span", Duration::from_secs(20), |s| {
+            s.service == "agent-sim" && s.trace_id == trace_id
+        })
         .await;
     let http_span = receiver
         .wait_for("the gateway's http span", Duration::from_secs(20), |s| {
@@ -80,7 +89,10 @@ async fn an_execute_is_one_trace_from_gateway_to_agent() {
         .filter(|s| s.service == "api-gateway" && s.trace_id == trace_id)
         .map(|s| s.span_id)
         .collect();
-    assert!(gateway_spans.contains(&agent_span.parent_span_id), "agent span {agent_span:?} is not a child of a gateway span");
+    assert!(
+        gateway_spans.contains(&agent_span.parent_span_id),
+        "agent span {agent_span:?} is not a child of a gateway span"
+    );
 
     sim.signal("TERM");
     gateway.signal("TERM");

@@ -26,7 +26,12 @@ async fn an_event_with_a_traceparent_is_ingested_in_that_trace() {
 
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let agent_span = "00f067aa0ba902b7";
-    let event = fleet.agents()[0].event(EventKind::parse("oom").unwrap(), Severity::Critical, "kernel", "Out of memory");
+    let event = fleet.agents()[0].event(
+        EventKind::parse("oom").unwrap(),
+        Severity::Critical,
+        "kernel",
+        "Out of memory",
+    );
     let mut headers = HeaderMap::new();
     headers.insert(HEADER_MSG_ID, event.event_id.to_string());
     headers.insert(HEADER_TRACEPARENT, format!("00-{trace_id}-{agent_span}-01"));

@@ -1,0 +1,20 @@
+//! Bus security: every agent and every service has its own NATS identity (an NKey
+//! with a user JWT signed by the OpsPilot account), allowed exactly the subjects it
+//! needs. This module writes the JWTs (operator, accounts, users), the permissions of
+//! each identity, the credentials files, and the nats-server configuration; and it
+//! pushes account updates (revocations) to a running server.
+//!
+//! Why decentralised JWT auth rather than auth callout: the server checks credentials
+//! by itself, so agents connect (and reconnect after a restart) even while every
+//! OpsPilot service is down; there is no extra service in the connection path.
+
+mod jwt;
+mod perms;
+mod revoke;
+mod setup;
+
+pub use jwt::{AccountSpec, JwtError, account_jwt, creds_file, decode_claims, operator_jwt, user_jwt};
+pub use nkeys::KeyPair;
+pub use perms::{Identity, Permissions, inbox_prefix, permissions};
+pub use revoke::{RevocationPusher, push_account};
+pub use setup::{AuthSetup, IssuedCreds, Issuer, SERVICES, SYSTEM_USER, ServiceIdentity};

@@ -1,0 +1,155 @@
+use std::time::Duration;
+
+use agent_sim::RpcBehaviour;
+use clap::Parser;
+use reqwest::StatusCode;
+use serde_json::json;
+use test_support::otlp::{OtlpReceiver, binary};
+use test_support::process::ServiceProcess;
+use test_support::{Stack, free_port};
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::*;
+
+async fn start_analyzer(stack: &Stack) -> (ai_analyzer::Running, CancellationToken) {
+    let mut args = vec!["ai-analyzer".to_owned(), "--admin-addr".into(), "127.0.0.1:0".into()];
+    args.extend(stack.args());
+    args.extend(stack.redis_args());
+    let config = ai_analyzer::Config::try_parse_from(args).unwrap();
+    let shutdown = CancellationToken::new();
+    (ai_analyzer::start(config, shutdown.clone()).await.unwrap(), shutdown)
+}
+
+/// Analyze, then execute the suggestion, against a simulated agent: the audit log shows
+/// the suggested action with its incident.
+#[tokio::test]
+async fn analyze_then_execute_the_suggestion_end_to_end() {
+    let api = start(&[]).await;
+    let (analyzer, stop_analyzer) = start_analyzer(&api.stack).await;
+    let fleet = api.online_fleet("e2e", 1).await;
+    let agent = fleet.agents()[0].id.to_string();
+    let stop_rpc = api.serve_rpc(&fleet, RpcBehaviour::default()).await;
+    let id = api
+        .incident(&agent, "service_down", "nginx.service: Main process exited, code=killed, status=9/KILL")
+        .await;
+    sqlx::query("UPDATE incidents SET source = 'nginx' WHERE id = $1")
+        .bind(id)
+        .execute(&api.stack.db.pool)
+        .await
+        .unwrap();
+
+    let (status, incident) =
+        api.post(&format!("/api/v1/incidents/{id}/analyze"), &api.operator, json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{incident}");
+    assert_eq!(incident["status"], "analyzed");
+    assert_eq!(incident["analysis"]["status"], "ok");
+    assert_eq!(incident["analysis"]["analyzer"], "rules");
+    assert!(incident["ai_analysis"].as_str().is_some_and(|a| !a.is_empty()));
+    assert_eq!(
+        incident["suggested_action"],
+        json!({"command": "restart_service", "params": {"service": "nginx"}})
+    );
+
+    let (status, executed) =
+        api.post(&format!("/api/v1/incidents/{id}/execute"), &api.operator, json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{executed}");
+    assert_eq!(executed["result"]["output"], "restarted nginx");
+    let (_, audit) = api.get(&format!("/api/v1/audit?agent_id={agent}"), &api.admin).await;
+    assert_eq!(audit["items"][0]["action"], "execute_suggested");
+    assert_eq!(audit["items"][0]["incident_id"], id);
+    assert_eq!(audit["items"][0]["outcome"], "ok");
+    assert_eq!(audit["items"][0]["actor"], "operator@example.com");
+
+    // An unknown incident is 404 through the analyzer path too.
+    let (status, _) = api.post("/api/v1/incidents/987654/analyze", &api.operator, json!({})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    stop_rpc.cancel();
+    stop_analyzer.cancel();
+    analyzer.wait().await.unwrap();
+    api.stop().await;
+}
+
+/// One analyze: spans from the api-gateway and the ai-analyzer in one trace, the
+/// analyzer's span a child of the gateway's.
+#[tokio::test]
+async fn an_analyze_is_one_trace_from_gateway_to_analyzer() {
+    let stack = Stack::start().await;
+    natsbus::ensure_topology(&stack.jetstream().await, &stack.topology).await.unwrap();
+    let receiver = OtlpReceiver::start().await;
+    let port = free_port();
+    let mut env = stack.env();
+    env.extend([
+        ("JWT_SECRET", SECRET.to_owned()),
+        ("OPSPILOT_INSECURE_BUS", "true".to_owned()),
+        ("HTTP_ADDR", format!("127.0.0.1:{port}")),
+        ("ADMIN_ADDR", "127.0.0.1:0".to_owned()),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.clone()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "200".into()),
+    ]);
+    let mut gateway = ServiceProcess::spawn(&binary("api-gateway"), &env, &[]);
+    let mut analyzer = ServiceProcess::spawn(&binary("ai-analyzer"), &env, &[]);
+    gateway.wait_for_line("api-gateway ready", Duration::from_secs(30)).await;
+    analyzer.wait_for_line("ai-analyzer ready", Duration::from_secs(30)).await;
+
+    let agent = wire_models::AgentId::parse("abcabcabcabc").unwrap();
+    storage::agents::register(&stack.db.pool, &agent, "traced").await.unwrap();
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO incidents (agent_id, type, source, raw_error, event_id, fingerprint, dedup_key)
+         VALUES ($1, 'oom', 'kernel', 'Out of memory: Killed process 42', gen_random_uuid(), 'fp-trace', 'fp-trace') RETURNING id",
+    )
+    .bind(agent.as_str())
+    .fetch_one(&stack.db.pool)
+    .await
+    .unwrap();
+    add_user(&stack, "tracer@example.com", "operator").await;
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let login: serde_json::Value = http
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&json!({"email": "tracer@example.com", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let trace_id = "5b8efff798038103d269b633813fc60c";
+    let response = http
+        .post(format!("{base}/api/v1/incidents/{id}/analyze"))
+        .bearer_auth(login["access_token"].as_str().unwrap())
+        .header("traceparent", format!("00-{trace_id}-eee19b7ec3c1b174-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+
+    let analyzer_span = receiver
+        .wait_for("the analyzer's span", Duration::from_secs(20), |s| {
+            s.service == "ai-analyzer" && s.trace_id == trace_id
+        })
+        .await;
+    receiver
+        .wait_for("the gateway's span", Duration::from_secs(20), |s| {
+            s.service == "api-gateway" && s.trace_id == trace_id
+        })
+        .await;
+    let gateway_spans: Vec<String> = receiver
+        .spans()
+        .into_iter()
+        .filter(|s| s.service == "api-gateway" && s.trace_id == trace_id)
+        .map(|s| s.span_id)
+        .collect();
+    let analyzer_roots: Vec<_> = receiver
+        .spans()
+        .into_iter()
+        .filter(|s| {
+            s.service == "ai-analyzer" && s.trace_id == trace_id && gateway_spans.contains(&s.parent_span_id)
+        })
+        .collect();
+    assert!(!analyzer_roots.is_empty(), "no analyzer span is a child of a gateway span: {analyzer_span:?}");
+
+    gateway.signal("TERM");
+    analyzer.signal("TERM");
+    assert_eq!(gateway.wait(Duration::from_secs(20)).await, Some(0));
+    assert_eq!(analyzer.wait(Duration::from_secs(20)).await, Some(0));
+}
