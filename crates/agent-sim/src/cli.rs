@@ -87,16 +87,6 @@ impl Args {
 
 /// Runs the fleet until `shutdown` (or `--duration`).
 pub async fn run(args: Args, shutdown: tokio_util::sync::CancellationToken) -> anyhow::Result<()> {
-    let client = natsbus::connect(&args.nats, "agent-sim").await?;
-    let bus = Bus::new(client.clone(), args.nats.subjects(), &args.nats.agents_bucket).await?;
-    let mut fleet = Fleet::numbered(&args.seed, args.agents);
-    if let (Some(api), Some(token)) = (&args.api_url, &args.enroll_token) {
-        use secrecy::ExposeSecret as _;
-        fleet = crate::enroll::enroll_fleet(api, token.expose_secret(), &fleet).await?;
-        tracing::info!(agents = args.agents, api = %api, "simulated agents enrolled");
-    }
-    let fleet = Arc::new(fleet);
-    tracing::info!(agents = args.agents, seed = %args.seed, "simulated agents starting");
     if let Some(duration) = args.duration {
         let stop = shutdown.clone();
         tokio::spawn(async move {
@@ -104,6 +94,7 @@ pub async fn run(args: Args, shutdown: tokio_util::sync::CancellationToken) -> a
             stop.cancel();
         });
     }
+    let seeded = Fleet::numbered(&args.seed, args.agents);
     let config = FleetConfig {
         heartbeat_interval: args.heartbeat_interval,
         events_per_sec: args.events_per_sec,
@@ -113,15 +104,60 @@ pub async fn run(args: Args, shutdown: tokio_util::sync::CancellationToken) -> a
         rpc_mode: args.rpc_mode,
         concurrency: args.concurrency,
     };
-    let stats = Arc::clone(&fleet.stats);
-    fleet.run(bus, config, shutdown).await?;
-    client.flush().await?;
+    let enrolled = match (&args.api_url, &args.enroll_token) {
+        (Some(api), Some(token)) => {
+            use secrecy::ExposeSecret as _;
+            let enrolled = crate::enroll::enroll(api, token.expose_secret(), &seeded).await?;
+            tracing::info!(agents = args.agents, api = %api, "simulated agents enrolled");
+            Some(enrolled)
+        }
+        _ => None,
+    };
+    let fleets: Vec<(Arc<Fleet>, Bus, async_nats::Client)> = match enrolled {
+        // With bus security every agent connects as itself, with its own credentials.
+        Some(enrolled) if enrolled.iter().all(|e| e.creds.is_some()) => {
+            let mut fleets = Vec::with_capacity(enrolled.len());
+            for agent in enrolled {
+                let client = crate::enroll::connect_as(&agent, args.nats.request_timeout).await?;
+                let bus = Bus::new(client.clone(), args.nats.subjects(), &args.nats.agents_bucket).await?;
+                fleets.push((Arc::new(Fleet::from_agents(vec![agent.agent])), bus, client));
+            }
+            tracing::info!(agents = fleets.len(), "simulated agents connected with their own credentials");
+            fleets
+        }
+        other => {
+            let fleet = match other {
+                Some(enrolled) => Fleet::from_agents(enrolled.into_iter().map(|e| e.agent).collect()),
+                None => seeded,
+            };
+            let client = natsbus::connect(&args.nats, "agent-sim").await?;
+            let bus = Bus::new(client.clone(), args.nats.subjects(), &args.nats.agents_bucket).await?;
+            vec![(Arc::new(fleet), bus, client)]
+        }
+    };
+    tracing::info!(agents = args.agents, seed = %args.seed, "simulated agents starting");
+    let share = fleets.len() as f64;
+    let mut runs = tokio::task::JoinSet::new();
+    for (fleet, bus, _) in &fleets {
+        let config = FleetConfig { events_per_sec: config.events_per_sec / share, ..config.clone() };
+        let (fleet, bus, shutdown) = (Arc::clone(fleet), bus.clone(), shutdown.clone());
+        runs.spawn(async move { fleet.run(bus, config, shutdown).await });
+    }
+    while let Some(result) = runs.join_next().await {
+        result??;
+    }
+    let total = |pick: fn(&FleetStats) -> &std::sync::atomic::AtomicU64| -> u64 {
+        fleets.iter().map(|(f, _, _)| FleetStats::get(pick(&f.stats))).sum()
+    };
+    for (_, _, client) in &fleets {
+        client.flush().await?;
+    }
     tracing::info!(
-        heartbeats = FleetStats::get(&stats.heartbeats),
-        events = FleetStats::get(&stats.events),
-        inventory = FleetStats::get(&stats.inventory),
-        rpc_answered = FleetStats::get(&stats.rpc_answered),
-        errors = FleetStats::get(&stats.errors),
+        heartbeats = total(|s| &s.heartbeats),
+        events = total(|s| &s.events),
+        inventory = total(|s| &s.inventory),
+        rpc_answered = total(|s| &s.rpc_answered),
+        errors = total(|s| &s.errors),
         "simulated agents stopped"
     );
     Ok(())

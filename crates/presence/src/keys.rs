@@ -2,13 +2,28 @@ use wire_models::AgentId;
 
 /// The Redis key layout. Every key starts with the configured prefix.
 ///
-/// | key                              | type       | holds                                     |
-/// |----------------------------------|------------|-------------------------------------------|
-/// | `{p}presence:agent:{id}`         | string+TTL | last heartbeat (ms); expires = offline    |
-/// | `{p}presence:last_seen`          | sorted set | agent id scored by last heartbeat (ms)    |
-/// | `{p}presence:state`              | hash       | agent id -> `online:{since_ms}` / `offline:{since_ms}` |
-/// | `{p}rl:{scope}:{subject}`        | string+TTL | rate-limit window counter                 |
-/// | `{p}cache:{name}`                | string+TTL | cached API reads and AI analyses          |
+/// | key                       | type       | holds                                                 |
+/// |---------------------------|------------|-------------------------------------------------------|
+/// | `{p}presence:agent:{id}`  | string+TTL | last heartbeat (ms); expires at the deadline          |
+/// | `{p}presence:deadlines`   | sorted set | agent id scored by its deadline (ms)                  |
+/// | `{p}presence:state`       | hash       | agent id -> `{state}:{since}:{last_seen}:{threshold}` |
+/// | `{p}presence:epoch`       | string     | random token; gone = Redis lost the presence data     |
+/// | `{p}rl:{scope}:{subject}` | string+TTL | rate-limit window counter                             |
+/// | `{p}cache:{name}`         | string+TTL | cached API reads and AI analyses                      |
+///
+/// Presence, in detail:
+/// - An agent's *deadline* is its last heartbeat plus its own threshold (its interval
+///   times the missed-heartbeat count, or a fixed timeout). Scoring the sorted set by
+///   deadline rather than by last heartbeat makes the offline scan one
+///   `ZRANGEBYSCORE deadlines -inf now`, whatever each agent's interval.
+/// - The TTL key expires at the deadline; its `expired` keyspace event is the fast
+///   offline signal. The sorted set is the reliable one.
+/// - The state hash is what the API shows: `state` is `online` or `offline` as
+///   Postgres last decided, or `unknown` (heard from, nothing decided yet); `since`,
+///   `last_seen` and `threshold` are milliseconds (Unix time, duration).
+/// - An offline agent that stays silent has no TTL key and no deadline; its state
+///   field stays, so the API can say "offline since".
+/// - The presence scripts touch several keys at once: one Redis, not a cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
     prefix: String,
@@ -38,12 +53,18 @@ impl Keys {
         key.strip_prefix(&self.agent_key_prefix()).and_then(|id| AgentId::parse(id).ok())
     }
 
-    pub fn last_seen(&self) -> String {
-        format!("{}presence:last_seen", self.prefix)
+    /// The sorted set of deadlines (ms) the offline scan ranges over.
+    pub fn deadlines(&self) -> String {
+        format!("{}presence:deadlines", self.prefix)
     }
 
     pub fn state(&self) -> String {
         format!("{}presence:state", self.prefix)
+    }
+
+    /// The token whose disappearance says Redis lost the presence data.
+    pub fn epoch(&self) -> String {
+        format!("{}presence:epoch", self.prefix)
     }
 
     pub fn rate_limit(&self, scope: &str, subject: &str) -> String {

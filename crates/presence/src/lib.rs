@@ -1,15 +1,20 @@
-//! Redis for OpsPilot: the pool (with timeouts) and the key layout. Presence is the
-//! main tenant (a TTL key per agent plus a last-seen sorted set); rate limits and
-//! caches share the pool under their own key families.
+//! Redis for OpsPilot: the pool (with timeouts), the key layout ([`Keys`]) and the
+//! presence store ([`PresenceStore`]). Presence is the main tenant (a TTL key per agent,
+//! a sorted set of deadlines and a state hash); rate limits and caches share the pool
+//! under their own key families.
 
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
 mod config;
 mod keys;
+mod keyspace;
+mod store;
 
 pub use config::RedisConfig;
 pub use deadpool_redis::Pool;
 pub use keys::Keys;
+pub use keyspace::ExpiredKeys;
+pub use store::{AgentPresence, HeartbeatRecord, MAX_BATCH, PresenceStore, PresenceView, StateChange};
 
 /// What can go wrong talking to Redis.
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +23,8 @@ pub enum PresenceError {
     Config(String),
     #[error("redis pool: {0}")]
     Pool(String),
+    #[error("redis did not answer within the timeout: {0}")]
+    Timeout(&'static str),
     #[error(transparent)]
     Redis(#[from] redis::RedisError),
 }

@@ -28,11 +28,13 @@ pub async fn record(
 
 /// Revokes every credential of an agent; returns how many.
 pub async fn revoke_agent(pool: &PgPool, agent: &AgentId) -> Result<u64, StorageError> {
-    Ok(sqlx::query("UPDATE agent_credentials SET revoked_at = now() WHERE agent_id = $1 AND revoked_at IS NULL")
-        .bind(agent.as_str())
-        .execute(pool)
-        .await?
-        .rows_affected())
+    Ok(sqlx::query(
+        "UPDATE agent_credentials SET revoked_at = now() WHERE agent_id = $1 AND revoked_at IS NULL",
+    )
+    .bind(agent.as_str())
+    .execute(pool)
+    .await?
+    .rows_affected())
 }
 
 /// Revoked credentials that have not expired yet (expired ones cannot connect anyway),

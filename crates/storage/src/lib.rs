@@ -11,6 +11,7 @@ pub mod credentials;
 mod error;
 pub mod incidents;
 pub mod inventory;
+pub mod presence;
 pub mod tokens;
 pub mod users;
 

@@ -1,9 +1,37 @@
 //! The presence-tracker: watches heartbeats in the `AGENTS` KV bucket and keeps every
-//! agent's online/offline state in Redis, mirrored to Postgres.
+//! agent's online/offline state in Redis, with Postgres as the durable record and the
+//! arbiter of transitions.
+//!
+//! The pieces, each a task:
+//! - [`watch`]: a supervised KV watch (current values first, so every (re)start
+//!   re-syncs), re-created on errors, stalls and NATS reconnects.
+//! - [`ingest`]: decodes heartbeats (dead-lettering bad ones), drops agents that are not
+//!   enrolled, records batches in Redis and hands new arrivals to the transitions.
+//! - [`reconcile`]: the deadline scan every `--reconcile-interval`, the Redis data-loss
+//!   check and the sweep for agents Postgres thinks online but nobody hears from.
+//! - [`keyspace`]: the fast path, Redis `expired` events of agents' TTL keys.
+//! - [`transitions`]: re-checks each candidate against Redis, lets Postgres decide,
+//!   mirrors the decision in Redis, then announces and logs it.
+//! - [`flush`]: `last_seen_at` in Postgres, in batches.
+//!
+//! Offline is only declared while the tracker can actually hear agents: while NATS is
+//! down, the watch is catching up, or Redis cannot take heartbeats, detection pauses,
+//! and after a NATS outage (and at start) each agent gets its full threshold again
+//! ([`health`]).
 
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
+mod flush;
+mod health;
+mod ingest;
+mod keyspace;
+mod known;
+mod reconcile;
+mod transitions;
+mod watch;
+
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use natsbus::NatsConfig;
@@ -11,6 +39,7 @@ use presence::RedisConfig;
 use service_kit::admin::Readiness;
 use service_kit::telemetry::TelemetryArgs;
 use storage::DbConfig;
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -42,6 +71,40 @@ pub struct Config {
     /// How long a shutdown may take to flush pending writes.
     #[arg(long = "shutdown-grace", env = "SHUTDOWN_GRACE", value_name = "SHUTDOWN_GRACE", default_value = "20s", value_parser = service_kit::config::parse_duration)]
     pub shutdown_grace: Duration,
+    /// Heartbeats an agent may miss before it counts as offline: its threshold is this
+    /// many of its own heartbeat intervals.
+    #[arg(long = "missed-heartbeats", env = "PRESENCE_MISSED_HEARTBEATS", value_name = "PRESENCE_MISSED_HEARTBEATS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub missed_heartbeats: u32,
+    /// One fixed offline threshold for every agent (e.g. `30s`), instead of the
+    /// missed-heartbeats rule.
+    #[arg(long = "offline-timeout", env = "PRESENCE_OFFLINE_TIMEOUT", value_name = "PRESENCE_OFFLINE_TIMEOUT", value_parser = service_kit::config::parse_duration)]
+    pub offline_timeout: Option<Duration>,
+    /// How often the deadline scan runs. It runs always and bounds the detection delay
+    /// by itself (keyspace events only make detection faster).
+    #[arg(long = "reconcile-interval", env = "PRESENCE_RECONCILE_INTERVAL", value_name = "PRESENCE_RECONCILE_INTERVAL", default_value = "2s", value_parser = service_kit::config::parse_duration)]
+    pub reconcile_interval: Duration,
+    /// How often `last_seen_at` of agents that stay online is written to Postgres (one
+    /// statement per flush).
+    #[arg(long = "flush-interval", env = "PRESENCE_FLUSH_INTERVAL", value_name = "PRESENCE_FLUSH_INTERVAL", default_value = "5s", value_parser = service_kit::config::parse_duration)]
+    pub flush_interval: Duration,
+    /// Most heartbeats recorded in Redis at once.
+    #[arg(long = "batch-size", env = "PRESENCE_BATCH_SIZE", value_name = "PRESENCE_BATCH_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u16).range(1..=10_000))]
+    pub batch_size: u16,
+    /// Longest a heartbeat waits for its batch to fill before it is recorded.
+    #[arg(long = "batch-interval", env = "PRESENCE_BATCH_INTERVAL", value_name = "PRESENCE_BATCH_INTERVAL", default_value = "100ms", value_parser = service_kit::config::parse_duration)]
+    pub batch_interval: Duration,
+    /// Listen for Redis keyspace `expired` events (the fast offline path). With
+    /// `false`, or when Redis has them off, offline detection runs on the scan alone.
+    #[arg(long = "keyspace-events", env = "PRESENCE_KEYSPACE_EVENTS", value_name = "PRESENCE_KEYSPACE_EVENTS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub keyspace_events: bool,
+    /// Open a critical `agent_offline` incident when an agent goes offline (resolved
+    /// automatically when it comes back).
+    #[arg(long = "offline-incidents", env = "PRESENCE_OFFLINE_INCIDENTS", value_name = "PRESENCE_OFFLINE_INCIDENTS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub offline_incidents: bool,
+    /// A KV watch that receives nothing this long while the bucket has newer entries is
+    /// re-created (async-nats watchers can hang after a server restart).
+    #[arg(long = "watch-stall-timeout", env = "PRESENCE_WATCH_STALL_TIMEOUT", value_name = "PRESENCE_WATCH_STALL_TIMEOUT", default_value = "5s", value_parser = service_kit::config::parse_duration)]
+    pub watch_stall_timeout: Duration,
 }
 
 impl Config {
@@ -49,8 +112,108 @@ impl Config {
         self.telemetry.validate()?;
         self.nats.validate()?;
         self.db.validate()?;
-        self.redis.validate()
+        self.redis.validate()?;
+        if let Some(timeout) = self.offline_timeout
+            && !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&timeout)
+        {
+            return Err("PRESENCE_OFFLINE_TIMEOUT: must be between 1s and 24h".into());
+        }
+        let between = |var: &str, value: Duration, min: Duration, max: Duration| {
+            if (min..=max).contains(&value) {
+                Ok(())
+            } else {
+                Err(format!("{var}: must be between {} and {}", humanize(min), humanize(max)))
+            }
+        };
+        between(
+            "PRESENCE_RECONCILE_INTERVAL",
+            self.reconcile_interval,
+            Duration::from_millis(100),
+            Duration::from_secs(300),
+        )?;
+        between(
+            "PRESENCE_FLUSH_INTERVAL",
+            self.flush_interval,
+            Duration::from_millis(100),
+            Duration::from_secs(300),
+        )?;
+        between(
+            "PRESENCE_BATCH_INTERVAL",
+            self.batch_interval,
+            Duration::from_millis(1),
+            Duration::from_secs(5),
+        )?;
+        between(
+            "PRESENCE_WATCH_STALL_TIMEOUT",
+            self.watch_stall_timeout,
+            Duration::from_secs(1),
+            Duration::from_secs(600),
+        )?;
+        Ok(())
     }
+
+    fn thresholds(&self) -> Thresholds {
+        Thresholds { missed: self.missed_heartbeats, fixed: self.offline_timeout }
+    }
+}
+
+fn humanize(d: Duration) -> String {
+    if d < Duration::from_secs(1) { format!("{}ms", d.as_millis()) } else { format!("{}s", d.as_secs()) }
+}
+
+/// How long an agent may stay silent before it counts as offline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Thresholds {
+    missed: u32,
+    fixed: Option<Duration>,
+}
+
+impl Thresholds {
+    /// The heartbeat interval assumed for agents nothing is known about (the
+    /// protocol's default).
+    const DEFAULT_INTERVAL_SECS: u32 = 10;
+
+    /// The threshold (ms) of an agent with this heartbeat interval.
+    pub(crate) fn for_interval(&self, interval_secs: u32) -> i64 {
+        match self.fixed {
+            Some(fixed) => i64::try_from(fixed.as_millis()).unwrap_or(i64::MAX),
+            None => i64::from(interval_secs.max(1)) * i64::from(self.missed) * 1000,
+        }
+    }
+
+    /// The threshold (ms) of an agent whose interval is unknown.
+    pub(crate) fn fallback(&self) -> i64 {
+        self.for_interval(Self::DEFAULT_INTERVAL_SECS)
+    }
+}
+
+/// Milliseconds since the Unix epoch, on this host's clock.
+pub(crate) fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// 100 ms doubling to 5 s: reconnecting.
+pub(crate) fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(100u64.saturating_mul(1 << attempt.min(6))).min(Duration::from_secs(5))
+}
+
+/// 50 ms doubling to 1 s: retrying held work (heartbeats, transitions). Short, because
+/// every second of waiting after an outage ends is a second an agent's state is wrong.
+pub(crate) fn retry_backoff(attempt: u32) -> Duration {
+    Duration::from_millis(50u64.saturating_mul(1 << attempt.min(5))).min(Duration::from_secs(1))
+}
+
+/// Sleeps, or returns `true` early when shutdown is requested.
+pub(crate) async fn sleep_or_shutdown(duration: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => true,
+        _ = tokio::time::sleep(duration) => false,
+    }
+}
+
+/// Whether to log the `attempt`-th consecutive failure (the first, then powers of two).
+pub(crate) fn worth_logging(attempt: u32) -> bool {
+    attempt <= 1 || attempt.is_power_of_two()
 }
 
 /// A started tracker.
@@ -73,8 +236,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
 /// Connects to everything and starts serving; returns once ready.
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
-    use anyhow::Context as _;
-
     let client = natsbus::connect(&config.nats, "presence-tracker").await?;
     let js = async_nats::jetstream::new(client.clone());
     let topology = config.nats.topology();
@@ -82,6 +243,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let pool = storage::connect(&config.db).await?;
     storage::check_schema(&pool).await?;
     let redis = presence::connect(&config.redis).await?;
+    let store =
+        presence::PresenceStore::new(redis.clone(), config.redis.keys()).with_timeout(config.redis.timeout);
+    keyspace::report_configuration(&redis, config.keyspace_events, config.reconcile_interval).await;
 
     let readiness = Readiness::new()
         .with_check("postgres", storage::ready_check(pool.clone()))
@@ -89,13 +253,169 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .with_check("redis", presence::ready_check(redis.clone()));
     let (admin_addr, admin) =
         service_kit::admin::spawn(config.admin_addr, readiness, shutdown.clone()).await?;
-    tracing::info!(%admin_addr, "presence-tracker ready");
 
+    let thresholds = config.thresholds();
+    let health = Arc::new(health::InputHealth::new(now_ms()));
+    let (heartbeats_tx, heartbeats_rx) = mpsc::channel(16_384);
+    let (intents_tx, intents_rx) = mpsc::channel(65_536);
+    let signals = Arc::new(Signals::default());
+    let last_seen = Arc::new(flush::LastSeen::default());
+
+    // On shutdown every task stops taking new work; the ingest records the heartbeats
+    // it holds and the flusher writes the last `last_seen_at` batch, within the grace.
+    let mut workers = tokio::task::JoinSet::new();
+    workers.spawn(watch::run(
+        watch::WatchSpec {
+            client: client.clone(),
+            js: js.clone(),
+            bucket: topology.agents_bucket.clone(),
+            stall_timeout: config.watch_stall_timeout,
+        },
+        heartbeats_tx,
+        Arc::clone(&health),
+        Arc::clone(&signals),
+        shutdown.clone(),
+    ));
+    workers.spawn(
+        ingest::Ingest {
+            store: store.clone(),
+            pool: pool.clone(),
+            known: known::KnownAgents::default(),
+            js: js.clone(),
+            subjects: topology.subjects.clone(),
+            bucket: topology.agents_bucket.clone(),
+            thresholds,
+            health: Arc::clone(&health),
+            intents: intents_tx.clone(),
+            last_seen: Arc::clone(&last_seen),
+            batch_size: usize::from(config.batch_size),
+            batch_interval: config.batch_interval,
+        }
+        .run(heartbeats_rx, shutdown.clone()),
+    );
+    workers.spawn(
+        transitions::Transitions {
+            store: store.clone(),
+            pool: pool.clone(),
+            client: client.clone(),
+            subjects: topology.subjects.clone(),
+            thresholds,
+            health: Arc::clone(&health),
+            options: storage::presence::TransitionOptions { offline_incidents: config.offline_incidents },
+        }
+        .run(intents_rx, shutdown.clone()),
+    );
+    workers.spawn(
+        reconcile::Reconciler {
+            store: store.clone(),
+            pool: pool.clone(),
+            thresholds,
+            health: Arc::clone(&health),
+            intents: intents_tx.clone(),
+            signals: Arc::clone(&signals),
+            interval: config.reconcile_interval,
+        }
+        .run(shutdown.clone()),
+    );
+    if config.keyspace_events {
+        workers.spawn(keyspace::run(
+            config.redis.clone(),
+            intents_tx,
+            Arc::clone(&signals),
+            shutdown.clone(),
+        ));
+    }
+    workers.spawn(flush::run(pool.clone(), Arc::clone(&last_seen), config.flush_interval, shutdown.clone()));
+    tracing::info!(
+        %admin_addr,
+        bucket = %topology.agents_bucket,
+        missed_heartbeats = config.missed_heartbeats,
+        offline_timeout = ?config.offline_timeout,
+        reconcile_interval = ?config.reconcile_interval,
+        keyspace_events = config.keyspace_events,
+        offline_incidents = config.offline_incidents,
+        "presence-tracker ready"
+    );
+
+    let grace = config.shutdown_grace;
     let task = tokio::spawn(async move {
-        shutdown.cancelled().await;
-        client.flush().await.context("flushing nats")?;
+        let outcome = supervise(&mut workers, &shutdown, grace).await;
+        shutdown.cancel();
+        if let Err(err) = client.flush().await {
+            tracing::warn!(error = %err, "flushing nats on shutdown failed");
+        }
         admin.await??;
-        Ok(())
+        outcome
     });
     Ok(Running { admin_addr, task })
+}
+
+/// Nudges between the tasks.
+#[derive(Default)]
+pub(crate) struct Signals {
+    /// Re-create the KV watch and re-sync from the bucket (Redis lost its data).
+    pub(crate) resync: Notify,
+    /// A (re)created watch delivered the whole bucket: look for agents Postgres has
+    /// online that no heartbeat accounts for.
+    pub(crate) caught_up: Notify,
+    /// Scan deadlines now (keyspace events may have been lost).
+    pub(crate) scan_now: Notify,
+}
+
+/// Waits for shutdown (then gives the workers `grace` to finish) or for a worker to
+/// stop, which stops the service so its orchestrator restarts it.
+async fn supervise(
+    workers: &mut tokio::task::JoinSet<anyhow::Result<()>>,
+    shutdown: &CancellationToken,
+    grace: Duration,
+) -> anyhow::Result<()> {
+    tokio::select! {
+        biased;
+        _ = shutdown.cancelled() => {}
+        Some(result) = workers.join_next() => {
+            if !shutdown.is_cancelled() {
+                shutdown.cancel();
+                result??;
+                anyhow::bail!("a presence task stopped unexpectedly");
+            }
+        }
+    }
+    let drained = tokio::time::timeout(grace, async {
+        while let Some(result) = workers.join_next().await {
+            if let Ok(Err(err)) = result {
+                tracing::warn!(error = %err, "task stopped with an error during shutdown");
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(grace = ?grace, "shutdown grace period over; abandoning pending presence writes");
+        workers.shutdown().await;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thresholds_follow_the_interval_unless_fixed() {
+        let t = Thresholds { missed: 3, fixed: None };
+        assert_eq!(t.for_interval(10), 30_000);
+        assert_eq!(t.for_interval(1), 3_000);
+        assert_eq!(t.fallback(), 30_000);
+        let fixed = Thresholds { missed: 3, fixed: Some(Duration::from_secs(45)) };
+        assert_eq!(fixed.for_interval(1), 45_000);
+        assert_eq!(fixed.fallback(), 45_000);
+    }
+
+    #[test]
+    fn backoff_is_bounded() {
+        assert_eq!(backoff(0), Duration::from_millis(100));
+        assert_eq!(backoff(3), Duration::from_millis(800));
+        assert_eq!(backoff(40), Duration::from_secs(5));
+        assert_eq!(retry_backoff(1), Duration::from_millis(100));
+        assert_eq!(retry_backoff(40), Duration::from_secs(1));
+    }
 }

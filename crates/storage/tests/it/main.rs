@@ -3,3 +3,4 @@
 
 mod analysis;
 mod migrations;
+mod presence;

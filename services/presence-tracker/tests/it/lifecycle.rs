@@ -51,7 +51,20 @@ async fn a_bad_configuration_exits_64_naming_the_variable() {
     lifecycle::assert_bad_config_refused(
         Path::new(BIN),
         &[],
-        &[("ADMIN_ADDR", "nowhere"), ("SHUTDOWN_GRACE", "soon"), ("REDIS_URL", "http://not-redis")],
+        &[
+            ("ADMIN_ADDR", "nowhere"),
+            ("SHUTDOWN_GRACE", "soon"),
+            ("REDIS_URL", "http://not-redis"),
+            ("PRESENCE_MISSED_HEARTBEATS", "0"),
+            ("PRESENCE_OFFLINE_TIMEOUT", "soon"),
+            ("PRESENCE_OFFLINE_TIMEOUT", "500ms"),
+            ("PRESENCE_RECONCILE_INTERVAL", "0s"),
+            ("PRESENCE_FLUSH_INTERVAL", "1h"),
+            ("PRESENCE_BATCH_SIZE", "0"),
+            ("PRESENCE_KEYSPACE_EVENTS", "maybe"),
+            ("PRESENCE_OFFLINE_INCIDENTS", "sometimes"),
+            ("PRESENCE_WATCH_STALL_TIMEOUT", "10ms"),
+        ],
     )
     .await;
 }
@@ -59,6 +72,21 @@ async fn a_bad_configuration_exits_64_naming_the_variable() {
 #[tokio::test]
 async fn help_documents_every_variable() {
     let mut vars = lifecycle::COMMON_VARIABLES.to_vec();
-    vars.extend(["ADMIN_ADDR", "SHUTDOWN_GRACE", "REDIS_URL", "REDIS_PREFIX"]);
+    vars.extend([
+        "ADMIN_ADDR",
+        "SHUTDOWN_GRACE",
+        "REDIS_URL",
+        "REDIS_PREFIX",
+        "AGENTS_BUCKET",
+        "PRESENCE_MISSED_HEARTBEATS",
+        "PRESENCE_OFFLINE_TIMEOUT",
+        "PRESENCE_RECONCILE_INTERVAL",
+        "PRESENCE_FLUSH_INTERVAL",
+        "PRESENCE_BATCH_SIZE",
+        "PRESENCE_BATCH_INTERVAL",
+        "PRESENCE_KEYSPACE_EVENTS",
+        "PRESENCE_OFFLINE_INCIDENTS",
+        "PRESENCE_WATCH_STALL_TIMEOUT",
+    ]);
     lifecycle::assert_help_documents(Path::new(BIN), &vars).await;
 }
