@@ -117,6 +117,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let state = state::AppState::new(state::Inner {
         pool: pool.clone(),
         redis: redis.clone(),
+        presence: presence::PresenceStore::new(redis.clone(), config.redis.keys()),
         keys: config.redis.keys(),
         nats: client.clone(),
         subjects: config.nats.subjects(),

@@ -1,13 +1,16 @@
 //! Presence as the API shows it: live from Redis (what the presence-tracker keeps),
 //! with Postgres (the durable mirror) when Redis has no word or is unreachable.
 
+use std::collections::HashMap;
+
 use chrono::Utc;
+use wire_models::AgentId;
 
 use crate::state::AppState;
 use crate::views::{AgentView, PresenceInfo};
 
 /// Presence of one agent from its Postgres row.
-pub(crate) fn from_row(row: &storage::agents::AgentRow, state: &AppState) -> PresenceInfo {
+fn from_row(row: &storage::agents::AgentRow, state: &AppState) -> PresenceInfo {
     PresenceInfo {
         state: row.status.clone(),
         since: row.status_changed_at,
@@ -17,11 +20,48 @@ pub(crate) fn from_row(row: &storage::agents::AgentRow, state: &AppState) -> Pre
     }
 }
 
+fn from_view(view: &presence::PresenceView) -> PresenceInfo {
+    PresenceInfo {
+        state: view.state.as_str().to_owned(),
+        since: view.since,
+        last_heartbeat_at: view.last_seen,
+        threshold_secs: Some(view.threshold_secs),
+        source: "redis".into(),
+    }
+}
+
+/// Presence for each row, Redis first.
+pub(crate) async fn presence_of(
+    state: &AppState,
+    rows: &[storage::agents::AgentRow],
+) -> HashMap<String, PresenceInfo> {
+    let ids: Vec<AgentId> = rows.iter().filter_map(|r| AgentId::parse(&r.id).ok()).collect();
+    let live = match state.presence.read(&ids).await {
+        Ok(live) => live,
+        Err(err) => {
+            // Redis down: the durable record still answers, a few seconds behind.
+            tracing::warn!(error = %err, "presence read from redis failed; using postgres");
+            HashMap::new()
+        }
+    };
+    rows.iter()
+        .map(|row| {
+            let info = AgentId::parse(&row.id)
+                .ok()
+                .and_then(|id| live.get(&id))
+                .map(from_view)
+                .unwrap_or_else(|| from_row(row, state));
+            (row.id.clone(), info)
+        })
+        .collect()
+}
+
 /// Agent views for rows, with the freshest presence available.
 pub(crate) async fn agent_views(state: &AppState, rows: Vec<storage::agents::AgentRow>) -> Vec<AgentView> {
+    let mut presence = presence_of(state, &rows).await;
     rows.into_iter()
         .map(|row| {
-            let presence = from_row(&row, state);
+            let presence = presence.remove(&row.id).unwrap_or_else(|| from_row(&row, state));
             AgentView {
                 id: row.id,
                 hostname: row.hostname,
@@ -36,8 +76,20 @@ pub(crate) async fn agent_views(state: &AppState, rows: Vec<storage::agents::Age
         .collect()
 }
 
-/// Whether an agent counts as online right now.
+/// Slack past an agent's deadline before the gateway stops trusting an "online" that
+/// the tracker has not confirmed (the tracker reconciles every few seconds).
+const STALE_SLACK_SECS: i64 = 10;
+
+/// Whether an agent counts as online right now: marked online, and not silent far past
+/// its threshold (which would mean the tracker has not caught up).
 pub(crate) fn is_online(info: &PresenceInfo) -> bool {
-    info.state == "online"
-        && info.since.is_none_or(|since| since <= Utc::now() + chrono::Duration::seconds(5))
+    if info.state != "online" {
+        return false;
+    }
+    match (info.last_heartbeat_at, info.threshold_secs) {
+        (Some(seen), Some(threshold)) => {
+            seen + chrono::Duration::seconds(i64::from(threshold) + STALE_SLACK_SECS) > Utc::now()
+        }
+        _ => true,
+    }
 }

@@ -16,6 +16,7 @@ pub(crate) struct AppState(Arc<Inner>);
 pub(crate) struct Inner {
     pub(crate) pool: PgPool,
     pub(crate) redis: presence::Pool,
+    pub(crate) presence: presence::PresenceStore,
     pub(crate) keys: presence::Keys,
     pub(crate) nats: async_nats::Client,
     pub(crate) subjects: Subjects,

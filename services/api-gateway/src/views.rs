@@ -428,10 +428,14 @@ pub struct AuditPage {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct PresenceTransitionView {
     pub id: i64,
+    /// `online` or `offline`.
     pub state: String,
     pub changed_at: DateTime<Utc>,
+    /// When the next transition ended this state; absent for the current state.
+    pub until: Option<DateTime<Utc>>,
     pub last_seen_at: Option<DateTime<Utc>>,
-    pub threshold_secs: i32,
+    pub threshold_secs: u32,
+    /// `heartbeat`, `timeout` or `key_expired`.
     pub reason: String,
 }
 

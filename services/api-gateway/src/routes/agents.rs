@@ -332,7 +332,7 @@ pub(crate) async fn execute(
     }
     let command = crate::rpc::command_from(&body.command, &body.params)?;
     let agent = find_agent(&state, &id).await?;
-    ensure_online(&state, &agent)?;
+    ensure_online(&state, &agent).await?;
     Ok(Json(crate::rpc::execute(&state, &user, &id, &command, None).await?))
 }
 
@@ -347,13 +347,68 @@ pub(crate) async fn find_agent(
         .ok_or_else(|| ApiError::NotFound(format!("agent {id} not found")))
 }
 
-pub(crate) fn ensure_online(state: &AppState, agent: &storage::agents::AgentRow) -> ApiResult<()> {
-    let presence = presence_view::from_row(agent, state);
-    if presence_view::is_online(&presence) {
+pub(crate) async fn ensure_online(state: &AppState, agent: &storage::agents::AgentRow) -> ApiResult<()> {
+    let presence = presence_view::presence_of(state, std::slice::from_ref(agent)).await.remove(&agent.id);
+    if presence.as_ref().is_some_and(presence_view::is_online) {
         Ok(())
     } else {
         Err(ApiError::AgentOffline(format!("agent {} is offline", agent.id)))
     }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub(crate) struct PresenceQuery {
+    /// The `next_cursor` of the previous page.
+    before: Option<i64>,
+    /// 1 to 500 (default 100).
+    limit: Option<u32>,
+}
+
+/// An agent's presence now and its history of transitions: when it was down, and for
+/// how long.
+#[utoipa::path(
+    get, path = "/api/v1/agents/{id}/presence", tag = "agents", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Agent id"), PresenceQuery),
+    responses(
+        (status = 200, body = PresenceHistory),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn presence(
+    State(state): State<AppState>,
+    _viewer: Viewer,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<PresenceQuery>,
+) -> ApiResult<Json<PresenceHistory>> {
+    let id = agent_id(&id)?;
+    let limit = page_size(query.limit)?;
+    let row = find_agent(&state, &id).await?;
+    let current = presence_view::presence_of(&state, std::slice::from_ref(&row))
+        .await
+        .remove(&row.id)
+        .ok_or_else(|| ApiError::NotFound(format!("agent {id} not found")))?;
+    let records =
+        storage::presence::history(&state.pool, &id, query.before, u32::try_from(limit).unwrap_or(100))
+            .await?;
+    let next_cursor = (records.len() as i64 == limit).then(|| records.last().map(|r| r.id)).flatten();
+    Ok(Json(PresenceHistory {
+        agent_id: id.to_string(),
+        current,
+        transitions: records
+            .into_iter()
+            .map(|r| PresenceTransitionView {
+                id: r.id,
+                state: r.state.as_str().to_owned(),
+                changed_at: r.changed_at,
+                until: r.until,
+                last_seen_at: r.last_seen_at,
+                threshold_secs: r.threshold_secs,
+                reason: r.reason,
+            })
+            .collect(),
+        next_cursor,
+    }))
 }
 
 /// Enrolls an agent with an enrollment token. Re-enrolling the same machine (same

@@ -165,7 +165,7 @@ pub(crate) async fn execute(
         .map_err(|e| ApiError::Conflict(format!("the suggested action is not allowed: {e}")))?;
     let agent_id = crate::extract::agent_id(&incident.agent_id)?;
     let agent = find_agent(&state, &agent_id).await?;
-    ensure_online(&state, &agent)?;
+    ensure_online(&state, &agent).await?;
     let result = match crate::rpc::execute(&state, &user, &agent_id, &command, Some(id)).await {
         Ok(result) => result,
         Err(err) => {

@@ -53,6 +53,7 @@ pub(crate) fn api() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(agents::incidents))
         .routes(routes!(agents::inventory))
         .routes(routes!(agents::inventory_diff))
+        .routes(routes!(agents::presence))
         .routes(routes!(agents::execute))
         .routes(routes!(incidents::get, incidents::patch))
         .routes(routes!(incidents::analyze))

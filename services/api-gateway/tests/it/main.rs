@@ -10,5 +10,6 @@ mod helpers;
 mod hostile;
 mod incidents;
 mod lifecycle;
+mod presence;
 mod roles;
 mod tracing;
