@@ -1,7 +1,11 @@
-//! Everything one test needs from the outside world, isolated: a private nats-server,
-//! a fresh database, a Redis key prefix, a subject root and stream names.
+//! Everything one test needs from the outside world, isolated: a private nats-server
+//! running with bus security on (a generated operator, account and credentials, as in
+//! production), a fresh database, a Redis key prefix, a subject root and stream names.
 
 use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+
+use natsbus::auth::{AuthSetup, Identity};
 
 use crate::{NatsServer, TestDb};
 
@@ -10,19 +14,62 @@ pub struct Stack {
     pub db: TestDb,
     pub topology: natsbus::Topology,
     pub redis_prefix: String,
+    pub auth: StackAuth,
+}
+
+/// The generated security setup (keys, server config, every identity's credentials).
+pub struct StackAuth {
+    dir: tempfile::TempDir,
+    pub setup: AuthSetup,
+}
+
+impl StackAuth {
+    fn generate(topology: &natsbus::Topology) -> Self {
+        let dir = tempfile::tempdir().expect("creating the auth directory");
+        let setup = AuthSetup::generate("OPSPILOT").expect("generating keys");
+        std::fs::write(dir.path().join("keys.json"), serde_json::to_string(&setup).expect("keys as json"))
+            .expect("writing keys.json");
+        setup.write_all(dir.path(), topology).expect("writing the security setup");
+        Self { dir, setup }
+    }
+
+    /// The directory `api-gateway nats-init` would have written (NATS_AUTH_DIR).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The credentials file of a backend identity.
+    pub fn creds(&self, identity: &Identity) -> PathBuf {
+        self.dir.path().join("creds").join(format!("{}.creds", identity.name()))
+    }
+
+    fn server_config(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("nats-auth.conf")).expect("reading nats-auth.conf")
+    }
 }
 
 impl Stack {
     pub async fn start() -> Self {
         crate::init_tracing();
-        let (nats, db) = tokio::join!(NatsServer::start(), TestDb::create());
-        Self { nats, db, topology: crate::isolated_topology(), redis_prefix: crate::redis_prefix() }
+        let topology = crate::isolated_topology();
+        let auth = StackAuth::generate(&topology);
+        let security = auth.server_config();
+        let nats = NatsServer::start_with_config(move |port, store| {
+            format!(
+                "host: 127.0.0.1\nport: {port}\njetstream {{ store_dir: \"{}\" }}\n{security}",
+                store.display()
+            )
+        });
+        let (nats, db) = tokio::join!(nats, TestDb::create());
+        Self { nats, db, topology, redis_prefix: crate::redis_prefix(), auth }
     }
 
-    /// The environment a service process needs to run against this stack.
-    pub fn env(&self) -> Vec<(&'static str, String)> {
-        vec![
+    /// The environment a service process needs to run against this stack as
+    /// `identity` (its own credentials; the gateway also gets NATS_AUTH_DIR).
+    pub fn env_for(&self, identity: &Identity) -> Vec<(&'static str, String)> {
+        let mut env = vec![
             ("NATS_URLS", self.nats.url()),
+            ("NATS_CREDS", self.auth.creds(identity).display().to_string()),
             ("DATABASE_URL", self.db.url()),
             ("REDIS_URL", crate::redis_url()),
             ("REDIS_PREFIX", self.redis_prefix.clone()),
@@ -32,12 +79,17 @@ impl Stack {
             ("DLQ_STREAM", self.topology.dlq_stream.clone()),
             ("INCIDENTS_STREAM", self.topology.incidents_stream.clone()),
             ("AGENTS_BUCKET", self.topology.agents_bucket.clone()),
-        ]
+        ];
+        if *identity == Identity::ApiGateway {
+            env.push(("NATS_AUTH_DIR", self.auth.dir().display().to_string()));
+        }
+        env
     }
 
-    /// NATS and Postgres settings as command-line flags, for `Config::try_parse_from`.
-    pub fn args(&self) -> Vec<String> {
-        self.env()
+    /// NATS and Postgres settings as command-line flags for `identity`, for
+    /// `Config::try_parse_from` in-process.
+    pub fn args_for(&self, identity: &Identity) -> Vec<String> {
+        self.env_for(identity)
             .into_iter()
             .filter(|(var, _)| !var.starts_with("REDIS_"))
             .flat_map(|(var, value)| [format!("--{}", flag_for(var)), value])
@@ -49,19 +101,37 @@ impl Stack {
         vec!["--redis-url".into(), crate::redis_url(), "--redis-prefix".into(), self.redis_prefix.clone()]
     }
 
-    /// A `jetstream` context on this stack's server.
+    /// A `jetstream` context on this stack's server, as the test harness (superuser).
     pub async fn jetstream(&self) -> async_nats::jetstream::Context {
         async_nats::jetstream::new(self.client().await)
     }
 
+    /// A client with every permission, for the test itself.
     pub async fn client(&self) -> async_nats::Client {
-        async_nats::connect(self.nats.url()).await.expect("connecting to the test nats-server")
+        self.client_as(&Identity::Superuser).await
+    }
+
+    /// A client connected as a backend identity (to check what it may and may not do).
+    pub async fn client_as(&self, identity: &Identity) -> async_nats::Client {
+        let options = async_nats::ConnectOptions::with_credentials_file(self.auth.creds(identity))
+            .await
+            .expect("reading credentials");
+        natsbus::connect_with(
+            options,
+            &[self.nats.url()],
+            &identity.name(),
+            std::time::Duration::from_secs(5),
+        )
+        .await
+        .expect("connecting to the test nats-server")
     }
 }
 
 fn flag_for(var: &str) -> &'static str {
     match var {
         "NATS_URLS" => "nats-urls",
+        "NATS_CREDS" => "nats-creds",
+        "NATS_AUTH_DIR" => "nats-auth-dir",
         "DATABASE_URL" => "database-url",
         "REDIS_URL" => "redis-url",
         "REDIS_PREFIX" => "redis-prefix",

@@ -40,7 +40,7 @@ pub fn config(stack: &Stack, provider: Option<&MockServer>, extra: &[&str]) -> C
     .into_iter()
     .map(str::to_owned)
     .collect();
-    args.extend(stack.args());
+    args.extend(stack.args_for(&natsbus::auth::Identity::AiAnalyzer));
     args.extend(stack.redis_args());
     if let Some(server) = provider {
         args.extend([

@@ -12,7 +12,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_ai-analyzer");
 async fn starts_reports_ready_and_stops_in_process() {
     let stack = Stack::start().await;
     let mut args = vec!["ai-analyzer".to_owned(), "--admin-addr".into(), "127.0.0.1:0".into()];
-    args.extend(stack.args());
+    args.extend(stack.args_for(&natsbus::auth::Identity::AiAnalyzer));
     args.extend(stack.redis_args());
     let config = Config::try_parse_from(args).unwrap();
     let shutdown = CancellationToken::new();
@@ -37,8 +37,13 @@ async fn starts_reports_ready_and_stops_in_process() {
 #[tokio::test]
 async fn the_binary_stops_cleanly_on_sigterm_and_sigint() {
     let stack = Stack::start().await;
-    lifecycle::assert_signals_stop_cleanly(Path::new(BIN), &stack.env(), "ai-analyzer ready", "ADMIN_ADDR")
-        .await;
+    lifecycle::assert_signals_stop_cleanly(
+        Path::new(BIN),
+        &stack.env_for(&natsbus::auth::Identity::AiAnalyzer),
+        "ai-analyzer ready",
+        "ADMIN_ADDR",
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -139,10 +139,19 @@ pub(crate) async fn revoke(
     )
     .await?;
     let revoked = storage::agents::revoke(&state.pool, &id).await?;
-    storage::audit::finish(&state.pool, request_id, if revoked { "ok" } else { "not_found" }, None, 0)
-        .await?;
     if !revoked {
+        storage::audit::finish(&state.pool, request_id, "not_found", None, 0).await?;
         return Err(ApiError::NotFound(format!("agent {id} not found or already revoked")));
+    }
+    let keys = storage::credentials::revoke_agent(&state.pool, &id).await?;
+    // The database revocation stands either way; if the bus did not hear about it,
+    // the periodic resync delivers it.
+    let pushed = state.bus_auth.sync(&state.pool).await;
+    let outcome = if pushed.is_ok() { "ok" } else { "ok_bus_pending" };
+    let detail = serde_json::json!({"credentials_revoked": keys});
+    storage::audit::finish(&state.pool, request_id, outcome, Some(&detail), 0).await?;
+    if let Err(err) = pushed {
+        tracing::warn!(agent_id = %id, error = %err, "revocation not yet pushed to the bus; the resync will retry");
     }
     tracing::info!(agent_id = %id, by = %user.email, "agent revoked");
     Ok(StatusCode::NO_CONTENT)

@@ -13,7 +13,7 @@ use crate::helpers::*;
 
 async fn start_analyzer(stack: &Stack) -> (ai_analyzer::Running, CancellationToken) {
     let mut args = vec!["ai-analyzer".to_owned(), "--admin-addr".into(), "127.0.0.1:0".into()];
-    args.extend(stack.args());
+    args.extend(stack.args_for(&natsbus::auth::Identity::AiAnalyzer));
     args.extend(stack.redis_args());
     let config = ai_analyzer::Config::try_parse_from(args).unwrap();
     let shutdown = CancellationToken::new();
@@ -77,17 +77,19 @@ async fn an_analyze_is_one_trace_from_gateway_to_analyzer() {
     natsbus::ensure_topology(&stack.jetstream().await, &stack.topology).await.unwrap();
     let receiver = OtlpReceiver::start().await;
     let port = free_port();
-    let mut env = stack.env();
-    env.extend([
+    let common = [
         ("JWT_SECRET", SECRET.to_owned()),
-        ("OPSPILOT_INSECURE_BUS", "true".to_owned()),
         ("HTTP_ADDR", format!("127.0.0.1:{port}")),
         ("ADMIN_ADDR", "127.0.0.1:0".to_owned()),
         ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.clone()),
         ("OTEL_BSP_SCHEDULE_DELAY", "200".into()),
-    ]);
-    let mut gateway = ServiceProcess::spawn(&binary("api-gateway"), &env, &[]);
-    let mut analyzer = ServiceProcess::spawn(&binary("ai-analyzer"), &env, &[]);
+    ];
+    let mut gateway_env = stack.env_for(&natsbus::auth::Identity::ApiGateway);
+    gateway_env.extend(common.clone());
+    let mut analyzer_env = stack.env_for(&natsbus::auth::Identity::AiAnalyzer);
+    analyzer_env.extend(common);
+    let mut gateway = ServiceProcess::spawn(&binary("api-gateway"), &gateway_env, &[]);
+    let mut analyzer = ServiceProcess::spawn(&binary("ai-analyzer"), &analyzer_env, &[]);
     gateway.wait_for_line("api-gateway ready", Duration::from_secs(30)).await;
     analyzer.wait_for_line("ai-analyzer ready", Duration::from_secs(30)).await;
 

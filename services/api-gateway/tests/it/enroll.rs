@@ -91,6 +91,14 @@ async fn enrollment_with_tokens_and_re_enrollment() {
     assert_problem(status, &body, StatusCode::FORBIDDEN, "revoked");
     // And the revocation is audit-logged.
     assert_eq!(api.audit_outcomes(&id).await, vec![("revoke_agent".to_owned(), "ok".to_owned())]);
+    let revoked: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM agent_credentials WHERE agent_id = $1 AND revoked_at IS NOT NULL",
+    )
+    .bind(&id)
+    .fetch_one(&api.stack.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(revoked, 2, "both enrollments' credentials are revoked");
     api.stop().await;
 }
 

@@ -50,9 +50,8 @@ pub async fn start_on(stack: Stack, extra: &[&str]) -> Api {
         "0".into(),
         "--rate-limit-user".into(),
         "0".into(),
-        "--insecure-bus".into(),
     ];
-    args.extend(stack.args());
+    args.extend(stack.args_for(&natsbus::auth::Identity::ApiGateway));
     args.extend(stack.redis_args());
     args.extend(extra.iter().map(|s| (*s).to_owned()));
     let config = Config::try_parse_from(args).unwrap();

@@ -198,7 +198,7 @@ async fn create_user_subcommand_and_first_admin_from_the_environment() {
         "--jwt-secret".into(),
         SECRET.into(),
     ];
-    args.extend(stack.args());
+    args.extend(stack.args_for(&natsbus::auth::Identity::ApiGateway));
     args.extend(stack.redis_args());
     args.extend([
         "--database-url".into(),

@@ -11,9 +11,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_api-gateway");
 const SECRET: &str = "test-secret-0123456789abcdef0123456789abcdef";
 
 fn env(stack: &Stack) -> Vec<(&'static str, String)> {
-    let mut env = stack.env();
+    let mut env = stack.env_for(&natsbus::auth::Identity::ApiGateway);
     env.push(("JWT_SECRET", SECRET.to_owned()));
-    env.push(("OPSPILOT_INSECURE_BUS", "true".to_owned()));
     env
 }
 
@@ -26,9 +25,8 @@ async fn starts_reports_ready_and_stops_in_process() {
         "127.0.0.1:0".into(),
         "--jwt-secret".into(),
         SECRET.into(),
-        "--insecure-bus".into(),
     ];
-    args.extend(stack.args());
+    args.extend(stack.args_for(&natsbus::auth::Identity::ApiGateway));
     args.extend(stack.redis_args());
     let config = Config::try_parse_from(args).unwrap();
     config.validate().unwrap();
@@ -112,7 +110,9 @@ async fn secrets_never_appear_in_logs_even_at_trace_level() {
     assert_eq!(process.wait(Duration::from_secs(20)).await, Some(0));
     let output = process.output().join("\n");
     assert!(output.len() > 1000, "trace logging should say a lot");
-    for secret in [SECRET, "db-password-never-logged"] {
+    let seeds =
+        [stack.auth.setup.account_signing_seed.clone(), stack.auth.setup.operator_signing_seed.clone()];
+    for secret in [SECRET, "db-password-never-logged", &seeds[0], &seeds[1]] {
         assert!(!output.contains(secret), "secret {secret} leaked into the logs");
     }
 }

@@ -4,6 +4,7 @@
 mod agents;
 mod analysis;
 mod auth;
+mod bus_security;
 mod enroll;
 mod execute;
 mod helpers;

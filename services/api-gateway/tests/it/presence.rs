@@ -13,7 +13,7 @@ use crate::helpers::*;
 async fn presence_is_explained_live_and_in_history() {
     let api = start(&[]).await;
     let mut args = vec!["presence-tracker".to_owned(), "--admin-addr".into(), "127.0.0.1:0".into()];
-    args.extend(api.stack.args());
+    args.extend(api.stack.args_for(&natsbus::auth::Identity::PresenceTracker));
     args.extend(api.stack.redis_args());
     args.extend(["--reconcile-interval".into(), "500ms".into()]);
     let config = presence_tracker::Config::try_parse_from(args).unwrap();

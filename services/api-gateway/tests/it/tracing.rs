@@ -16,17 +16,18 @@ async fn an_execute_is_one_trace_from_gateway_to_agent() {
     natsbus::ensure_topology(&stack.jetstream().await, &stack.topology).await.unwrap();
     let receiver = OtlpReceiver::start().await;
     let port = free_port();
-    let mut env = stack.env();
-    env.extend([
+    let common = [
         ("JWT_SECRET", SECRET.to_owned()),
-        ("OPSPILOT_INSECURE_BUS", "true".to_owned()),
         ("HTTP_ADDR", format!("127.0.0.1:{port}")),
         ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.clone()),
         ("OTEL_BSP_SCHEDULE_DELAY", "200".into()),
-    ]);
+    ];
+    let mut env = stack.env_for(&natsbus::auth::Identity::ApiGateway);
+    env.extend(common.clone());
     let mut gateway = ServiceProcess::spawn(&binary("api-gateway"), &env, &[]);
     gateway.wait_for_line("api-gateway ready", Duration::from_secs(30)).await;
-    let mut sim_env = env.clone();
+    let mut sim_env = stack.env_for(&natsbus::auth::Identity::SimulatorFleet);
+    sim_env.extend(common);
     sim_env.extend([
         ("SIM_AGENTS", "2".to_owned()),
         ("SIM_SEED", "traced".into()),

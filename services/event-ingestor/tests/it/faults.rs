@@ -19,7 +19,7 @@ async fn a_killed_ingestor_loses_and_duplicates_nothing() {
     enroll(&stack, &fleet).await;
     assert_eq!(fleet.publish_events(&bus, 20_000, 512).await, 20_000);
 
-    let mut env = stack.env();
+    let mut env = stack.env_for(&natsbus::auth::Identity::EventIngestor);
     env.push(("ADMIN_ADDR", "127.0.0.1:0".into()));
     env.push(("INGEST_ACK_WAIT", "2s".into()));
     env.push(("INGEST_BATCH_SIZE", "500".into()));
@@ -84,7 +84,7 @@ async fn sigterm_drains_the_batch_in_flight() {
     let fleet = Arc::new(Fleet::numbered("term", 100));
     enroll(&stack, &fleet).await;
     assert_eq!(fleet.publish_events(&bus, 10_000, 512).await, 10_000);
-    let mut env = stack.env();
+    let mut env = stack.env_for(&natsbus::auth::Identity::EventIngestor);
     env.push(("ADMIN_ADDR", "127.0.0.1:0".into()));
     env.push(("SHUTDOWN_GRACE", "10s".into()));
     env.push(("INGEST_ACK_WAIT", "2s".into()));

@@ -29,7 +29,7 @@ pub fn config(stack: &Stack, extra: &[&str]) -> Config {
         "--summary-interval".into(),
         "1s".into(),
     ];
-    args.extend(stack.args());
+    args.extend(stack.args_for(&natsbus::auth::Identity::EventIngestor));
     args.extend(extra.iter().map(|s| (*s).to_owned()));
     Config::try_parse_from(args).unwrap()
 }

@@ -12,7 +12,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_event-ingestor");
 async fn starts_reports_ready_and_stops_in_process() {
     let stack = Stack::start().await;
     let mut args = vec!["event-ingestor".to_owned(), "--admin-addr".into(), "127.0.0.1:0".into()];
-    args.extend(stack.args());
+    args.extend(stack.args_for(&natsbus::auth::Identity::EventIngestor));
     let config = Config::try_parse_from(args).unwrap();
     let shutdown = CancellationToken::new();
     let running = event_ingestor::start(config, shutdown.clone()).await.unwrap();
@@ -37,7 +37,7 @@ async fn the_binary_stops_cleanly_on_sigterm_and_sigint() {
     let stack = Stack::start().await;
     lifecycle::assert_signals_stop_cleanly(
         Path::new(BIN),
-        &stack.env(),
+        &stack.env_for(&natsbus::auth::Identity::EventIngestor),
         "event-ingestor ready",
         "ADMIN_ADDR",
     )

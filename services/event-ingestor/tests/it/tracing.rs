@@ -17,7 +17,7 @@ async fn an_event_with_a_traceparent_is_ingested_in_that_trace() {
     let fleet = Fleet::numbered("traced", 1);
     enroll(&stack, &fleet).await;
 
-    let mut env = stack.env();
+    let mut env = stack.env_for(&natsbus::auth::Identity::EventIngestor);
     env.push(("ADMIN_ADDR", "127.0.0.1:0".into()));
     env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.clone()));
     env.push(("OTEL_BSP_SCHEDULE_DELAY", "200".into()));

@@ -64,7 +64,7 @@ async fn a_restarted_tracker_catches_up_with_what_happened_while_it_was_down() {
     let fleet = agents(&stack, "trackerrestart", 3).await;
     let (steady, leaving, newcomer) = (&fleet[0], &fleet[1], &fleet[2]);
     newcomer.set_silent(true);
-    let mut env = stack.env();
+    let mut env = stack.env_for(&natsbus::auth::Identity::PresenceTracker);
     env.extend([
         ("ADMIN_ADDR", "127.0.0.1:0".to_owned()),
         ("PRESENCE_MISSED_HEARTBEATS", "3".to_owned()),

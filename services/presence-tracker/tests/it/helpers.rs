@@ -70,7 +70,7 @@ pub fn config(stack: &Stack, extra: &[&str]) -> Config {
         "--shutdown-grace".into(),
         "5s".into(),
     ];
-    args.extend(stack.args());
+    args.extend(stack.args_for(&natsbus::auth::Identity::PresenceTracker));
     args.extend(stack.redis_args());
     args.extend(extra.iter().map(|s| (*s).to_owned()));
     Config::try_parse_from(args).unwrap()

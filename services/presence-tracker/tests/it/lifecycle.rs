@@ -12,7 +12,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_presence-tracker");
 async fn starts_reports_ready_and_stops_in_process() {
     let stack = Stack::start().await;
     let mut args = vec!["presence-tracker".to_owned(), "--admin-addr".into(), "127.0.0.1:0".into()];
-    args.extend(stack.args());
+    args.extend(stack.args_for(&natsbus::auth::Identity::PresenceTracker));
     args.extend(stack.redis_args());
     let config = Config::try_parse_from(args).unwrap();
     let shutdown = CancellationToken::new();
@@ -39,7 +39,7 @@ async fn the_binary_stops_cleanly_on_sigterm_and_sigint() {
     let stack = Stack::start().await;
     lifecycle::assert_signals_stop_cleanly(
         Path::new(BIN),
-        &stack.env(),
+        &stack.env_for(&natsbus::auth::Identity::PresenceTracker),
         "presence-tracker ready",
         "ADMIN_ADDR",
     )
