@@ -22,7 +22,8 @@ build: ## debug build of every service and the simulator
 release: ## release build of every service and the simulator
 	$(CARGO) build --workspace --bins --release
 
-run: stack build ## the local stack, migrations, all four services and simulated agents
+run: build ## the local stack, migrations, all four services and simulated agents
+	@scripts/dev-services.sh
 	@scripts/run-local.sh
 
 test: ## the local stack, then the whole test suite

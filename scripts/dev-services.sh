@@ -141,23 +141,54 @@ nats_ours_running() {
     [ -f "$STACK/nats.pid" ] && kill -0 "$(cat "$STACK/nats.pid")" 2>/dev/null
 }
 
+# The local NATS runs with bus security on, as in production: `api-gateway nats-init`
+# generates the operator, the account, every service's credentials and the server
+# configuration into .stack/nats-auth (keys are kept across runs).
+ensure_nats_auth() {
+    local gateway="$ROOT/target/debug/api-gateway"
+    if [ ! -x "$gateway" ]; then
+        log "nats: building api-gateway to generate the bus security setup"
+        (cd "$ROOT" && cargo build -q -p api-gateway)
+    fi
+    "$gateway" nats-init --dir "$STACK/nats-auth" >/dev/null
+}
+
 ensure_nats_server() {
-    if nats_ours_running; then
-        NATS_PORT="$(cat "$STACK/nats.port")"
-        log "nats: running on 127.0.0.1:$NATS_PORT"
-        return
-    fi
+    ensure_nats_auth
     if [ -z "$NATS_PORT" ]; then
-        # 4222 is the standard port, but an older NATS (Debian's) may already hold it.
-        NATS_PORT=4222
-        port_open 4222 && NATS_PORT=4223
+        if [ -f "$STACK/nats.port" ]; then
+            NATS_PORT="$(cat "$STACK/nats.port")"
+        else
+            # 4222 is the standard port, but an older NATS (Debian's) may hold it.
+            NATS_PORT=4222
+            port_open 4222 && NATS_PORT=4223
+        fi
     fi
-    port_open "$NATS_PORT" && die "port $NATS_PORT is taken; set OPSPILOT_NATS_PORT"
     local monitor=$((NATS_PORT + 4000))
     mkdir -p "$STACK/nats"
-    log "nats: starting JetStream on 127.0.0.1:$NATS_PORT (monitor :$monitor)"
-    nohup "$STACK/bin/nats-server" -a 127.0.0.1 -p "$NATS_PORT" -m "$monitor" -js -sd "$STACK/nats" \
-        >>"$STACK/log/nats.log" 2>&1 &
+    {
+        echo "# written by scripts/dev-services.sh"
+        echo "host: 127.0.0.1"
+        echo "port: $NATS_PORT"
+        echo "http_port: $monitor"
+        echo "jetstream { store_dir: \"$STACK/nats\" }"
+        # Include paths are relative to this file.
+        echo "include \"nats-auth/nats-auth.conf\""
+    } >"$STACK/nats.conf.new"
+    if nats_ours_running && cmp -s "$STACK/nats.conf.new" "$STACK/nats.conf"; then
+        rm -f "$STACK/nats.conf.new"
+        log "nats: running on 127.0.0.1:$NATS_PORT (bus security on)"
+        return
+    fi
+    if nats_ours_running; then
+        log "nats: configuration changed; restarting"
+        kill "$(cat "$STACK/nats.pid")" 2>/dev/null || true
+        for _ in $(seq 1 50); do nats_ours_running || break; sleep 0.1; done
+    fi
+    mv "$STACK/nats.conf.new" "$STACK/nats.conf"
+    port_open "$NATS_PORT" && die "port $NATS_PORT is taken; set OPSPILOT_NATS_PORT"
+    log "nats: starting JetStream on 127.0.0.1:$NATS_PORT (monitor :$monitor, bus security on)"
+    nohup "$STACK/bin/nats-server" -c "$STACK/nats.conf" >>"$STACK/log/nats.log" 2>&1 &
     echo $! >"$STACK/nats.pid"
     echo "$NATS_PORT" >"$STACK/nats.port"
     wait_for "nats" port_open "$NATS_PORT"
@@ -180,6 +211,7 @@ PG_PASSWORD="${PGPASSWORD:-postgres}"
     echo "export REDIS_URL='redis://127.0.0.1:$REDIS_PORT'"
     if [ -n "$NATS_PORT" ]; then
         echo "export NATS_URL='nats://127.0.0.1:$NATS_PORT'"
+        echo "export NATS_AUTH='$STACK/nats-auth'"
     fi
 } >"$STACK/env"
 log "ready; environment in .stack/env"

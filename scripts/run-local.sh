@@ -18,6 +18,11 @@ export JWT_SECRET="${JWT_SECRET:-opspilot-local-development-secret-0123456789}"
 export OPSPILOT_DEV="${OPSPILOT_DEV:-true}"
 export HTTP_ADDR="${HTTP_ADDR:-127.0.0.1:8080}"
 SIM_AGENTS="${SIM_AGENTS:-5}"
+# Development only: the first admin, and a bootstrap token the simulated agents enroll with.
+export ADMIN_EMAIL="${ADMIN_EMAIL:-admin@opspilot.local}"
+export ADMIN_PASSWORD="${ADMIN_PASSWORD:-opspilot-local-admin}"
+export BOOTSTRAP_TOKEN="${BOOTSTRAP_TOKEN:-opspilot-local-bootstrap}"
+CREDS="$NATS_AUTH/creds"
 
 pids=()
 stop() {
@@ -48,13 +53,17 @@ wait_http() {
 echo "[run] applying migrations to $DB_NAME"
 "$BIN/api-gateway" migrate
 
-start gateway "$BIN/api-gateway"
-ADMIN_ADDR=127.0.0.1:9091 start ingestor "$BIN/event-ingestor"
-ADMIN_ADDR=127.0.0.1:9092 start presence "$BIN/presence-tracker"
-ADMIN_ADDR=127.0.0.1:9093 start analyzer "$BIN/ai-analyzer"
+# Each service connects with its own NATS identity (bus security is on).
+NATS_AUTH_DIR="$NATS_AUTH" NATS_CREDS="$CREDS/api-gateway.creds" start gateway "$BIN/api-gateway"
+ADMIN_ADDR=127.0.0.1:9091 NATS_CREDS="$CREDS/event-ingestor.creds" start ingestor "$BIN/event-ingestor"
+ADMIN_ADDR=127.0.0.1:9092 NATS_CREDS="$CREDS/presence-tracker.creds" start presence "$BIN/presence-tracker"
+ADMIN_ADDR=127.0.0.1:9093 NATS_CREDS="$CREDS/ai-analyzer.creds" start analyzer "$BIN/ai-analyzer"
 wait_http "$HTTP_ADDR"
-start agents "$BIN/agent-sim" --agents "$SIM_AGENTS" --heartbeat-interval 5s --events-per-sec 0.2
+# The simulated agents enroll through the API and connect with their own credentials.
+SIM_API_URL="http://$HTTP_ADDR" SIM_ENROLL_TOKEN="$BOOTSTRAP_TOKEN" \
+    start agents "$BIN/agent-sim" --agents "$SIM_AGENTS" --heartbeat-interval 5s --events-per-sec 0.2
 
-echo "[run] api on http://$HTTP_ADDR (admin ports 9091-9093); Ctrl-C stops everything"
+echo "[run] api on http://$HTTP_ADDR (docs: http://$HTTP_ADDR/api/v1/docs/; admin ports 9091-9093)"
+echo "[run] log in as $ADMIN_EMAIL / $ADMIN_PASSWORD; Ctrl-C stops everything"
 wait -n "${pids[@]}" || true
 echo "[run] a process exited; stopping the rest"
