@@ -26,6 +26,19 @@ pub async fn connect(config: &NatsConfig, name: &str) -> Result<Client, NatsErro
     connect_with(options, &config.server_urls(), name, config.request_timeout).await
 }
 
+/// [`connect`], abandoned when `shutdown` is cancelled first: a service asked to stop
+/// while NATS is still unreachable stops instead of waiting for it.
+pub async fn connect_until(
+    config: &NatsConfig,
+    name: &str,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Result<Client, NatsError> {
+    tokio::select! {
+        client = connect(config, name) => client,
+        _ = shutdown.cancelled() => Err(NatsError::Connect("shutdown requested before nats answered".into())),
+    }
+}
+
 /// Like [`connect`] with explicit options (credentials built in code, tests).
 pub async fn connect_with(
     options: ConnectOptions,

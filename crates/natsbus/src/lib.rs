@@ -13,7 +13,7 @@ mod topology;
 pub mod trace;
 
 pub use config::NatsConfig;
-pub use connect::{MIN_SERVER_VERSION, check_server_version, connect, connect_with};
+pub use connect::{MIN_SERVER_VERSION, check_server_version, connect, connect_until, connect_with};
 pub use deadletter::{DeadLetter, dead_letter};
 pub use error::NatsError;
 pub use topology::{Topology, ensure_topology};

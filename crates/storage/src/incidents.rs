@@ -62,67 +62,69 @@ pub async fn ingest_events(pool: &PgPool, events: &[NewEvent]) -> Result<IngestO
     if events.is_empty() {
         return Ok(IngestOutcome::default());
     }
-    // One row per event id: the upsert below must not see a key twice.
+    // Per event only what counting needs (id, group, time); the incident's content is
+    // sent once per group (the group's first event in the batch). Postgres parses a
+    // few hundred rows of text and JSON instead of a thousand.
     let mut seen = std::collections::HashSet::with_capacity(events.len());
-    let events: Vec<&NewEvent> = events.iter().filter(|e| seen.insert(e.event_id)).collect();
-
-    let n = events.len();
-    let mut event_ids = Vec::with_capacity(n);
-    let mut agent_ids = Vec::with_capacity(n);
-    let mut kinds = Vec::with_capacity(n);
-    let mut sources = Vec::with_capacity(n);
-    let mut raw_errors = Vec::with_capacity(n);
-    let mut contexts = Vec::with_capacity(n);
-    let mut criticals = Vec::with_capacity(n);
-    let mut severities = Vec::with_capacity(n);
-    let mut fingerprints = Vec::with_capacity(n);
-    let mut dedup_keys = Vec::with_capacity(n);
-    let mut occurred = Vec::with_capacity(n);
+    let mut group_of: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
+    let mut groups: Vec<&NewEvent> = Vec::new();
+    let (mut event_ids, mut event_groups, mut occurred) = (Vec::new(), Vec::new(), Vec::new());
     for e in events {
+        // One row per event id: the upsert below must not see a key twice.
+        if !seen.insert(e.event_id) {
+            continue;
+        }
+        let group = *group_of.entry(e.dedup_key.as_str()).or_insert_with(|| {
+            groups.push(e);
+            i64::try_from(groups.len()).unwrap_or(i64::MAX)
+        });
         event_ids.push(e.event_id);
-        agent_ids.push(e.agent_id.as_str());
-        kinds.push(e.kind.as_str());
-        sources.push(e.source.as_str());
-        raw_errors.push(e.raw_error.as_str());
-        contexts.push(&e.context);
-        criticals.push(e.severity.is_critical());
-        severities.push(e.severity.as_str());
-        fingerprints.push(e.fingerprint.as_str());
-        dedup_keys.push(e.dedup_key.as_str());
+        event_groups.push(group);
         occurred.push(e.occurred_at);
     }
+    let agent_ids: Vec<&str> = groups.iter().map(|e| e.agent_id.as_str()).collect();
+    let kinds: Vec<&str> = groups.iter().map(|e| e.kind.as_str()).collect();
+    let sources: Vec<&str> = groups.iter().map(|e| e.source.as_str()).collect();
+    let raw_errors: Vec<&str> = groups.iter().map(|e| e.raw_error.as_str()).collect();
+    let contexts: Vec<&Value> = groups.iter().map(|e| &e.context).collect();
+    let criticals: Vec<bool> = groups.iter().map(|e| e.severity.is_critical()).collect();
+    let severities: Vec<&str> = groups.iter().map(|e| e.severity.as_str()).collect();
+    let fingerprints: Vec<&str> = groups.iter().map(|e| e.fingerprint.as_str()).collect();
+    let dedup_keys: Vec<&str> = groups.iter().map(|e| e.dedup_key.as_str()).collect();
 
     let mut tx = pool.begin().await?;
     let rows: Vec<UpsertRow> = sqlx::query_as(
         r#"
-        WITH input AS (
-            SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[],
-                                 $7::bool[], $8::text[], $9::text[], $10::text[], $11::timestamptz[])
-                AS t(event_id, agent_id, type, source, raw_error, context, is_critical, severity,
-                     fingerprint, dedup_key, occurred_at)
+        WITH ev AS (
+            SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::timestamptz[]) AS t(event_id, grp, occurred_at)
         ),
         new_events AS (
-            INSERT INTO ingested_events (event_id, agent_id, dedup_key, occurred_at)
-            SELECT event_id, agent_id, dedup_key, occurred_at FROM input
+            INSERT INTO ingested_events (event_id)
+            SELECT event_id FROM ev
             ON CONFLICT (event_id) DO NOTHING
-            RETURNING event_id, dedup_key, occurred_at
+            RETURNING event_id
         ),
-        grouped AS (
-            SELECT dedup_key,
+        counted AS (
+            SELECT ev.grp,
                    count(*) AS n,
-                   min(occurred_at) AS first_seen,
-                   max(occurred_at) AS last_seen,
-                   (array_agg(event_id ORDER BY occurred_at, event_id))[1] AS first_event
-            FROM new_events
-            GROUP BY dedup_key
+                   min(ev.occurred_at) AS first_seen,
+                   max(ev.occurred_at) AS last_seen,
+                   (array_agg(ev.event_id ORDER BY ev.occurred_at, ev.event_id))[1] AS first_event
+            FROM new_events JOIN ev USING (event_id)
+            GROUP BY ev.grp
+        ),
+        grp AS (
+            SELECT * FROM UNNEST($4::text[], $5::text[], $6::text[], $7::text[], $8::jsonb[], $9::bool[],
+                                 $10::text[], $11::text[], $12::text[]) WITH ORDINALITY
+                AS g(agent_id, type, source, raw_error, context, is_critical, severity, fingerprint, dedup_key, grp)
         )
         INSERT INTO incidents AS inc (agent_id, type, source, raw_error, context, is_critical, severity,
                                       status, event_id, fingerprint, dedup_key, occurrences,
                                       first_seen_at, last_seen_at)
-        SELECT i.agent_id, i.type, i.source, i.raw_error, i.context, i.is_critical, i.severity,
-               'new', i.event_id, i.fingerprint, g.dedup_key, g.n, g.first_seen, g.last_seen
-        FROM grouped g
-        JOIN input i ON i.event_id = g.first_event
+        SELECT g.agent_id, g.type, g.source, g.raw_error, g.context, g.is_critical, g.severity,
+               'new', c.first_event, g.fingerprint, g.dedup_key, c.n, c.first_seen, c.last_seen
+        FROM counted c
+        JOIN grp g ON g.grp = c.grp
         ORDER BY g.dedup_key
         ON CONFLICT (dedup_key) WHERE status <> 'resolved'
         DO UPDATE SET occurrences = inc.occurrences + EXCLUDED.occurrences,
@@ -135,6 +137,8 @@ pub async fn ingest_events(pool: &PgPool, events: &[NewEvent]) -> Result<IngestO
         "#,
     )
     .bind(&event_ids)
+    .bind(&event_groups)
+    .bind(&occurred)
     .bind(&agent_ids)
     .bind(&kinds)
     .bind(&sources)
@@ -144,7 +148,6 @@ pub async fn ingest_events(pool: &PgPool, events: &[NewEvent]) -> Result<IngestO
     .bind(&severities)
     .bind(&fingerprints)
     .bind(&dedup_keys)
-    .bind(&occurred)
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;

@@ -11,6 +11,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod db;
+pub mod hostile;
 pub mod lifecycle;
 mod nats;
 pub mod otlp;

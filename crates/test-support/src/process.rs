@@ -50,6 +50,11 @@ impl ServiceProcess {
         Self { child, output }
     }
 
+    /// The process id (None once it has exited and been reaped).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Everything printed so far.
     pub fn output(&self) -> Vec<String> {
         self.output.lock().unwrap().clone()

@@ -236,7 +236,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     // The HTTP client needs a TLS crypto provider; installing it twice is harmless.
     service_kit::install_crypto_provider();
     let analyzer = config.build_analyzer().context("building the AI client")?;
-    let client = natsbus::connect(&config.nats, "ai-analyzer").await?;
+    let client = natsbus::connect_until(&config.nats, "ai-analyzer", &shutdown).await?;
     let js = async_nats::jetstream::new(client.clone());
     let topology = config.nats.topology();
     natsbus::ensure_topology(&js, &topology).await?;

@@ -1,10 +1,11 @@
 //! Cross-cutting HTTP behaviour: trace context from `traceparent`, per-route metrics,
-//! the per-address rate limit, panics and unknown routes as problem documents.
+//! the per-address rate limit, oversized bodies refused on their announced length,
+//! panics and unknown routes as problem documents.
 
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use opentelemetry::propagation::Extractor;
@@ -73,6 +74,22 @@ pub(crate) async fn rate_limit(State(state): State<AppState>, request: Request, 
         return err.into_response();
     }
     next.run(Request::from_parts(parts, body)).await
+}
+
+/// A body announced (`Content-Length`) over [`crate::BODY_LIMIT`] is refused before a
+/// byte of it is read. The body limit alone only trips once that much has arrived, so a
+/// client announcing megabytes and sending one byte held the request open for as long
+/// as it kept the connection.
+pub(crate) async fn announced_body_limit(request: Request, next: Next) -> Response {
+    let announced = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if announced.is_some_and(|length| length > crate::BODY_LIMIT as u64) {
+        return ApiError::PayloadTooLarge(crate::BODY_LIMIT).into_response();
+    }
+    next.run(request).await
 }
 
 pub(crate) async fn not_found() -> ApiError {

@@ -95,7 +95,14 @@ fn read_password_from_stdin() -> anyhow::Result<SecretString> {
 /// Connects to everything and starts serving HTTP; returns once ready.
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
     let secret = config.serve.jwt_secret.clone().context("JWT_SECRET is required")?;
-    let client = natsbus::connect(&config.nats, "api-gateway").await?;
+    let mut nats = config.nats.clone();
+    if nats.creds.is_none()
+        && let Some(dir) = &config.bus_auth.auth_dir
+    {
+        // The gateway's own identity sits in the directory nats-init wrote.
+        nats.creds = Some(dir.join("creds").join("api-gateway.creds"));
+    }
+    let client = natsbus::connect_until(&nats, "api-gateway", &shutdown).await?;
     let pool = storage::connect(&config.db).await?;
     storage::check_schema(&pool).await?;
     let redis = presence::connect(&config.redis).await?;
@@ -190,6 +197,7 @@ fn router(state: state::AppState, readiness: Readiness, trust_proxy: bool) -> Ro
         .layer(axum::middleware::from_fn(http::metrics))
         .layer(TraceLayer::new_for_http().make_span_with(http::make_span))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(http::announced_body_limit))
         .layer(axum::Extension(client_ip::TrustProxy(trust_proxy)))
         .layer(CatchPanicLayer::custom(http::panic_response))
 }

@@ -20,6 +20,10 @@ pub(crate) struct ConsumerSpec {
     pub(crate) filter: String,
     pub(crate) origin: DlqOrigin,
     pub(crate) batch_size: usize,
+    /// Batches handled at once (1 keeps stream order, which inventory needs).
+    pub(crate) concurrency: usize,
+    /// How long a batch waits for more messages after its first.
+    pub(crate) linger: Duration,
     pub(crate) ack_wait: Duration,
     pub(crate) max_deliver: i64,
 }
@@ -70,6 +74,10 @@ pub(crate) async fn run<H: BatchHandler>(
     handler: H,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let handler = std::sync::Arc::new(handler);
+    // Batches in flight at once: while one waits on Postgres the next is decoded and
+    // written on another connection; acks follow each batch's own commit.
+    let mut inflight: tokio::task::JoinSet<()> = tokio::task::JoinSet::new();
     let mut attempt: u32 = 0;
     let mut started_once = false;
     while !shutdown.is_cancelled() {
@@ -103,30 +111,29 @@ pub(crate) async fn run<H: BatchHandler>(
             started_once = true;
         }
 
-        let mut chunks = messages.ready_chunks(spec.batch_size);
+        let mut messages = messages;
         loop {
-            let chunk = tokio::select! {
+            while inflight.len() >= spec.concurrency.max(1) {
+                inflight.join_next().await;
+            }
+            while inflight.try_join_next().is_some() {}
+            let first = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
-                    hand_back_ready(&mut chunks).await;
+                    hand_back_ready(&mut messages).await;
+                    while inflight.join_next().await.is_some() {}
                     return Ok(());
                 }
-                chunk = chunks.next() => chunk,
+                first = messages.next() => first,
             };
-            let Some(chunk) = chunk else {
+            let Some(first) = first else {
                 tracing::warn!(consumer = spec.label, "message stream ended; re-subscribing");
                 break;
             };
-            let mut batch = Vec::with_capacity(chunk.len());
-            let mut broken = None;
-            for item in chunk {
-                match item {
-                    Ok(msg) => batch.push(msg),
-                    Err(err) => broken = Some(err),
-                }
-            }
+            let (batch, broken) = gather(first, &mut messages, spec.batch_size, spec.linger).await;
             if !batch.is_empty() {
-                handler.handle(batch, &shutdown).await;
+                let (handler, shutdown) = (std::sync::Arc::clone(&handler), shutdown.clone());
+                inflight.spawn(async move { handler.handle(batch, &shutdown).await });
             }
             if let Some(err) = broken {
                 // Heartbeats missed (server restart), consumer deleted, ...: start over.
@@ -136,19 +143,50 @@ pub(crate) async fn run<H: BatchHandler>(
             }
         }
     }
+    while inflight.join_next().await.is_some() {}
     Ok(())
+}
+
+type Item = Result<Message, async_nats::jetstream::consumer::pull::MessagesError>;
+
+/// Forms a batch: the first message, then whatever arrives within `linger` of it, up to
+/// `max`. Messages come off the socket in read-buffer-sized runs (about a hundred);
+/// lingering a few milliseconds turns a backlog into full batches, while a trickle
+/// waits at most `linger`.
+async fn gather<S>(
+    first: Item,
+    messages: &mut S,
+    max: usize,
+    linger: Duration,
+) -> (Vec<Message>, Option<async_nats::jetstream::consumer::pull::MessagesError>)
+where
+    S: futures::Stream<Item = Item> + Unpin,
+{
+    let mut batch = Vec::with_capacity(max);
+    match first {
+        Ok(msg) => batch.push(msg),
+        Err(err) => return (batch, Some(err)),
+    }
+    let deadline = tokio::time::Instant::now() + linger;
+    while batch.len() < max {
+        match tokio::time::timeout_at(deadline, messages.next()).await {
+            Ok(Some(Ok(msg))) => batch.push(msg),
+            Ok(Some(Err(err))) => return (batch, Some(err)),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    (batch, None)
 }
 
 /// NAKs messages that were fetched but will not be handled, so another replica gets
 /// them now rather than after the ack deadline.
-async fn hand_back_ready<S>(chunks: &mut S)
+async fn hand_back_ready<S>(messages: &mut S)
 where
-    S: futures::Stream<Item = Vec<Result<Message, async_nats::jetstream::consumer::pull::MessagesError>>>
-        + Unpin,
+    S: futures::Stream<Item = Item> + Unpin,
 {
     let mut handed_back = 0usize;
-    while let Some(Some(chunk)) = chunks.next().now_or_never() {
-        for msg in chunk.into_iter().flatten() {
+    while let Some(Some(item)) = messages.next().now_or_never() {
+        if let Ok(msg) = item {
             let _ = msg.ack_with(AckKind::Nak(None)).await;
             handed_back += 1;
         }

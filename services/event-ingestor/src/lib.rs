@@ -50,6 +50,13 @@ pub struct Config {
     /// Largest batch fetched and written at once.
     #[arg(long = "batch-size", env = "INGEST_BATCH_SIZE", value_name = "INGEST_BATCH_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u16).range(1..=10_000))]
     pub batch_size: u16,
+    /// How long a batch waits for more messages after its first (latency a trickle
+    /// pays, for full batches under load).
+    #[arg(long = "batch-linger", env = "INGEST_BATCH_LINGER", value_name = "INGEST_BATCH_LINGER", default_value = "10ms", value_parser = service_kit::config::parse_duration)]
+    pub batch_linger: Duration,
+    /// Event batches written to Postgres at once by this replica.
+    #[arg(long = "writers", env = "INGEST_WRITERS", value_name = "INGEST_WRITERS", default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=16))]
+    pub writers: u8,
     /// Fold repeated events (same fingerprint) into the open incident instead of
     /// opening a new one.
     #[arg(long = "incident-dedup", env = "INCIDENT_DEDUP", value_name = "INCIDENT_DEDUP", default_value_t = true, action = clap::ArgAction::Set)]
@@ -127,7 +134,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
 /// Connects to everything and starts serving; returns once ready.
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
-    let client = natsbus::connect(&config.nats, "event-ingestor").await?;
+    let client = natsbus::connect_until(&config.nats, "event-ingestor", &shutdown).await?;
     let js = async_nats::jetstream::new(client.clone());
     let topology = config.nats.topology();
     natsbus::ensure_topology(&js, &topology).await?;
@@ -151,6 +158,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         filter: topology.subjects.all_events(),
         origin: wire_models::DlqOrigin::Events,
         batch_size,
+        concurrency: usize::from(config.writers),
+        linger: config.batch_linger,
         ack_wait: config.ack_wait,
         max_deliver: config.max_deliver,
     };
@@ -161,6 +170,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         filter: topology.subjects.all_inventory(),
         origin: wire_models::DlqOrigin::Inventory,
         batch_size,
+        // One at a time: snapshots of an agent must be compared in stream order.
+        concurrency: 1,
+        linger: config.batch_linger,
         ack_wait: config.ack_wait,
         max_deliver: config.max_deliver,
     };

@@ -236,7 +236,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
 /// Connects to everything and starts serving; returns once ready.
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
-    let client = natsbus::connect(&config.nats, "presence-tracker").await?;
+    let client = natsbus::connect_until(&config.nats, "presence-tracker", &shutdown).await?;
     let js = async_nats::jetstream::new(client.clone());
     let topology = config.nats.topology();
     natsbus::ensure_topology(&js, &topology).await?;

@@ -46,8 +46,19 @@ pub fn operator_jwt(
     system_account: &str,
     signing_keys: &[String],
 ) -> Result<String, JwtError> {
+    operator_jwt_at(name, operator, system_account, signing_keys, now())
+}
+
+/// [`operator_jwt`] with a fixed issue time.
+pub fn operator_jwt_at(
+    name: &str,
+    operator: &KeyPair,
+    system_account: &str,
+    signing_keys: &[String],
+    issued_at: i64,
+) -> Result<String, JwtError> {
     let claims = json!({
-        "iat": now(),
+        "iat": issued_at,
         "iss": operator.public_key(),
         "sub": operator.public_key(),
         "name": name,
@@ -78,6 +89,18 @@ pub fn account_jwt(
     operator_signer: &KeyPair,
     revocations: &BTreeMap<String, i64>,
 ) -> Result<String, JwtError> {
+    account_jwt_at(spec, operator_signer, revocations, now())
+}
+
+/// [`account_jwt`] with a fixed issue time. The resolver keeps the newest JWT of an
+/// account, so a configuration file regenerated with the setup's original time never
+/// displaces an update (revocations) pushed since.
+pub fn account_jwt_at(
+    spec: &AccountSpec,
+    operator_signer: &KeyPair,
+    revocations: &BTreeMap<String, i64>,
+    issued_at: i64,
+) -> Result<String, JwtError> {
     let storage = if spec.jetstream { -1 } else { 0 };
     let mut nats = json!({
         "limits": {
@@ -94,7 +117,7 @@ pub fn account_jwt(
         nats["revocations"] = json!(revocations);
     }
     let claims = json!({
-        "iat": now(),
+        "iat": issued_at,
         "iss": operator_signer.public_key(),
         "sub": spec.public_key,
         "name": spec.name,

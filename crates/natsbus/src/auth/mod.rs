@@ -13,7 +13,10 @@ mod perms;
 mod revoke;
 mod setup;
 
-pub use jwt::{AccountSpec, JwtError, account_jwt, creds_file, decode_claims, operator_jwt, user_jwt};
+pub use jwt::{
+    AccountSpec, JwtError, account_jwt, account_jwt_at, creds_file, decode_claims, operator_jwt,
+    operator_jwt_at, user_jwt,
+};
 pub use nkeys::KeyPair;
 pub use perms::{Identity, Permissions, inbox_prefix, permissions};
 pub use revoke::{RevocationPusher, push_account};

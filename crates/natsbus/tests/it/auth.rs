@@ -213,3 +213,49 @@ async fn the_ingestor_cannot_send_actions() {
     client.publish(s.topology.subjects.rpc(&target), "restart".into()).await.unwrap();
     assert!(violations(&errors, &s.topology.subjects.rpc(&target)).await);
 }
+
+/// Regenerating the server configuration (re-running nats-init with the same keys) and
+/// restarting the server must not bring a revoked agent back.
+#[tokio::test]
+async fn a_regenerated_configuration_keeps_revocations() {
+    let setup = AuthSetup::generate("OPSPILOT").unwrap();
+    let topology = isolated_topology();
+    let dir = tempfile::tempdir().unwrap().keep();
+    let config = |setup: &AuthSetup| setup.server_config(&dir.join("resolver"), &BTreeMap::new()).unwrap();
+    let first = config(&setup);
+    let expected = first.clone();
+    let mut server = NatsServer::start_with_config(|port, store| {
+        format!("host: 127.0.0.1\nport: {port}\njetstream {{ store_dir: \"{}\" }}\n{first}", store.display())
+    })
+    .await;
+    let s = Secured { server, setup, topology };
+    let issued = s
+        .setup
+        .issuer(s.topology.clone(), Duration::from_secs(3600))
+        .unwrap()
+        .issue(&AgentId::parse("aaaa0000aaaa").unwrap(), None)
+        .unwrap();
+    let (system, _) = connect(&s, &s.setup.system_creds().unwrap(), natsbus::auth::SYSTEM_USER).await;
+    let pusher = natsbus::auth::RevocationPusher {
+        spec: s.setup.account_spec().unwrap(),
+        operator_signer: s.setup.operator_signer().unwrap(),
+        system,
+    };
+    // The push must be newer than the configuration's JWT (same second otherwise).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    pusher
+        .push(&BTreeMap::from([(issued.user_public_key.clone(), chrono::Utc::now().timestamp() + 1)]))
+        .await
+        .unwrap();
+
+    // nats-init again: the same keys give the same configuration.
+    assert_eq!(config(&s.setup), expected);
+    server = s.server;
+    server.restart().await;
+    let refused = ConnectOptions::with_credentials(&issued.creds_file().unwrap())
+        .unwrap()
+        .connection_timeout(Duration::from_secs(2))
+        .connect(server.url())
+        .await;
+    assert!(refused.is_err(), "the revocation must survive a restart with a regenerated configuration");
+}

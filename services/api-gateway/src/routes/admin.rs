@@ -179,6 +179,7 @@ pub(crate) async fn update_user(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct AuditQuery {
     /// Only actions on this agent.
     agent_id: Option<String>,

@@ -17,6 +17,7 @@ use crate::state::AppState;
 use crate::views::*;
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ListQuery {
     /// `online` or `offline`.
     status: Option<String>,
@@ -158,6 +159,7 @@ pub(crate) async fn revoke(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct IncidentQuery {
     /// `new`, `analyzed`, `acknowledged` or `resolved`.
     status: Option<String>,
@@ -201,6 +203,7 @@ pub(crate) async fn incidents(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct PageQuery {
     before: Option<i64>,
     limit: Option<u32>,
@@ -230,6 +233,7 @@ pub(crate) async fn inventory(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct DiffQuery {
     /// Id of the older snapshot.
     from: i64,
@@ -366,6 +370,7 @@ pub(crate) async fn ensure_online(state: &AppState, agent: &storage::agents::Age
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct PresenceQuery {
     /// The `next_cursor` of the previous page.
     before: Option<i64>,

@@ -42,9 +42,88 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
+/// What every operation can answer besides what its own annotation lists, and the
+/// shapes of ids the handlers check, added to the document once every route is in it.
+/// Without them the document under-promised: a client (or schemathesis) met 401, 415,
+/// 429 and 503 answers no operation listed, and agent ids the API refuses looked valid.
+struct CommonContract;
+
+/// Twelve lowercase hex characters, as `wire_models::AgentId` requires.
+const AGENT_ID_PATTERN: &str = "^[0-9a-f]{12}$";
+
+impl utoipa::Modify for CommonContract {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::ParameterIn;
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let operations =
+                [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
+            for operation in operations.into_iter().flatten() {
+                let secured = operation.security.as_ref().is_some_and(|s| !s.is_empty());
+                let has_body = operation.request_body.is_some();
+                let has_params = operation.parameters.as_ref().is_some_and(|p| !p.is_empty());
+                let responses = &mut operation.responses.responses;
+                let mut add = |status: &str, description: &str| {
+                    responses.entry(status.to_owned()).or_insert_with(|| problem_response(description));
+                };
+                if has_body || has_params {
+                    add("400", "Invalid path, query or body");
+                }
+                if secured {
+                    add("401", "Missing, invalid or expired token, or the user is disabled");
+                    add("403", "The user's role does not allow this");
+                }
+                if has_body {
+                    add("413", "Body over 64 KiB");
+                    add("415", "Body that is not application/json");
+                }
+                add("429", "Rate limited; see Retry-After");
+                add("503", "A dependency (database, message bus) is unavailable; retry shortly");
+                for parameter in operation.parameters.iter_mut().flatten() {
+                    let utoipa::openapi::RefOr::T(parameter) = parameter else { continue };
+                    let Some(utoipa::openapi::RefOr::T(utoipa::openapi::Schema::Object(schema))) =
+                        parameter.schema.as_mut()
+                    else {
+                        continue;
+                    };
+                    match (&parameter.parameter_in, parameter.name.as_str()) {
+                        (ParameterIn::Path, "id") if path.starts_with("/api/v1/agents/{id}") => {
+                            schema.pattern = Some(AGENT_ID_PATTERN.into());
+                        }
+                        (ParameterIn::Path, "id") if path.starts_with("/api/v1/incidents/{id}") => {
+                            schema.minimum = Some(utoipa::Number::Int(1));
+                        }
+                        (ParameterIn::Query, "after") if path == "/api/v1/agents" => {
+                            schema.pattern = Some(AGENT_ID_PATTERN.into());
+                        }
+                        (ParameterIn::Query, "agent_id") if path == "/api/v1/audit" => {
+                            schema.pattern = Some(AGENT_ID_PATTERN.into());
+                        }
+                        (ParameterIn::Query, "limit") => {
+                            schema.minimum = Some(utoipa::Number::Int(1));
+                            schema.maximum = Some(utoipa::Number::Int(500));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn problem_response(description: &str) -> utoipa::openapi::RefOr<utoipa::openapi::Response> {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/problem+json",
+            ContentBuilder::new().schema(Some(Ref::from_schema_name("Problem"))).build(),
+        )
+        .into()
+}
+
 /// Every `/api/v1` route and the OpenAPI document describing them.
 pub(crate) fn api() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (router, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(auth::login))
         .routes(routes!(auth::me))
         .routes(routes!(agents::enroll))
@@ -63,7 +142,9 @@ pub(crate) fn api() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(admin::create_user, admin::list_users))
         .routes(routes!(admin::update_user))
         .routes(routes!(admin::audit))
-        .split_for_parts()
+        .split_for_parts();
+    utoipa::Modify::modify(&CommonContract, &mut openapi);
+    (router, openapi)
 }
 
 /// Page size bounds shared by every list.

@@ -139,8 +139,45 @@ async fn bodies_are_size_limited_and_must_be_json() {
     api.stop().await;
 }
 
+/// A client announcing a body far over the limit gets 413 at once: the gateway does not
+/// wait for a body that never comes (it used to, for as long as the client kept the
+/// connection open).
 #[tokio::test]
-async fn the_openapi_document_and_docs_page_are_served() {
+async fn an_announced_oversized_body_is_refused_before_it_is_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let api = start(&[]).await;
+    let mut stream = tokio::net::TcpStream::connect(api.base.trim_start_matches("http://")).await.unwrap();
+    stream
+        .write_all(
+            b"POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              Content-Length: 10000000\r\n\r\n{",
+        )
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf))
+        .await
+        .expect("no answer within 5 s: the gateway is waiting for the body")
+        .unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    assert!(head.contains("application/problem+json"), "{head}");
+    drop(stream);
+    // Within the limit, an announced length still works as before.
+    let (status, _) = api
+        .call(
+            Method::POST,
+            "/api/v1/auth/login",
+            None,
+            Some(json!({"email": "x@example.com", "password": "wrong password!"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn the_openapi_document_is_complete_and_the_docs_page_is_served() {
     let api = start(&[]).await;
     let (status, doc) = api.call(Method::GET, "/api/v1/openapi.json", None, None).await;
     assert_eq!(status, StatusCode::OK);
@@ -159,6 +196,52 @@ async fn the_openapi_document_and_docs_page_are_served() {
     ] {
         assert!(paths.contains_key(path), "{path} missing from the OpenAPI document");
     }
+    // Every operation lists the statuses any operation can answer, and id parameters
+    // say what the handlers accept.
+    for (path, item) in paths {
+        for (method, operation) in item.as_object().unwrap() {
+            let Some(responses) = operation["responses"].as_object() else { continue };
+            let has_body = operation.get("requestBody").is_some();
+            let secured = operation.get("security").is_some_and(|s| !s.as_array().unwrap().is_empty());
+            let mut expected = vec!["429", "503"];
+            if secured {
+                expected.extend(["401", "403"]);
+            }
+            if has_body {
+                expected.extend(["400", "413", "415"]);
+            }
+            for status in expected {
+                let response =
+                    responses.get(status).unwrap_or_else(|| panic!("{method} {path} lacks {status}"));
+                assert!(
+                    response["content"].get("application/problem+json").is_some(),
+                    "{method} {path} {status}"
+                );
+            }
+            for parameter in operation["parameters"].as_array().into_iter().flatten() {
+                // Path parameters are the ones in the path; the rest are query parameters.
+                let name = parameter["name"].as_str().unwrap();
+                let in_path = path.contains(&format!("{{{name}}}"));
+                assert_eq!(parameter["in"], if in_path { "path" } else { "query" }, "{method} {path} {name}");
+                if path.starts_with("/api/v1/agents/{id}") && parameter["name"] == "id" {
+                    assert_eq!(parameter["schema"]["pattern"], "^[0-9a-f]{12}$", "{method} {path}");
+                }
+                if path.starts_with("/api/v1/incidents/{id}") && parameter["name"] == "id" {
+                    assert_eq!(parameter["schema"]["minimum"], 1, "{method} {path}");
+                }
+                if parameter["name"] == "limit" {
+                    assert_eq!(
+                        (&parameter["schema"]["minimum"], &parameter["schema"]["maximum"]),
+                        (&json!(1), &json!(500)),
+                        "{method} {path} {parameter}"
+                    );
+                }
+            }
+        }
+    }
+    // What the document promises is what the API does: a missing token is a 401 problem.
+    let (status, body) = api.call(Method::GET, "/api/v1/agents", None, None).await;
+    assert_problem(status, &body, StatusCode::UNAUTHORIZED, "unauthenticated");
     let page = api.http.get(format!("{}/api/v1/docs/", api.base)).send().await.unwrap();
     assert_eq!(page.status(), StatusCode::OK);
     let html = page.text().await.unwrap();

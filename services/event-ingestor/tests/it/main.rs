@@ -5,6 +5,7 @@ mod bad_input;
 mod dedup;
 mod faults;
 mod helpers;
+mod hostile;
 mod inventory;
 mod lifecycle;
 mod scale;

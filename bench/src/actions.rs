@@ -1,0 +1,177 @@
+//! Scenario 4: `POST /agents/{id}/execute` against simulated agents answering at once,
+//! at concurrency 1 and 64, beside the raw NATS request-reply to the same agents.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agent_sim::{RpcBehaviour, RpcMode};
+use bytes::Bytes;
+use natsbus::auth::Identity;
+use rand::Rng;
+use serde_json::json;
+use wire_models::{Command, PROTOCOL_VERSION, RpcRequest};
+
+use crate::ingest::prepare;
+use crate::report::Row;
+use crate::{gateway, services};
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted.get(((sorted.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(f64::NAN)
+}
+
+struct Measured {
+    p50_ms: f64,
+    p99_ms: f64,
+    per_sec: f64,
+}
+
+/// Runs `op` with `concurrency` workers, `total` times in all (or for `duration`).
+async fn measure<F, Fut>(
+    concurrency: usize,
+    total: usize,
+    duration: Duration,
+    op: F,
+) -> anyhow::Result<Measured>
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let started = Instant::now();
+    let mut workers = tokio::task::JoinSet::new();
+    let per_worker = total.div_ceil(concurrency);
+    for w in 0..concurrency {
+        let op = op.clone();
+        workers.spawn(async move {
+            let mut latencies = Vec::with_capacity(per_worker);
+            let t0 = Instant::now();
+            let mut i = 0;
+            while i < per_worker && t0.elapsed() < duration {
+                let t = Instant::now();
+                op(w * per_worker + i).await?;
+                latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+                i += 1;
+            }
+            anyhow::Ok(latencies)
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(result) = workers.join_next().await {
+        all.extend(result??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort_by(|a, b| a.total_cmp(b));
+    Ok(Measured {
+        p50_ms: percentile(&all, 0.5),
+        p99_ms: percentile(&all, 0.99),
+        per_sec: all.len() as f64 / elapsed,
+    })
+}
+
+pub(crate) async fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let setup = prepare(64, "bench-actions").await?;
+    // Online through the real path: a tracker and one heartbeat each (a long interval
+    // keeps them online for the whole scenario).
+    let tracker = services::start(
+        &setup.stack,
+        &Identity::PresenceTracker,
+        "presence-tracker",
+        &[("ADMIN_ADDR", "127.0.0.1:0".into())],
+    )
+    .await?;
+    setup.fleet.heartbeat_all(&setup.bus, Duration::from_secs(3600), 64).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(Arc::clone(&setup.fleet).serve_rpc(
+        setup.bus.clone(),
+        RpcBehaviour::default(),
+        RpcMode::Shared,
+        stop.clone(),
+    ));
+    let gw = gateway::start(&setup.stack).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let online: i64 = sqlx::query_scalar("SELECT count(*) FROM agents WHERE status = 'online'")
+            .fetch_one(&setup.stack.db.pool)
+            .await?;
+        if online == 64 {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "agents did not come online");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let ids: Arc<Vec<wire_models::AgentId>> =
+        Arc::new(setup.fleet.agents().iter().map(|a| a.id.clone()).collect());
+    let subjects = setup.stack.topology.subjects.clone();
+    let client = setup.stack.client().await;
+    let nats_op = {
+        let (ids, subjects, client) = (Arc::clone(&ids), subjects.clone(), client.clone());
+        move |i: usize| {
+            let (ids, subjects, client) = (Arc::clone(&ids), subjects.clone(), client.clone());
+            async move {
+                let request = RpcRequest {
+                    v: PROTOCOL_VERSION,
+                    request_id: uuid::Uuid::now_v7(),
+                    command: Command::Ping,
+                    issued_at: chrono::Utc::now(),
+                    timeout_ms: 5000,
+                };
+                let payload = Bytes::from(wire_models::encode(&request)?);
+                client.request(subjects.rpc(&ids[i % ids.len()]), payload).await?;
+                anyhow::Ok(())
+            }
+        }
+    };
+    let http = reqwest::Client::builder().pool_max_idle_per_host(128).build()?;
+    let api_op = {
+        let (ids, http, base, token) = (Arc::clone(&ids), http.clone(), gw.base.clone(), gw.token.clone());
+        move |i: usize| {
+            let (ids, http, base, token) = (Arc::clone(&ids), http.clone(), base.clone(), token.clone());
+            async move {
+                let id = &ids[(i + rand::rng().random_range(0..ids.len())) % ids.len()];
+                let response = http
+                    .post(format!("{base}/api/v1/agents/{id}/execute"))
+                    .bearer_auth(&token)
+                    .json(&json!({"command": "ping"}))
+                    .send()
+                    .await?;
+                anyhow::ensure!(response.status().is_success(), "execute answered {}", response.status());
+                let _ = response.bytes().await?;
+                anyhow::Ok(())
+            }
+        }
+    };
+    // Warm both paths (connections, caches).
+    measure(4, 200, Duration::from_secs(10), nats_op.clone()).await?;
+    measure(4, 200, Duration::from_secs(10), api_op.clone()).await?;
+
+    let nats1 = measure(1, 2000, Duration::from_secs(20), nats_op.clone()).await?;
+    let api1 = measure(1, 2000, Duration::from_secs(20), api_op.clone()).await?;
+    let nats64 = measure(64, usize::MAX / 2, Duration::from_secs(5), nats_op).await?;
+    let api64 = measure(64, usize::MAX / 2, Duration::from_secs(5), api_op).await?;
+    let added = api1.p50_ms - nats1.p50_ms;
+    rows.push(Row::new("actions", "baseline: NATS request-reply c=1 p50", nats1.p50_ms, "ms"));
+    rows.push(
+        Row::new("actions", "execute c=1 p50", api1.p50_ms, "ms").baseline("NATS c=1 p50", nats1.p50_ms),
+    );
+    rows.push(
+        Row::new("actions", "execute c=1 p99", api1.p99_ms, "ms").baseline("NATS c=1 p99", nats1.p99_ms),
+    );
+    rows.push(
+        Row::new("actions", "added latency of the API path c=1 p50", added, "ms")
+            .floor("< 1.5 ms", added < 1.5),
+    );
+    rows.push(Row::new("actions", "execute c=1", api1.per_sec, "req/s").baseline("NATS c=1", nats1.per_sec));
+    rows.push(
+        Row::new("actions", "execute c=64 p50", api64.p50_ms, "ms").baseline("NATS c=64 p50", nats64.p50_ms),
+    );
+    rows.push(
+        Row::new("actions", "execute c=64 p99", api64.p99_ms, "ms").baseline("NATS c=64 p99", nats64.p99_ms),
+    );
+    rows.push(
+        Row::new("actions", "execute c=64", api64.per_sec, "req/s").baseline("NATS c=64", nats64.per_sec),
+    );
+    stop.cancel();
+    gw.service.stop().await;
+    tracker.stop().await;
+    Ok(())
+}

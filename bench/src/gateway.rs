@@ -1,0 +1,48 @@
+//! An api-gateway for the benchmarks, with an admin logged in.
+
+use natsbus::auth::Identity;
+use serde_json::json;
+use test_support::Stack;
+
+use crate::services::{self, Service};
+
+pub(crate) const SECRET: &str = "bench-secret-0123456789abcdef0123456789abcdef";
+const PASSWORD: &str = "bench-admin-password";
+
+pub(crate) struct Gateway {
+    pub(crate) service: Service,
+    pub(crate) base: String,
+    pub(crate) token: String,
+    pub(crate) port: u16,
+}
+
+pub(crate) async fn start(stack: &Stack) -> anyhow::Result<Gateway> {
+    let port = test_support::free_port();
+    let service = services::start(
+        stack,
+        &Identity::ApiGateway,
+        "api-gateway",
+        &[
+            ("JWT_SECRET", SECRET.into()),
+            ("HTTP_ADDR", format!("127.0.0.1:{port}")),
+            ("ADMIN_EMAIL", "bench@example.com".into()),
+            ("ADMIN_PASSWORD", PASSWORD.into()),
+            // A load generator is one address and one user; the limits are not what
+            // is measured here.
+            ("RATE_LIMIT_PER_IP", "0".into()),
+            ("RATE_LIMIT_PER_USER", "0".into()),
+        ],
+    )
+    .await?;
+    let base = format!("http://127.0.0.1:{port}");
+    let login: serde_json::Value = reqwest::Client::new()
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&json!({"email": "bench@example.com", "password": PASSWORD}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let token =
+        login["access_token"].as_str().ok_or_else(|| anyhow::anyhow!("login failed: {login}"))?.to_owned();
+    Ok(Gateway { service, base, token, port })
+}

@@ -1,0 +1,100 @@
+//! `make bench`: each OpsPilot figure beside the ceiling of the parts underneath,
+//! measured in the same run, so a noisy shared machine still gives comparable ratios.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod actions;
+mod footprint;
+mod gateway;
+mod ingest;
+mod inventory;
+mod presence;
+mod proc;
+mod reads;
+mod report;
+mod services;
+
+use clap::Parser;
+
+/// OpsPilot benchmarks.
+#[derive(Debug, Parser)]
+#[command(name = "opspilot-bench", version)]
+struct Args {
+    /// Events in the drain scenarios.
+    #[arg(long, default_value_t = 200_000)]
+    events: usize,
+    /// Events in the live scenario.
+    #[arg(long, default_value_t = 100_000)]
+    live_events: usize,
+    /// Agents in the inventory scenario (each sends `--snapshots-per-agent`).
+    #[arg(long, default_value_t = 5_000)]
+    inventory_agents: usize,
+    #[arg(long, default_value_t = 10)]
+    snapshots_per_agent: usize,
+    /// Fleet sizes of the presence scenario.
+    #[arg(long, value_delimiter = ',', default_value = "10000,50000,100000")]
+    presence_sizes: Vec<usize>,
+    /// Seconds of steady heartbeats measured at each presence size.
+    #[arg(long, default_value_t = 10)]
+    presence_hold: u64,
+    /// Agents and incidents in the database for the read scenario.
+    #[arg(long, default_value_t = 100_000)]
+    read_agents: usize,
+    #[arg(long, default_value_t = 1_000_000)]
+    read_incidents: usize,
+    /// Scenarios to run (comma-separated: ingest,inventory,presence,actions,reads,footprint).
+    #[arg(long, value_delimiter = ',', default_value = "ingest,inventory,presence,actions,reads,footprint")]
+    only: Vec<String>,
+    /// Where to write the results.
+    #[arg(long, default_value = "bench/results")]
+    out: std::path::PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    test_support::init_tracing();
+    let started = chrono::Utc::now();
+    let mut rows = Vec::new();
+    let wants = |s: &str| args.only.iter().any(|o| o == s);
+    if wants("statement") {
+        ingest::statement_alone(args.events, 1000, &mut rows).await?;
+        ingest::statement_alone(args.events, 5000, &mut rows).await?;
+    }
+    if wants("ingest") {
+        ingest::run(args.events, args.live_events, &mut rows).await?;
+    }
+    if wants("inventory") {
+        inventory::run(args.inventory_agents, args.snapshots_per_agent, &mut rows).await?;
+    }
+    if wants("presence") {
+        for size in &args.presence_sizes {
+            presence::run(*size, std::time::Duration::from_secs(args.presence_hold), &mut rows).await?;
+        }
+    }
+    if wants("actions") {
+        actions::run(&mut rows).await?;
+    }
+    if wants("reads") {
+        reads::run(args.read_agents, args.read_incidents, &mut rows).await?;
+    }
+    if wants("footprint") {
+        footprint::run(&mut rows).await?;
+    }
+    report::print_table(&rows);
+    let result = serde_json::json!({
+        "started_at": started,
+        "finished_at": chrono::Utc::now(),
+        "machine": report::machine(),
+        "rows": rows,
+    });
+    std::fs::create_dir_all(&args.out)?;
+    let text = serde_json::to_string_pretty(&result)?;
+    std::fs::write(args.out.join("latest.json"), &text)?;
+    std::fs::write(args.out.join(format!("{}.json", started.format("%Y%m%dT%H%M%SZ"))), &text)?;
+    let failed: Vec<_> = rows.iter().filter(|r| r.pass == Some(false)).collect();
+    if !failed.is_empty() {
+        eprintln!("{} figure(s) below their floor", failed.len());
+    }
+    Ok(())
+}

@@ -1,0 +1,191 @@
+//! Scenario 3: presence at 10,000 / 50,000 / 100,000 agents with a 10 s heartbeat:
+//! heartbeats/s sustained, tracker CPU and RSS, and how late offline is detected when
+//! 1% of the agents stop (marked offline minus last heartbeat minus the timeout).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::StreamExt;
+use natsbus::auth::Identity;
+use rand::seq::SliceRandom;
+use wire_models::{AgentId, PresenceChanged, PresenceState};
+
+use crate::ingest::prepare;
+use crate::proc::Sampler;
+use crate::report::Row;
+use crate::services;
+
+const INTERVAL: Duration = Duration::from_secs(10);
+const TIMEOUT: Duration = Duration::from_secs(30);
+const TICK: Duration = Duration::from_millis(100);
+
+pub(crate) async fn run(size: usize, hold: Duration, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let setup = prepare(size, &format!("bench-presence-{size}")).await?;
+    let tracker = services::start(
+        &setup.stack,
+        &Identity::PresenceTracker,
+        "presence-tracker",
+        &[("ADMIN_ADDR", "127.0.0.1:0".into()), ("PRESENCE_OFFLINE_INCIDENTS", "true".into())],
+    )
+    .await?;
+    let subjects = setup.stack.topology.subjects.clone();
+    let offline_seen: Arc<Mutex<HashMap<AgentId, SystemTime>>> = Arc::default();
+    let online_count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let listener = {
+        let client = setup.stack.client().await;
+        let mut sub = client.subscribe(subjects.all_presence_changes()).await?;
+        client.flush().await?;
+        let (seen, online) = (Arc::clone(&offline_seen), Arc::clone(&online_count));
+        tokio::spawn(async move {
+            let _keep = client;
+            while let Some(msg) = sub.next().await {
+                if let Ok(change) = wire_models::decode::<PresenceChanged>(&msg.payload) {
+                    match change.state {
+                        PresenceState::Offline => {
+                            seen.lock().unwrap().insert(change.agent_id, SystemTime::now());
+                        }
+                        PresenceState::Online => {
+                            online.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        })
+    };
+
+    // Heartbeats: each tick sends the agents whose slot it is, so the load is even.
+    let agents: Vec<_> = setup.fleet.agents().to_vec();
+    let last_sent: Arc<Mutex<HashMap<AgentId, SystemTime>>> = Arc::default();
+    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let driver = {
+        let (bus, agents, last_sent, sent, stop) =
+            (setup.bus.clone(), agents.clone(), Arc::clone(&last_sent), Arc::clone(&sent), stop.clone());
+        tokio::spawn(async move {
+            let slots = (INTERVAL.as_millis() / TICK.as_millis()) as usize;
+            let mut ticker = tokio::time::interval(TICK);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut tick = 0usize;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = ticker.tick() => {}
+                }
+                let due: Vec<_> = agents
+                    .iter()
+                    .skip(tick % slots)
+                    .step_by(slots)
+                    .filter(|a| !a.is_silent())
+                    .cloned()
+                    .collect();
+                tick += 1;
+                let bus = &bus;
+                let done: Vec<_> = futures::stream::iter(due)
+                    .map(|agent| async move {
+                        let ok = bus.put_heartbeat(&agent.heartbeat(INTERVAL)).await.is_ok();
+                        (agent.id.clone(), ok)
+                    })
+                    .buffer_unordered(512)
+                    .collect()
+                    .await;
+                let now = SystemTime::now();
+                let mut last = last_sent.lock().unwrap();
+                for (id, ok) in done {
+                    if ok {
+                        last.insert(id, now);
+                        sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }
+        })
+    };
+
+    // Warm-up: one full interval brings every agent online.
+    let warm = Instant::now();
+    while online_count.load(std::sync::atomic::Ordering::Relaxed) < size {
+        anyhow::ensure!(
+            warm.elapsed() < Duration::from_secs(60),
+            "only {} of {size} agents came online",
+            online_count.load(std::sync::atomic::Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let warmup = warm.elapsed();
+
+    // Steady state.
+    let mut sampler = Sampler::start(tracker.pid());
+    let sent_before = sent.load(std::sync::atomic::Ordering::Relaxed);
+    let steady = Instant::now();
+    while steady.elapsed() < hold {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        sampler.sample();
+    }
+    let rate = (sent.load(std::sync::atomic::Ordering::Relaxed) - sent_before) as f64
+        / steady.elapsed().as_secs_f64();
+    let (cores, rss) = (sampler.cores(), sampler.peak_rss_mib);
+
+    // 1% of the agents stop.
+    let mut chosen = agents.clone();
+    chosen.shuffle(&mut rand::rng());
+    let silenced: Vec<_> = chosen.into_iter().take((size / 100).max(1)).collect();
+    for agent in &silenced {
+        agent.set_silent(true);
+    }
+    // The driver may be mid-tick; let it finish before reading the last heartbeats.
+    tokio::time::sleep(TICK * 2).await;
+    let deadline = Instant::now() + TIMEOUT + INTERVAL + Duration::from_secs(15);
+    loop {
+        let seen = offline_seen.lock().unwrap().len();
+        if silenced.iter().all(|a| offline_seen.lock().unwrap().contains_key(&a.id))
+            || Instant::now() > deadline
+        {
+            let _ = seen;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.cancel();
+    let _ = driver.await;
+    listener.abort();
+    tracker.stop().await;
+
+    let last = last_sent.lock().unwrap();
+    let seen = offline_seen.lock().unwrap();
+    let mut delays: Vec<f64> = silenced
+        .iter()
+        .filter_map(|a| {
+            let marked = seen.get(&a.id)?;
+            let last = last.get(&a.id)?;
+            let due = *last + TIMEOUT;
+            Some(
+                marked
+                    .duration_since(due)
+                    .map(|d| d.as_secs_f64())
+                    .unwrap_or_else(|e| -e.duration().as_secs_f64()),
+            )
+        })
+        .collect();
+    let missed = silenced.len() - delays.len();
+    delays.sort_by(|a, b| a.total_cmp(b));
+    let pct =
+        |p: f64| delays.get(((delays.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(f64::NAN);
+    let (p50, p99, max) = (pct(0.5), pct(0.99), delays.last().copied().unwrap_or(f64::NAN));
+    let label = format!("{}k agents", size / 1000);
+    rows.push(
+        Row::new("presence", &format!("{label}: heartbeats sustained"), rate, "hb/s")
+            .baseline("target (agents / 10 s)", size as f64 / 10.0),
+    );
+    rows.push(Row::new("presence", &format!("{label}: all online after start"), warmup.as_secs_f64(), "s"));
+    rows.push(
+        Row::new("presence", &format!("{label}: tracker CPU"), cores, "cores").floor("< 1 core", cores < 1.0),
+    );
+    rows.push(Row::new("presence", &format!("{label}: tracker peak RSS"), rss, "MiB"));
+    rows.push(Row::new("presence", &format!("{label}: offline delay p50"), p50, "s"));
+    rows.push(
+        Row::new("presence", &format!("{label}: offline delay p99"), p99, "s")
+            .floor("<= 2 s past the timeout, none missed", p99 <= 2.0 && missed == 0),
+    );
+    rows.push(Row::new("presence", &format!("{label}: offline delay max ({missed} missed)"), max, "s"));
+    Ok(())
+}
