@@ -8,7 +8,7 @@ CARGO ?= cargo
 # cargo test is the fallback where it is not installed.
 TEST_RUNNER := $(shell if $(CARGO) nextest --version >/dev/null 2>&1; then echo "nextest run --no-fail-fast"; else echo "test --no-fail-fast"; fi)
 
-.PHONY: help run test stack build release fmt lint check bench chaos clean-stack
+.PHONY: help run test stack build release fmt lint check bench chaos clean-stack deploy-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -38,6 +38,9 @@ lint: ## formatting and clippy, as CI runs them
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 check: lint test ## everything CI runs
+
+deploy-check: ## validate docker-compose.yml, deploy/k8s and deploy/Dockerfile (no Docker needed)
+	@bash deploy/check.sh
 
 clean-stack: ## stop the NATS server started by `make run` and forget .stack/env
 	@if [ -f .stack/nats.pid ]; then kill "$$(cat .stack/nats.pid)" 2>/dev/null || true; rm -f .stack/nats.pid; fi
