@@ -39,6 +39,9 @@ lint: ## formatting and clippy, as CI runs them
 
 check: lint test ## everything CI runs
 
+bench: ## benchmarks against same-run baselines; writes bench/results/latest.json
+	@scripts/bench.sh $(BENCH_ARGS)
+
 deploy-check: ## validate docker-compose.yml, deploy/k8s and deploy/Dockerfile (no Docker needed)
 	@bash deploy/check.sh
 

@@ -42,7 +42,7 @@ where
     for w in 0..concurrency {
         let op = op.clone();
         workers.spawn(async move {
-            let mut latencies = Vec::with_capacity(per_worker);
+            let mut latencies = Vec::with_capacity(per_worker.min(100_000));
             let t0 = Instant::now();
             let mut i = 0;
             while i < per_worker && t0.elapsed() < duration {

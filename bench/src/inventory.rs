@@ -14,16 +14,18 @@ use crate::services;
 
 pub(crate) async fn run(agents: usize, per_agent: usize, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let setup = prepare(agents, "bench-inventory").await?;
-    // Every agent's first snapshot is new; after that each changes with probability 1/9,
-    // so that about 90% of all snapshots are unchanged.
+    // Every agent's first snapshot is new; later ones change with the probability that
+    // makes about 90% of all snapshots unchanged.
     let mut reports = Vec::with_capacity(agents * per_agent);
     let mut changes = 0usize;
     let mut last: HashMap<wire_models::AgentId, String> = HashMap::new();
     {
         let mut rng = rand::rng();
+        let total = (agents * per_agent) as f64;
+        let p_change = ((0.1 * total - agents as f64) / (total - agents as f64).max(1.0)).clamp(0.0, 1.0);
         for round in 0..per_agent {
             for agent in setup.fleet.agents() {
-                let change = round > 0 && rng.random_bool(1.0 / 9.0);
+                let change = round > 0 && rng.random_bool(p_change);
                 let report = agent.inventory(change);
                 let hash = report.snapshot_hash();
                 if last.insert(agent.id.clone(), hash.clone()).as_ref() != Some(&hash) {

@@ -409,7 +409,7 @@ async fn answer(
     let started = Instant::now();
     let reply = match wire_models::decode::<RpcRequest>(&msg.payload) {
         Ok(request) => {
-            tracing::info!(command = %request.command.name(), request_id = %request.request_id, "rpc received");
+            tracing::debug!(command = %request.command.name(), request_id = %request.request_id, "rpc received");
             if !behaviour.delay.is_zero() {
                 tokio::time::sleep(behaviour.delay).await;
             }

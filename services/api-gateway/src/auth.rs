@@ -193,14 +193,21 @@ impl FromRequestParts<AppState> for CurrentUser {
             .filter(|t| !t.is_empty())
             .ok_or_else(|| ApiError::Unauthenticated("expected `Authorization: Bearer <token>`".into()))?;
         let claims = state.jwt.verify(token)?;
-        let user = storage::users::by_id(&state.pool, claims.sub)
-            .await?
-            .filter(|u| !u.disabled)
-            .ok_or_else(|| ApiError::Unauthenticated("user unknown or disabled".into()))?;
-        let role = Role::parse(&user.role)
-            .ok_or_else(|| ApiError::Unauthenticated("user has no valid role".into()))?;
-        state.limiter.per_user(user.id).await?;
-        let current = CurrentUser { id: user.id, email: user.email, role };
+        let current = match state.users.get(claims.sub) {
+            Some(user) => user,
+            None => {
+                let user = storage::users::by_id(&state.pool, claims.sub)
+                    .await?
+                    .filter(|u| !u.disabled)
+                    .ok_or_else(|| ApiError::Unauthenticated("user unknown or disabled".into()))?;
+                let role = Role::parse(&user.role)
+                    .ok_or_else(|| ApiError::Unauthenticated("user has no valid role".into()))?;
+                let current = CurrentUser { id: user.id, email: user.email, role };
+                state.users.put(current.clone());
+                current
+            }
+        };
+        state.limiter.per_user(current.id).await?;
         parts.extensions.insert(current.clone());
         Ok(current)
     }
@@ -231,3 +238,33 @@ macro_rules! role_extractor {
 role_extractor!(Viewer, Role::Viewer, "Any authenticated user.");
 role_extractor!(Operator, Role::Operator, "An operator or an admin.");
 role_extractor!(Admin, Role::Admin, "An admin.");
+
+/// Users seen in the last second. A role change or a disabled account takes effect
+/// within that second on every replica (at once on the replica that made the change);
+/// it saves a query on every request.
+#[derive(Default)]
+pub(crate) struct UserCache {
+    // Locked only to read or write one entry; never across an await.
+    entries: std::sync::Mutex<std::collections::HashMap<Uuid, (CurrentUser, std::time::Instant)>>,
+}
+
+impl UserCache {
+    const TTL: Duration = Duration::from_secs(1);
+
+    pub(crate) fn get(&self, id: Uuid) -> Option<CurrentUser> {
+        let entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        entries.get(&id).filter(|(_, at)| at.elapsed() < Self::TTL).map(|(user, _)| user.clone())
+    }
+
+    pub(crate) fn put(&self, user: CurrentUser) {
+        let mut entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if entries.len() > 10_000 {
+            entries.retain(|_, (_, at)| at.elapsed() < Self::TTL);
+        }
+        entries.insert(user.id, (user, std::time::Instant::now()));
+    }
+
+    pub(crate) fn forget(&self, id: Uuid) {
+        self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&id);
+    }
+}

@@ -130,6 +130,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         subjects: config.nats.subjects(),
         jwt: auth::JwtKeys::new(&secret, &serve.jwt_issuer, serve.token_ttl),
         limiter: ratelimit::RateLimiter::new(redis.clone(), config.redis.keys(), limits),
+        users: auth::UserCache::default(),
         rpc_timeout: serve.rpc_timeout,
         analyze_timeout: serve.analyze_timeout,
         bootstrap_token_hash: serve

@@ -22,6 +22,7 @@ pub(crate) struct Inner {
     pub(crate) subjects: Subjects,
     pub(crate) jwt: JwtKeys,
     pub(crate) limiter: RateLimiter,
+    pub(crate) users: crate::auth::UserCache,
     /// How long an execute waits for the agent's reply.
     pub(crate) rpc_timeout: Duration,
     /// How long an analyze waits for the analyzer.

@@ -48,7 +48,7 @@ pub struct Config {
     #[arg(long = "shutdown-grace", env = "SHUTDOWN_GRACE", value_name = "SHUTDOWN_GRACE", default_value = "20s", value_parser = service_kit::config::parse_duration)]
     pub shutdown_grace: Duration,
     /// Largest batch fetched and written at once.
-    #[arg(long = "batch-size", env = "INGEST_BATCH_SIZE", value_name = "INGEST_BATCH_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u16).range(1..=10_000))]
+    #[arg(long = "batch-size", env = "INGEST_BATCH_SIZE", value_name = "INGEST_BATCH_SIZE", default_value_t = 2500, value_parser = clap::value_parser!(u16).range(1..=10_000))]
     pub batch_size: u16,
     /// How long a batch waits for more messages after its first (latency a trickle
     /// pays, for full batches under load).

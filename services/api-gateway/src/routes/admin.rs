@@ -174,6 +174,7 @@ pub(crate) async fn update_user(
     )
     .await?
     .ok_or_else(|| ApiError::NotFound(format!("user {id} not found")))?;
+    state.users.forget(id);
     tracing::info!(user_id = %id, by = %admin.email, "user updated");
     Ok(Json(user.into()))
 }

@@ -5,6 +5,7 @@ mod agents;
 mod analysis;
 mod auth;
 mod bus_security;
+mod docs;
 mod enroll;
 mod execute;
 mod helpers;
