@@ -39,6 +39,12 @@ lint: ## formatting and clippy, as CI runs them
 
 check: lint test ## everything CI runs
 
+chaos: ## faults under load with exact accounting, hostile input, fuzzing, secrets check (release build)
+	@scripts/dev-services.sh --test
+	@scripts/chaos-tools.sh
+	$(CARGO) build --workspace --bins --release
+	@source .stack/env && target/release/opspilot-chaos $(CHAOS_ARGS)
+
 bench: ## benchmarks against same-run baselines; writes bench/results/latest.json
 	@scripts/bench.sh $(BENCH_ARGS)
 

@@ -51,8 +51,8 @@ impl Row {
 pub(crate) fn print_table(rows: &[Row]) {
     println!();
     println!(
-        "{:<10} {:<44} {:>12} {:<8} {:>12} {:<26} {:>7}  {}",
-        "scenario", "metric", "value", "unit", "baseline", "baseline of", "ratio", "floor"
+        "{:<10} {:<44} {:>12} {:<8} {:>12} {:<26} {:>7}  floor",
+        "scenario", "metric", "value", "unit", "baseline", "baseline of", "ratio"
     );
     println!("{}", "-".repeat(140));
     for r in rows {

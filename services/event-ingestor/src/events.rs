@@ -177,7 +177,6 @@ impl BatchHandler for EventsHandler {
         }
         drop(spans);
 
-
         Stats::add(&self.stats.messages, size as u64);
         Stats::add(&self.stats.total, size as u64);
         Stats::add(&self.stats.batches, 1);

@@ -81,7 +81,7 @@ pub struct Config {
     pub offline_timeout: Option<Duration>,
     /// How often the deadline scan runs. It runs always and bounds the detection delay
     /// by itself (keyspace events only make detection faster).
-    #[arg(long = "reconcile-interval", env = "PRESENCE_RECONCILE_INTERVAL", value_name = "PRESENCE_RECONCILE_INTERVAL", default_value = "2s", value_parser = service_kit::config::parse_duration)]
+    #[arg(long = "reconcile-interval", env = "PRESENCE_RECONCILE_INTERVAL", value_name = "PRESENCE_RECONCILE_INTERVAL", default_value = "1s", value_parser = service_kit::config::parse_duration)]
     pub reconcile_interval: Duration,
     /// How often `last_seen_at` of agents that stay online is written to Postgres (one
     /// statement per flush).

@@ -268,7 +268,7 @@ async fn a_hostile_corpus_on_every_agent_subject_is_dead_lettered_or_deduplicate
     // Nothing from the attacker, the victim or the stranger got in.
     for id in [&attacker.id, &victim.id, &stranger.id] {
         let rows: i64 = sqlx::query_scalar(
-            "SELECT (SELECT count(*) FROM ingested_events WHERE agent_id = $1) + \
+            "SELECT (SELECT count(*) FROM incidents WHERE agent_id = $1) + \
                     (SELECT count(*) FROM agents_inventory WHERE agent_id = $1)",
         )
         .bind(id.as_str())

@@ -4,6 +4,7 @@
 mod bad_input;
 mod faults;
 mod helpers;
+mod hostile;
 mod lifecycle;
 mod presence;
 mod replicas;

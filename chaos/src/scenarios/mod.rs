@@ -1,0 +1,198 @@
+//! The five fault scenarios. Each starts a cluster of its own, runs simulated agents
+//! under load, injects its fault, and ends in the exact accounting of
+//! [`crate::accounting`] plus its own checks (presence bounds, exit codes, latency).
+
+mod analyzer;
+mod deps;
+mod kill;
+mod nats;
+mod sigterm;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::accounting::{self, Accounting, Observed};
+use crate::binaries::Binaries;
+use crate::cluster::{Cluster, ProbeResult};
+use crate::load::Ledger;
+use crate::secrets::Secrets;
+
+/// The scenarios, in the order a full run goes through them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// SIGKILL one of two ingestors every few seconds, restarting it each time.
+    Kill,
+    /// Restart the NATS server mid-run.
+    Nats,
+    /// Cut Postgres, then Redis, mid-run.
+    Deps,
+    /// SIGTERM every service mid-run, then restart them.
+    Sigterm,
+    /// The ai-analyzer gone: analyze answers 503 at once, the rest carries on.
+    Analyzer,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 5] =
+        [Scenario::Kill, Scenario::Nats, Scenario::Deps, Scenario::Sigterm, Scenario::Analyzer];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Scenario::Kill => "1 sigkill-ingestors",
+            Scenario::Nats => "2 nats-restart",
+            Scenario::Deps => "3 postgres-redis-outage",
+            Scenario::Sigterm => "4 sigterm-everything",
+            Scenario::Analyzer => "5 analyzer-gone",
+        }
+    }
+
+    fn dir_name(self) -> &'static str {
+        match self {
+            Scenario::Kill => "1-kill",
+            Scenario::Nats => "2-nats",
+            Scenario::Deps => "3-deps",
+            Scenario::Sigterm => "4-sigterm",
+            Scenario::Analyzer => "5-analyzer",
+        }
+    }
+}
+
+/// How big and how fast.
+#[derive(Debug, Clone)]
+pub struct Sizes {
+    /// Events of the kill scenario.
+    pub kill_events: u64,
+    /// Events per second in the kill scenario.
+    pub kill_rate: f64,
+    /// Events of each other scenario.
+    pub events: u64,
+    /// Events per second in the other scenarios.
+    pub rate: f64,
+    /// Agents in the bulk fleet.
+    pub fleet: usize,
+    /// Time between two SIGKILLs (jittered by up to a third).
+    pub kill_every: Duration,
+    /// How long Postgres and Redis stay cut.
+    pub outage: Duration,
+    /// How long the NATS server stays down.
+    pub nats_outage: Duration,
+}
+
+/// What every scenario gets.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub run_dir: PathBuf,
+    pub bins: Binaries,
+    pub secrets: Secrets,
+    pub sizes: Sizes,
+}
+
+/// Runs one scenario to its accounting; an error or a panic becomes a failed row.
+pub async fn run(scenario: Scenario, ctx: &Ctx) -> Accounting {
+    let started = Instant::now();
+    let ctx2 = ctx.clone();
+    let task = tokio::spawn(async move {
+        match scenario {
+            Scenario::Kill => kill::run(&ctx2).await,
+            Scenario::Nats => nats::run(&ctx2).await,
+            Scenario::Deps => deps::run(&ctx2).await,
+            Scenario::Sigterm => sigterm::run(&ctx2).await,
+            Scenario::Analyzer => analyzer::run(&ctx2).await,
+        }
+    });
+    let mut accounting = match task.await {
+        Ok(Ok(accounting)) => accounting,
+        Ok(Err(err)) => Accounting::aborted(scenario.label(), &err, started.elapsed()),
+        Err(err) => {
+            let message = match err.try_into_panic() {
+                Ok(panic) => panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                    .unwrap_or_else(|| "a panic".to_owned()),
+                Err(err) => err.to_string(),
+            };
+            Accounting::aborted(scenario.label(), &anyhow::anyhow!("panicked: {message}"), started.elapsed())
+        }
+    };
+    accounting.elapsed = started.elapsed();
+    accounting
+}
+
+/// What a scenario body hands back before the accounting.
+#[derive(Default)]
+struct Outcome {
+    ledger: Ledger,
+    notes: Vec<String>,
+    failures: Vec<String>,
+}
+
+impl Outcome {
+    fn note(&mut self, note: impl Into<String>) {
+        self.notes.push(note.into());
+    }
+
+    fn check(&mut self, ok: bool, failure: impl Into<String>) {
+        if !ok {
+            self.failures.push(failure.into());
+        }
+    }
+
+    /// Records how long the probe agents took to be right again, against `bound`.
+    fn presence(&mut self, what: &str, result: ProbeResult, bound: Duration) {
+        self.note(format!(
+            "after {what}: silenced agent offline in {:.1}s, new agent online in {:.1}s (bound {:.0}s)",
+            result.leaving_offline_after.as_secs_f64(),
+            result.newcomer_online_after.as_secs_f64(),
+            bound.as_secs_f64()
+        ));
+        self.check(
+            result.leaving_offline_after <= bound,
+            format!(
+                "after {what} the silenced agent went offline only after {:?}",
+                result.leaving_offline_after
+            ),
+        );
+        self.check(
+            result.newcomer_online_after <= bound,
+            format!("after {what} the new agent came online only after {:?}", result.newcomer_online_after),
+        );
+    }
+}
+
+/// Drains, reads what was stored and dead-lettered, and reconciles it with the ledger;
+/// then stops the cluster (whose own failures count too).
+async fn conclude(cluster: Cluster, label: &str, outcome: anyhow::Result<Outcome>) -> Accounting {
+    let mut accounting = match account(&cluster, label, outcome).await {
+        Ok(accounting) => accounting,
+        Err(err) => Accounting::aborted(label, &err, Duration::ZERO),
+    };
+    for failure in cluster.finish().await {
+        accounting.fail(failure);
+    }
+    accounting
+}
+
+async fn account(
+    cluster: &Cluster,
+    label: &str,
+    outcome: anyhow::Result<Outcome>,
+) -> anyhow::Result<Accounting> {
+    let mut outcome = outcome?;
+    cluster.drain(Duration::from_secs(180)).await?;
+    let js = cluster.jetstream().await;
+    let observed = Observed::read(&cluster.stack.db.pool, &js, &cluster.stack.topology.dlq_stream).await?;
+    let mut accounting = accounting::reconcile(label, &outcome.ledger, &observed);
+    outcome.failures.extend(cluster.speakers_never_offline().await?);
+    accounting.notes.append(&mut outcome.notes);
+    accounting.failures.append(&mut outcome.failures);
+    Ok(accounting)
+}
+
+/// Sleeps `base` give or take a third, so kills do not fall into a rhythm.
+fn jittered(base: Duration) -> Duration {
+    use rand::Rng;
+    let third = base.as_millis() as u64 / 3;
+    let jitter = rand::rng().random_range(0..=third.saturating_mul(2));
+    (base + Duration::from_millis(jitter)).saturating_sub(Duration::from_millis(third))
+}
