@@ -31,6 +31,9 @@ pub(crate) async fn start(stack: &Stack) -> anyhow::Result<Gateway> {
             // is measured here.
             ("RATE_LIMIT_PER_IP", "0".into()),
             ("RATE_LIMIT_PER_USER", "0".into()),
+            // Sized like a production pool: about twice the database server's cores, which
+            // here are the machine's own. More connections only add context switches.
+            ("DB_MAX_CONNECTIONS", pool_size()),
         ],
     )
     .await?;
@@ -45,4 +48,12 @@ pub(crate) async fn start(stack: &Stack) -> anyhow::Result<Gateway> {
     let token =
         login["access_token"].as_str().ok_or_else(|| anyhow::anyhow!("login failed: {login}"))?.to_owned();
     Ok(Gateway { service, base, token, port })
+}
+
+/// `BENCH_GATEWAY_DB_CONNECTIONS`, or twice the machine's cores (at least 4).
+fn pool_size() -> String {
+    std::env::var("BENCH_GATEWAY_DB_CONNECTIONS").unwrap_or_else(|_| {
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+        (cores * 2).max(4).to_string()
+    })
 }

@@ -234,6 +234,7 @@ pub async fn get(pool: &PgPool, id: i64) -> Result<Option<IncidentRow>, StorageE
 }
 
 /// An agent's incidents, newest first; `before` is the last id of the previous page.
+/// Empty for an unknown or revoked agent too: the caller tells those apart.
 pub async fn list_for_agent(
     pool: &PgPool,
     agent: &AgentId,
@@ -244,6 +245,7 @@ pub async fn list_for_agent(
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {INCIDENT_COLUMNS} FROM incidents
          WHERE agent_id = $1 AND ($2::text IS NULL OR status = $2) AND ($3::bigint IS NULL OR id < $3)
+           AND EXISTS (SELECT 1 FROM agents WHERE id = $1 AND revoked_at IS NULL)
          ORDER BY id DESC LIMIT $4"
     )))
     .bind(agent.as_str())

@@ -33,6 +33,9 @@ pub async fn connect(config: &DbConfig) -> Result<PgPool, StorageError> {
     connect_with(options, config.max_connections, config.acquire_timeout).await
 }
 
+/// A pooled connection idle at least this long is pinged before reuse.
+const IDLE_BEFORE_PING: Duration = Duration::from_secs(1);
+
 /// Opens a pool from explicit options (tests build their own).
 pub async fn connect_with(
     options: PgConnectOptions,
@@ -44,6 +47,18 @@ pub async fn connect_with(
         .min_connections(0)
         .acquire_timeout(acquire_timeout)
         .idle_timeout(Some(Duration::from_secs(300)))
+        // Pinging before every acquire doubles the round trips of a busy pool. A connection
+        // in steady use has just proven itself; one that sat idle (the server may have
+        // restarted meanwhile) is still checked before it is handed out.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= IDLE_BEFORE_PING {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_with(options)
         .await
         .map_err(StorageError::Connect)?;

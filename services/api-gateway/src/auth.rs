@@ -217,7 +217,6 @@ macro_rules! role_extractor {
     ($name:ident, $role:expr, $doc:literal) => {
         #[doc = $doc]
         #[allow(dead_code)] // read-only handlers only need the check, not the user
-        #[allow(dead_code)] // read-only handlers only need the check, not the user
         pub(crate) struct $name(pub(crate) CurrentUser);
 
         impl FromRequestParts<AppState> for $name {

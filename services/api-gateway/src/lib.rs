@@ -143,7 +143,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             agents_bucket: config.nats.agents_bucket.clone(),
             heartbeat_interval_secs: serve.agent_heartbeat_interval,
         },
-        cache_ttl: serve.cache_ttl,
+        page_cache: cache::PageCache::new(serve.cache_ttl),
         bus_auth: std::sync::Arc::clone(&bus_auth),
         default_offline_threshold: serve.offline_threshold,
     });

@@ -33,8 +33,8 @@ pub(crate) struct Inner {
     pub(crate) enrollment: EnrollmentInfo,
     /// Agent credentials and revocations (bus security).
     pub(crate) bus_auth: Arc<crate::bus_auth::BusAuth>,
-    /// TTL of cached reads (agent lists).
-    pub(crate) cache_ttl: Duration,
+    /// Cached reads (agent lists).
+    pub(crate) page_cache: crate::cache::PageCache,
     /// Agents silent longer than this are offline when Redis has no fresher word.
     pub(crate) default_offline_threshold: Duration,
 }

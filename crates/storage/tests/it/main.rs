@@ -3,4 +3,5 @@
 
 mod analysis;
 mod migrations;
+mod pool;
 mod presence;

@@ -42,7 +42,7 @@ pub(crate) async fn list(
     State(state): State<AppState>,
     _viewer: Viewer,
     ApiQuery(query): ApiQuery<ListQuery>,
-) -> ApiResult<Json<AgentPage>> {
+) -> ApiResult<axum::response::Response> {
     let limit = page_size(query.limit)?;
     if let Some(status) = &query.status
         && status != "online"
@@ -65,24 +65,24 @@ pub(crate) async fn list(
             format!("{:?}|{:?}|{:?}|{limit}", query.status, query.hostname_prefix, after).as_bytes()
         )
     );
-    if let Some(page) = crate::cache::get::<AgentPage>(&state, &cache_key).await {
-        return Ok(Json(page));
-    }
-    let rows = storage::agents::list(
-        &state.pool,
-        &storage::agents::AgentFilter {
-            status: query.status.as_deref(),
-            hostname_prefix: query.hostname_prefix.as_deref(),
-            after: after.as_ref().map(|a| a.as_str()),
-            limit,
-            include_revoked: false,
-        },
-    )
-    .await?;
-    let next_cursor = (rows.len() as i64 == limit).then(|| rows.last().map(|r| r.id.clone())).flatten();
-    let page = AgentPage { items: presence_view::agent_views(&state, rows).await, next_cursor };
-    crate::cache::put(&state, &cache_key, &page).await;
-    Ok(Json(page))
+    // A hit is served as the stored bytes: no decoding and re-encoding of the page.
+    crate::cache::read_through(&state, &cache_key, async {
+        let rows = storage::agents::list(
+            &state.pool,
+            &storage::agents::AgentFilter {
+                status: query.status.as_deref(),
+                hostname_prefix: query.hostname_prefix.as_deref(),
+                after: after.as_ref().map(|a| a.as_str()),
+                limit,
+                include_revoked: false,
+            },
+        )
+        .await?;
+        let next_cursor = (rows.len() as i64 == limit).then(|| rows.last().map(|r| r.id.clone())).flatten();
+        let page = AgentPage { items: presence_view::agent_views(&state, rows).await, next_cursor };
+        serde_json::to_vec(&page).map_err(|e| ApiError::Internal(e.into()))
+    })
+    .await
 }
 
 /// One agent with its presence and latest inventory.
@@ -194,10 +194,14 @@ pub(crate) async fn incidents(
             "status must be new, analyzed, acknowledged or resolved",
         ));
     }
-    find_agent(&state, &id).await?;
     let rows =
         storage::incidents::list_for_agent(&state.pool, &id, query.status.as_deref(), query.before, limit)
             .await?;
+    // One query answers the common case; only an empty page needs to know whether the
+    // agent exists at all (404) or simply has nothing to show.
+    if rows.is_empty() {
+        find_agent(&state, &id).await?;
+    }
     let next_cursor = (rows.len() as i64 == limit).then(|| rows.last().map(|r| r.id)).flatten();
     Ok(Json(IncidentPage { items: rows.into_iter().map(Into::into).collect(), next_cursor }))
 }

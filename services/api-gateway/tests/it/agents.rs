@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -124,9 +126,76 @@ async fn agent_detail_incidents_and_inventory() {
     assert_eq!(resolved["items"].as_array().unwrap().len(), 1);
     assert_eq!(resolved["items"][0]["type"], "oom");
 
+    // A known agent with nothing to show is an empty page, not a 404.
+    let (status, empty) =
+        api.get(&format!("/api/v1/agents/{id}/incidents?status=acknowledged"), &api.viewer).await;
+    assert_eq!(status, StatusCode::OK, "{empty}");
+    assert_eq!(empty["items"].as_array().unwrap().len(), 0);
+
     // Unknown agents are 404, malformed ids 400.
     assert_eq!(api.get("/api/v1/agents/000000000000", &api.viewer).await.0, StatusCode::NOT_FOUND);
     assert_eq!(api.get("/api/v1/agents/000000000000/incidents", &api.viewer).await.0, StatusCode::NOT_FOUND);
     assert_eq!(api.get("/api/v1/agents/NOT-AN-ID/incidents", &api.viewer).await.0, StatusCode::BAD_REQUEST);
+
+    // A revoked agent's incidents are gone from the API with it, though the rows remain.
+    sqlx::query("UPDATE agents SET revoked_at = now() WHERE id = $1")
+        .bind(&id)
+        .execute(&api.stack.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        api.get(&format!("/api/v1/agents/{id}/incidents"), &api.viewer).await.0,
+        StatusCode::NOT_FOUND
+    );
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn agent_lists_are_cached_for_the_ttl_and_shared_between_replicas() {
+    let api = start(&["--cache-ttl", "4s"]).await;
+    api.online_fleet("cache-a", 3).await;
+    let count = |page: &Value| page["items"].as_array().map_or(usize::MAX, Vec::len);
+    let replica = api.replica(&["--cache-ttl", "4s"]).await;
+    let from_replica = || async {
+        let response = api
+            .http
+            .get(format!("{}/api/v1/agents?limit=100", replica.base))
+            .bearer_auth(&api.viewer)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json::<Value>().await.unwrap()
+    };
+
+    let (_, first) = api.get("/api/v1/agents?limit=100", &api.viewer).await;
+    assert_eq!(count(&first), 3);
+    api.online_fleet("cache-b", 2).await;
+    let (_, again) = api.get("/api/v1/agents?limit=100", &api.viewer).await;
+    assert_eq!(count(&again), 3, "within the TTL the page comes from this replica's memory");
+    assert_eq!(count(&from_replica().await), 3, "a replica that never built the page takes it from Redis");
+
+    test_support::eventually(
+        Duration::from_secs(8),
+        "both replicas show the new agents after the TTL",
+        || async {
+            let (_, page) = api.get("/api/v1/agents?limit=100", &api.viewer).await;
+            (count(&page) == 5 && count(&from_replica().await) == 5).then_some(())
+        },
+    )
+    .await;
+    replica.stop().await;
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn agent_lists_are_fresh_with_the_cache_off() {
+    let api = start(&["--cache-ttl", "0s"]).await;
+    api.online_fleet("nocache-a", 2).await;
+    let (_, first) = api.get("/api/v1/agents?limit=100", &api.viewer).await;
+    assert_eq!(first["items"].as_array().unwrap().len(), 2);
+    api.online_fleet("nocache-b", 1).await;
+    let (_, second) = api.get("/api/v1/agents?limit=100", &api.viewer).await;
+    assert_eq!(second["items"].as_array().unwrap().len(), 3);
     api.stop().await;
 }

@@ -32,7 +32,7 @@ pub async fn start(extra: &[&str]) -> Api {
     start_on(stack, extra).await
 }
 
-pub async fn start_on(stack: Stack, extra: &[&str]) -> Api {
+fn config_for(stack: &Stack, extra: &[&str]) -> Config {
     let mut args = vec![
         "api-gateway".to_owned(),
         "--http-addr".into(),
@@ -56,6 +56,11 @@ pub async fn start_on(stack: Stack, extra: &[&str]) -> Api {
     args.extend(extra.iter().map(|s| (*s).to_owned()));
     let config = Config::try_parse_from(args).unwrap();
     config.validate().unwrap();
+    config
+}
+
+pub async fn start_on(stack: Stack, extra: &[&str]) -> Api {
+    let config = config_for(&stack, extra);
     let shutdown = CancellationToken::new();
     let running = api_gateway::start(config, shutdown.clone()).await.unwrap();
     let base = format!("http://{}", running.addr);
@@ -190,6 +195,13 @@ impl Api {
             .unwrap()
     }
 
+    /// A second gateway on the same stack, as another replica behind a load balancer.
+    pub async fn replica(&self, extra: &[&str]) -> Replica {
+        let shutdown = CancellationToken::new();
+        let running = api_gateway::start(config_for(&self.stack, extra), shutdown.clone()).await.unwrap();
+        Replica { base: format!("http://{}", running.addr), running, shutdown }
+    }
+
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         if let Some(running) = self.running.take() {
@@ -203,4 +215,18 @@ pub fn assert_problem(status: StatusCode, body: &Value, expected: StatusCode, sl
     assert_eq!(status, expected, "{body}");
     assert_eq!(body["type"], format!("urn:opspilot:problem:{slug}"), "{body}");
     assert_eq!(body["status"], expected.as_u16(), "{body}");
+}
+
+/// Another gateway process on an [`Api`]'s stack.
+pub struct Replica {
+    pub base: String,
+    running: Running,
+    shutdown: CancellationToken,
+}
+
+impl Replica {
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(20), self.running.wait()).await.unwrap().unwrap();
+    }
 }
