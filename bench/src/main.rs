@@ -42,7 +42,8 @@ struct Args {
     read_agents: usize,
     #[arg(long, default_value_t = 1_000_000)]
     read_incidents: usize,
-    /// Scenarios to run (comma-separated: ingest,inventory,presence,actions,reads,footprint).
+    /// Scenarios to run (comma-separated: ingest,inventory,presence,actions,reads,footprint;
+    /// `statement` times the ingest SQL statement alone, for profiling, and is not in the default).
     #[arg(long, value_delimiter = ',', default_value = "ingest,inventory,presence,actions,reads,footprint")]
     only: Vec<String>,
     /// Where to write the results.
