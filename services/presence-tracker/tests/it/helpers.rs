@@ -211,6 +211,13 @@ pub async fn dead_letters(stack: &Stack) -> Vec<(String, String, Vec<u8>)> {
     out
 }
 
+/// How many messages the dead-letter stream holds.
+pub async fn dead_letter_count(stack: &Stack) -> u64 {
+    let js = stack.jetstream().await;
+    let mut stream = js.get_stream(&stack.topology.dlq_stream).await.unwrap();
+    stream.info().await.unwrap().state.messages
+}
+
 /// The Redis view the API reads.
 pub async fn redis_view(stack: &Stack, id: &AgentId) -> Option<presence::PresenceView> {
     #[derive(Parser)]
