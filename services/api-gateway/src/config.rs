@@ -139,6 +139,9 @@ pub struct ServeArgs {
     /// How long an execute waits for the agent's reply before answering 504.
     #[arg(id = "rpc-timeout", long = "rpc-timeout", env = "RPC_TIMEOUT", value_name = "RPC_TIMEOUT", default_value = "10s", value_parser = parse_duration, global = true)]
     pub rpc_timeout: Duration,
+    /// How long a client may take to send a whole request body before it gets 408.
+    #[arg(id = "body-timeout", long = "body-timeout", env = "BODY_TIMEOUT", value_name = "BODY_TIMEOUT", default_value = "10s", value_parser = parse_duration, global = true)]
+    pub body_timeout: Duration,
     /// How long an analyze waits for the ai-analyzer.
     #[arg(id = "analyze-timeout", long = "analyze-timeout", env = "ANALYZE_TIMEOUT", value_name = "ANALYZE_TIMEOUT", default_value = "60s", value_parser = parse_duration, global = true)]
     pub analyze_timeout: Duration,
@@ -272,6 +275,9 @@ impl Config {
         }
         if self.serve.rpc_timeout.is_zero() || self.serve.rpc_timeout > Duration::from_secs(300) {
             return Err("RPC_TIMEOUT: between 1ms and 5m".into());
+        }
+        if self.serve.body_timeout.is_zero() || self.serve.body_timeout > Duration::from_secs(300) {
+            return Err("BODY_TIMEOUT: between 1ms and 5m".into());
         }
         if self.serve.analyze_timeout.is_zero() {
             return Err("ANALYZE_TIMEOUT: must be positive".into());

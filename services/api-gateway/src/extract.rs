@@ -8,7 +8,13 @@ use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
 
-/// `Json<T>` with problem+json rejections.
+/// How long a whole request body may take to arrive, set once on the router. The
+/// body limit bounds the size of a body but not its pace: without a deadline a client
+/// trickling a byte at a time holds a connection and a task for as long as it likes.
+#[derive(Clone, Copy)]
+pub(crate) struct BodyDeadline(pub std::time::Duration);
+
+/// `Json<T>` with problem+json rejections, read within the [`BodyDeadline`].
 pub(crate) struct ApiJson<T>(pub T);
 
 impl<S, T> FromRequest<S> for ApiJson<T>
@@ -19,7 +25,15 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
+        let deadline = req.extensions().get::<BodyDeadline>().copied();
+        let read = axum::Json::<T>::from_request(req, state);
+        let read = match deadline {
+            Some(BodyDeadline(limit)) => {
+                tokio::time::timeout(limit, read).await.map_err(|_| ApiError::BodyTimeout(limit))?
+            }
+            None => read.await,
+        };
+        match read {
             Ok(axum::Json(value)) => Ok(ApiJson(value)),
             Err(rejection) => Err(json_rejection(rejection)),
         }

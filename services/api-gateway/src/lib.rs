@@ -152,7 +152,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .with_check("postgres", storage::ready_check(pool.clone()))
         .with_check("nats", natsbus::ready_check(client.clone()))
         .with_check("redis", presence::ready_check(redis.clone()));
-    let app = router(state, readiness, serve.trust_proxy);
+    let app = router(state, readiness, serve.trust_proxy, serve.body_timeout);
     tokio::spawn(bus_auth::resync_forever(
         bus_auth,
         pool.clone(),
@@ -185,7 +185,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     Ok(Running { addr, task })
 }
 
-fn router(state: state::AppState, readiness: Readiness, trust_proxy: bool) -> Router {
+fn router(
+    state: state::AppState,
+    readiness: Readiness,
+    trust_proxy: bool,
+    body_timeout: std::time::Duration,
+) -> Router {
     let (api, openapi) = routes::api();
     let api =
         api.layer(axum::middleware::from_fn_with_state(state.clone(), http::rate_limit)).with_state(state);
@@ -200,6 +205,7 @@ fn router(state: state::AppState, readiness: Readiness, trust_proxy: bool) -> Ro
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn(http::announced_body_limit))
         .layer(axum::Extension(client_ip::TrustProxy(trust_proxy)))
+        .layer(axum::Extension(extract::BodyDeadline(body_timeout)))
         .layer(CatchPanicLayer::custom(http::panic_response))
 }
 

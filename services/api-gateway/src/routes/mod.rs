@@ -73,6 +73,7 @@ impl utoipa::Modify for CommonContract {
                     add("403", "The user's role does not allow this");
                 }
                 if has_body {
+                    add("408", "The body did not arrive within BODY_TIMEOUT");
                     add("413", "Body over 64 KiB");
                     add("415", "Body that is not application/json");
                 }

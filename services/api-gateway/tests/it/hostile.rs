@@ -176,6 +176,58 @@ async fn an_announced_oversized_body_is_refused_before_it_is_read() {
     api.stop().await;
 }
 
+/// A client trickling its body a byte at a time gets 408 once the whole body is late,
+/// however steadily the bytes keep coming; a prompt client is unaffected.
+#[tokio::test]
+async fn a_body_that_trickles_in_is_cut_off_at_the_body_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let api = start(&["--body-timeout", "1s"]).await;
+    let mut stream = tokio::net::TcpStream::connect(api.base.trim_start_matches("http://")).await.unwrap();
+    stream
+        .write_all(
+            b"POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              Content-Length: 1000\r\n\r\n{",
+        )
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = vec![0u8; 4096];
+    // One byte every 200 ms: never idle for long, yet never done.
+    let n = loop {
+        tokio::select! {
+            read = stream.read(&mut buf) => break read.unwrap(),
+            _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {
+                assert!(started.elapsed() < std::time::Duration::from_secs(10), "still reading after 10 s");
+                if stream.write_all(b" ").await.is_err() {
+                    // The gateway may answer and close between our reads.
+                    break stream.read(&mut buf).await.unwrap();
+                }
+            }
+        }
+    };
+    let waited = started.elapsed();
+    // The answer closes the connection: read the rest of it.
+    let mut answer = buf[..n].to_vec();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    let head = String::from_utf8_lossy(&answer);
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("connection: close"), "{head}");
+    assert!(head.contains("application/problem+json"), "{head}");
+    assert!(head.contains("urn:opspilot:problem:body-timeout"), "{head}");
+    assert!(waited >= std::time::Duration::from_millis(900), "cut off too early: {waited:?}");
+    drop(stream);
+    let (status, _) = api
+        .call(
+            Method::POST,
+            "/api/v1/auth/login",
+            None,
+            Some(json!({"email": "x@example.com", "password": "wrong password!"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    api.stop().await;
+}
+
 #[tokio::test]
 async fn the_openapi_document_is_complete_and_the_docs_page_is_served() {
     let api = start(&[]).await;
@@ -208,7 +260,7 @@ async fn the_openapi_document_is_complete_and_the_docs_page_is_served() {
                 expected.extend(["401", "403"]);
             }
             if has_body {
-                expected.extend(["400", "413", "415"]);
+                expected.extend(["400", "408", "413", "415"]);
             }
             for status in expected {
                 let response =
