@@ -156,20 +156,37 @@ pub async fn ingest_events(pool: &PgPool, events: &[NewEvent]) -> Result<IngestO
     for row in rows {
         outcome.new_events = u64::try_from(row.new_events).unwrap_or(0);
         if row.inserted {
-            outcome.created.push(CreatedIncident {
-                id: row.id,
-                agent_id: row.agent_id,
-                kind: row.kind,
-                severity: row.severity,
-                is_critical: row.is_critical,
-                fingerprint: row.fingerprint,
-                created_at: row.created_at,
-            });
+            outcome.created.push(row.into());
         } else {
             outcome.updated += 1;
         }
     }
     Ok(outcome)
+}
+
+/// The incidents that these events opened and that nobody has looked at yet (status
+/// `new`). A redelivered batch finds its events already stored; this is how the
+/// ingestor learns which incidents it may not have announced before a crash.
+pub async fn unannounced_by_events(
+    pool: &PgPool,
+    event_ids: &[Uuid],
+) -> Result<Vec<CreatedIncident>, StorageError> {
+    if event_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<UpsertRow> = sqlx::query_as(
+        r#"
+        SELECT id, agent_id, type, severity, is_critical, fingerprint, created_at,
+               true AS inserted, 0::int8 AS new_events
+        FROM incidents
+        WHERE event_id = ANY($1) AND status = 'new'
+        ORDER BY id
+        "#,
+    )
+    .bind(event_ids)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(Into::into).collect())
 }
 
 #[derive(sqlx::FromRow)]
@@ -184,6 +201,20 @@ struct UpsertRow {
     created_at: DateTime<Utc>,
     inserted: bool,
     new_events: i64,
+}
+
+impl From<UpsertRow> for CreatedIncident {
+    fn from(row: UpsertRow) -> Self {
+        CreatedIncident {
+            id: row.id,
+            agent_id: row.agent_id,
+            kind: row.kind,
+            severity: row.severity,
+            is_critical: row.is_critical,
+            fingerprint: row.fingerprint,
+            created_at: row.created_at,
+        }
+    }
 }
 
 /// An incident as the API and the analyzer see it.

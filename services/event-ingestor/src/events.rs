@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, Message};
+use async_nats::jetstream::{self, AckKind, Message};
 use bytes::Bytes;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -17,6 +17,9 @@ use crate::consumer::{self, BatchHandler, Rejection};
 use crate::fingerprint::fingerprint;
 use crate::known::KnownAgents;
 use crate::stats::Stats;
+
+/// How long events whose incidents could not be announced wait before they come back.
+const ANNOUNCE_RETRY: Duration = Duration::from_secs(1);
 
 pub(crate) struct EventsHandler {
     pub(crate) js: jetstream::Context,
@@ -128,7 +131,7 @@ impl BatchHandler for EventsHandler {
         })
         .instrument(tracing::info_span!("ingest.batch", size, good = events.len()))
         .await;
-        let (created, acked) = match write {
+        let (created, acked, seen_before) = match write {
             None => {
                 consumer::nak_all(&batch).await;
                 return;
@@ -136,17 +139,23 @@ impl BatchHandler for EventsHandler {
             Some(Ok(outcome)) => {
                 let redelivered = events.len() as u64 - outcome.new_events.min(events.len() as u64);
                 Stats::add(&self.stats.redelivered, redelivered);
-                (outcome.created, good.iter().map(|(i, _)| *i).collect::<Vec<_>>())
+                // Which events were stored before is not known one by one; the batch's
+                // ids serve, as the lookup only finds incidents they opened.
+                let seen_before: Vec<uuid::Uuid> =
+                    if redelivered > 0 { events.iter().map(|e| e.event_id).collect() } else { Vec::new() };
+                (outcome.created, good.iter().map(|(i, _)| *i).collect::<Vec<_>>(), seen_before)
             }
             Some(Err(err)) => {
                 // Something in the batch is refused by the database for good (a
                 // constraint, say). Write one at a time to find it; park only it.
                 tracing::warn!(error = %err, "batch refused by postgres; isolating the offending events");
-                let mut created = Vec::new();
-                let mut acked = Vec::new();
+                let (mut created, mut acked, mut seen_before) = (Vec::new(), Vec::new(), Vec::new());
                 for (i, event) in &good {
                     match storage::incidents::ingest_events(&self.pool, std::slice::from_ref(event)).await {
                         Ok(outcome) => {
+                            if outcome.new_events == 0 {
+                                seen_before.push(event.event_id);
+                            }
                             created.extend(outcome.created);
                             acked.push(*i);
                         }
@@ -154,12 +163,36 @@ impl BatchHandler for EventsHandler {
                         Err(err) => rejected.push((*i, Rejection::new("storage_rejected", err.to_string()))),
                     }
                 }
-                (created, acked)
+                (created, acked, seen_before)
             }
         };
 
-        for i in &acked {
-            let _ = batch[*i].ack().await;
+        // Announce before acknowledging. A crash or a failed publish in between leaves
+        // the events unacknowledged; their redelivery finds them stored, looks up the
+        // incidents they opened that are still new, and announces those again (the
+        // message id lets JetStream drop a copy it already has).
+        for incident in &created {
+            tracing::debug!(incident_id = incident.id, agent_id = %incident.agent_id, kind = %incident.kind, "incident created");
+        }
+        let announced = match self.unannounced(&created, &seen_before).await {
+            Ok(again) => self.announce_all(created.iter().chain(&again)).await,
+            Err(err) => {
+                tracing::warn!(error = %err, "looking up incidents of redelivered events failed");
+                false
+            }
+        };
+        if announced {
+            for i in &acked {
+                let _ = batch[*i].ack().await;
+            }
+        } else {
+            tracing::warn!(
+                events = acked.len(),
+                "incident-created not announced; the events will be redelivered"
+            );
+            for i in &acked {
+                let _ = batch[*i].ack_with(AckKind::Nak(Some(ANNOUNCE_RETRY))).await;
+            }
         }
         let dead = consumer::dead_letter_all(
             &self.js,
@@ -170,11 +203,7 @@ impl BatchHandler for EventsHandler {
         .await;
         // Events neither acked nor dead-lettered (a transient failure while isolating)
         // come back after the ack deadline.
-
-        for incident in &created {
-            tracing::debug!(incident_id = incident.id, agent_id = %incident.agent_id, kind = %incident.kind, "incident created");
-            self.announce(incident).await;
-        }
+        let acked = if announced { acked.len() } else { 0 };
         drop(spans);
 
         Stats::add(&self.stats.messages, size as u64);
@@ -182,7 +211,7 @@ impl BatchHandler for EventsHandler {
         Stats::add(&self.stats.batches, 1);
         Stats::add(&self.stats.dead_lettered, dead);
         Stats::add(&self.stats.incidents_created, created.len() as u64);
-        metrics::counter!("opspilot_events_ingested_total").increment(acked.len() as u64);
+        metrics::counter!("opspilot_events_ingested_total").increment(acked as u64);
         metrics::counter!("opspilot_incidents_created_total").increment(created.len() as u64);
         metrics::histogram!("opspilot_ingest_batch_size", "consumer" => "events").record(size as f64);
         metrics::histogram!("opspilot_ingest_batch_seconds", "consumer" => "events")
@@ -191,13 +220,41 @@ impl BatchHandler for EventsHandler {
 }
 
 impl EventsHandler {
-    /// Tells other services (the analyzer) about a new incident. Best effort after the
-    /// commit: a failure is logged, the incident stays.
-    async fn announce(&self, incident: &storage::incidents::CreatedIncident) {
+    /// Incidents opened by events seen before (a redelivery) that may not have been
+    /// announced, minus the ones this batch opened itself.
+    async fn unannounced(
+        &self,
+        created: &[storage::incidents::CreatedIncident],
+        seen_before: &[uuid::Uuid],
+    ) -> Result<Vec<storage::incidents::CreatedIncident>, storage::StorageError> {
+        if seen_before.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut found = storage::incidents::unannounced_by_events(&self.pool, seen_before).await?;
+        found.retain(|f| !created.iter().any(|c| c.id == f.id));
+        if !found.is_empty() {
+            tracing::info!(incidents = found.len(), "announcing incidents of redelivered events again");
+        }
+        Ok(found)
+    }
+
+    /// Tells other services (the analyzer) about new incidents, all publishes in flight
+    /// at once. True when JetStream stored every one.
+    async fn announce_all<'a>(
+        &self,
+        incidents: impl Iterator<Item = &'a storage::incidents::CreatedIncident>,
+    ) -> bool {
+        let results = futures::future::join_all(incidents.map(|incident| self.announce(incident))).await;
+        results.into_iter().all(|ok| ok)
+    }
+
+    /// Publishes one incident-created message; false when JetStream did not take it.
+    async fn announce(&self, incident: &storage::incidents::CreatedIncident) -> bool {
         let (Ok(agent_id), Ok(kind)) =
             (wire_models::AgentId::parse(&incident.agent_id), EventKind::parse(&incident.kind))
         else {
-            return;
+            // Stored from a validated event, so this cannot happen; nothing to retry.
+            return true;
         };
         let severity = match incident.severity.as_str() {
             "critical" => Severity::Critical,
@@ -216,10 +273,12 @@ impl EventsHandler {
             created_at: incident.created_at,
         };
         let msg_id = format!("incident-{}", incident.id);
-        if let Err(err) =
-            natsbus::js_publish(&self.js, self.subjects.incident_created(), &msg, Some(&msg_id)).await
-        {
-            tracing::warn!(incident_id = incident.id, error = %err, "publishing incident-created failed");
+        match natsbus::js_publish(&self.js, self.subjects.incident_created(), &msg, Some(&msg_id)).await {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::warn!(incident_id = incident.id, error = %err, "publishing incident-created failed");
+                false
+            }
         }
     }
 }

@@ -1,9 +1,7 @@
 use std::time::Duration;
 
 use agent_sim::Fleet;
-use async_nats::jetstream::consumer::pull;
-use futures::StreamExt;
-use wire_models::{EventKind, IncidentCreated, Severity};
+use wire_models::{EventKind, Severity};
 
 use crate::helpers::*;
 
@@ -56,17 +54,7 @@ async fn repeated_errors_raise_one_incidents_count_and_different_errors_open_new
     assert!(rows[1..].iter().all(|r| r.3 == 1));
 
     // One incident-created message per incident opened, none for the repeats.
-    let js = stack.jetstream().await;
-    let stream = js.get_stream(&stack.topology.incidents_stream).await.unwrap();
-    let consumer = stream.create_consumer(pull::Config::default()).await.unwrap();
-    let mut msgs =
-        consumer.fetch().max_messages(100).expires(Duration::from_millis(500)).messages().await.unwrap();
-    let mut announced = Vec::new();
-    while let Some(msg) = msgs.next().await {
-        let created: IncidentCreated = wire_models::decode(&msg.unwrap().payload).unwrap();
-        announced.push(created.incident_id);
-    }
-    announced.sort_unstable();
+    let announced = announced(&stack).await;
     let mut ids: Vec<i64> =
         sqlx::query_scalar("SELECT id FROM incidents").fetch_all(&stack.db.pool).await.unwrap();
     ids.sort_unstable();

@@ -70,6 +70,22 @@ pub async fn wait_drained(stack: &Stack, stream: &str, consumer: &str, timeout: 
     .await;
 }
 
+/// The incident ids announced on the incidents stream, sorted, repeats kept.
+pub async fn announced(stack: &Stack) -> Vec<i64> {
+    let js = stack.jetstream().await;
+    let stream = js.get_stream(&stack.topology.incidents_stream).await.unwrap();
+    let consumer = stream.create_consumer(pull::Config::default()).await.unwrap();
+    let mut msgs =
+        consumer.fetch().max_messages(1000).expires(Duration::from_millis(500)).messages().await.unwrap();
+    let mut ids = Vec::new();
+    while let Some(msg) = msgs.next().await {
+        let created: wire_models::IncidentCreated = wire_models::decode(&msg.unwrap().payload).unwrap();
+        ids.push(created.incident_id);
+    }
+    ids.sort_unstable();
+    ids
+}
+
 /// Every message in the dead-letter stream: (original subject, reason, payload).
 pub async fn dead_letters(stack: &Stack) -> Vec<(String, String, Vec<u8>)> {
     let js = stack.jetstream().await;
