@@ -90,6 +90,21 @@ where
     }
 }
 
+/// Returns once the server has processed everything `client` sent before, its
+/// subscriptions included. `flush` only empties the client's buffer, so a request from
+/// another connection could still race a subscription just made and find no responder.
+pub async fn nats_round_trip(client: &async_nats::Client) {
+    use futures::StreamExt;
+    let subject = format!("_OPSPILOT_TEST.round_trip.{}", unique_token());
+    let mut sub = client.subscribe(subject.clone()).await.expect("subscribing for the round trip");
+    client.publish(subject, "".into()).await.expect("publishing the round trip");
+    client.flush().await.expect("flushing the round trip");
+    tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("the server did not echo the round trip within 10 s")
+        .expect("the round-trip subscription ended");
+}
+
 /// The workspace root (where `.stack/` lives).
 pub fn workspace_root() -> std::path::PathBuf {
     let manifest = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));

@@ -96,7 +96,20 @@ async fn an_agent_is_confined_to_its_own_subjects() {
             }
         }
     });
-    let reply = admin.request(subjects.rpc(&a), "ping".into()).await.unwrap();
+    // The agent's own connection may not echo anything back (it can publish nowhere
+    // it can subscribe), so wait for its subscription by asking until it answers.
+    let reply = test_support::eventually(Duration::from_secs(10), "the agent's rpc subscription", || {
+        let admin = admin.clone();
+        let subject = subjects.rpc(&a);
+        async move {
+            match admin.request(subject, "ping".into()).await {
+                Ok(reply) => Some(reply),
+                Err(err) if err.kind() == async_nats::client::RequestErrorKind::NoResponders => None,
+                Err(err) => panic!("request failed: {err}"),
+            }
+        }
+    })
+    .await;
     assert_eq!(&reply.payload[..], b"pong");
 
     // Someone else's subjects are refused, each as a permissions violation.

@@ -111,7 +111,7 @@ async fn offline_unknown_silent_and_broken_agents() {
         .subscribe(api.stack.topology.subjects.rpc(&wire_models::AgentId::parse(&unsubscribed).unwrap()))
         .await
         .unwrap();
-    client.flush().await.unwrap();
+    test_support::nats_round_trip(&client).await;
     tokio::spawn(async move {
         use futures::StreamExt;
         if let Some(msg) = sub.next().await {

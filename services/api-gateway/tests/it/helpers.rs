@@ -167,8 +167,24 @@ impl Api {
         .unwrap();
         let stop = CancellationToken::new();
         tokio::spawn(Arc::clone(fleet).serve_rpc(bus, behaviour, RpcMode::PerAgent, stop.clone()));
-        // Let the subscriptions reach the server.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The subscriptions are made in order on one connection: once the last agent's
+        // subject has a responder, every one has. A probe that is no request gets an
+        // error reply (or none from a silent agent); only "no responders" means not yet.
+        let last = fleet.agents().last().expect("a fleet with agents").id.clone();
+        let probe = self.stack.client().await;
+        test_support::eventually(Duration::from_secs(10), "the simulated agents' rpc subscriptions", || {
+            let (probe, subject) = (probe.clone(), self.stack.topology.subjects.rpc(&last));
+            async move {
+                let request = async_nats::Request::new()
+                    .payload("probe".into())
+                    .timeout(Some(Duration::from_millis(100)));
+                match probe.send_request(subject, request).await {
+                    Err(err) if err.kind() == async_nats::client::RequestErrorKind::NoResponders => None,
+                    _ => Some(()),
+                }
+            }
+        })
+        .await;
         stop
     }
 

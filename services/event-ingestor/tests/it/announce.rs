@@ -97,12 +97,18 @@ async fn a_failed_announcement_holds_the_events_back_until_it_succeeds() {
     })
     .await;
     // Stored, yet not acknowledged: the event keeps coming back.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let stream = js.get_stream(&stack.topology.events_stream).await.unwrap();
-    let mut consumer = stream.get_consumer::<pull::Config>("event-ingestor").await.unwrap();
-    let info = consumer.info().await.unwrap();
-    assert_eq!(info.ack_floor.consumer_sequence, 0, "the event was acknowledged without its announcement");
-    assert!(info.delivered.consumer_sequence > 1, "the event was not redelivered: {info:?}");
+    test_support::eventually(Duration::from_secs(20), "the event delivered again", || {
+        let (js, stream) = (js.clone(), stack.topology.events_stream.clone());
+        async move {
+            let stream = js.get_stream(&stream).await.unwrap();
+            let mut consumer = stream.get_consumer::<pull::Config>("event-ingestor").await.unwrap();
+            let info = consumer.info().await.unwrap();
+            assert_eq!(info.ack_floor.consumer_sequence, 0, "acknowledged without its announcement");
+            (info.delivered.consumer_sequence > 1).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(scalar(&stack, "SELECT occurrences::bigint FROM incidents").await, 1);
 
     // The stream returns; the next redelivery announces the incident and is acknowledged.
     natsbus::ensure_topology(&js, &stack.topology).await.unwrap();

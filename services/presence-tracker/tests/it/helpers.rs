@@ -167,7 +167,7 @@ impl Changes {
     pub async fn subscribe(stack: &Stack) -> Self {
         let client = stack.client().await;
         let mut sub = client.subscribe(stack.topology.subjects.all_presence_changes()).await.unwrap();
-        client.flush().await.unwrap();
+        test_support::nats_round_trip(&client).await;
         let changes = Self::default();
         let seen = Arc::clone(&changes.0);
         tokio::spawn(async move {
