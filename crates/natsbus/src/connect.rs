@@ -84,11 +84,16 @@ pub async fn connect_with(
 }
 
 /// With `retry_on_initial_connect` the client returns at once and connects in the
-/// background; wait for it so callers can rely on server info and JetStream.
+/// background; wait for it so callers can rely on server info and JetStream. The state
+/// turns `Connected` a moment before the server's INFO is published to the client, so
+/// both are awaited: reading the version in between found an empty one and refused the
+/// server as too old.
 async fn wait_until_connected(client: &Client) {
     let mut logged = false;
     loop {
-        if client.connection_state() == async_nats::connection::State::Connected {
+        if client.connection_state() == async_nats::connection::State::Connected
+            && !client.server_info().version.is_empty()
+        {
             return;
         }
         if !logged {
