@@ -9,7 +9,10 @@ scripts/dev-services.sh --test
 # The read scenario drives the API with wrk.
 if ! command -v wrk >/dev/null 2>&1; then
     echo "[bench] installing wrk (Debian package)"
-    if [ "$(id -u)" -eq 0 ]; then apt-get install -y -qq wrk >/dev/null; else sudo apt-get install -y -qq wrk >/dev/null; fi
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+    # A fresh machine may have no package lists yet.
+    $SUDO apt-get install -y -qq wrk >/dev/null 2>&1 \
+        || { $SUDO apt-get update -qq >/dev/null && $SUDO apt-get install -y -qq wrk >/dev/null; }
 fi
 cargo build --release -q -p opspilot-bench -p api-gateway -p event-ingestor -p presence-tracker -p ai-analyzer -p agent-sim
 # shellcheck source=/dev/null
