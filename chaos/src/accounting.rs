@@ -38,6 +38,8 @@ pub struct Accounting {
     pub duplicates: u64,
     /// Stored or dead-lettered events that went to the wrong place or that nobody sent.
     pub misplaced: u64,
+    /// Event incidents in Postgres with no incident-created message on the stream.
+    pub unannounced: u64,
     pub elapsed: Duration,
     /// What the scenario did (faults injected, bounds measured).
     pub notes: Vec<String>,
@@ -77,20 +79,26 @@ impl Accounting {
 }
 
 /// What Postgres and the dead-letter stream hold at the end.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Observed {
     pub stored_ids: Vec<Uuid>,
     pub occurrences: u64,
     /// Event ids of the dead-lettered messages (None when the payload has none).
     pub dead_letter_ids: Vec<Option<Uuid>>,
+    /// Ids of the incidents events opened (`agent_offline` ones excluded).
+    pub incident_ids: Vec<i64>,
+    /// Incident ids announced on the incidents stream.
+    pub announced_ids: Vec<i64>,
 }
 
 impl Observed {
-    /// Reads the ledger of stored events, the incident counts and the dead letters.
+    /// Reads the ledger of stored events, the incident counts, the dead letters and the
+    /// incident announcements.
     pub async fn read(
         pool: &sqlx::PgPool,
         js: &async_nats::jetstream::Context,
         dlq_stream: &str,
+        incidents_stream: &str,
     ) -> anyhow::Result<Self> {
         let stored_ids: Vec<Uuid> =
             sqlx::query_scalar("SELECT event_id FROM ingested_events").fetch_all(pool).await?;
@@ -101,7 +109,24 @@ impl Observed {
         .fetch_one(pool)
         .await?;
         let dead_letter_ids = read_dead_letter_ids(js, dlq_stream).await?;
-        Ok(Self { stored_ids, occurrences: u64::try_from(occurrences).unwrap_or(0), dead_letter_ids })
+        let incident_ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM incidents WHERE type <> $1")
+            .bind(storage::presence::OFFLINE_INCIDENT_TYPE)
+            .fetch_all(pool)
+            .await?;
+        let announced_ids = read_all(js, incidents_stream, |payload| {
+            wire_models::decode::<wire_models::IncidentCreated>(payload).ok().map(|m| m.incident_id)
+        })
+        .await?
+        .into_iter()
+        .flatten()
+        .collect();
+        Ok(Self {
+            stored_ids,
+            occurrences: u64::try_from(occurrences).unwrap_or(0),
+            dead_letter_ids,
+            incident_ids,
+            announced_ids,
+        })
     }
 }
 
@@ -114,7 +139,17 @@ pub async fn read_dead_letter_ids(
     struct WithId {
         event_id: Uuid,
     }
-    let mut stream = js.get_stream(dlq_stream).await?;
+    read_all(js, dlq_stream, |payload| serde_json::from_slice::<WithId>(payload).ok().map(|w| w.event_id))
+        .await
+}
+
+/// Every message of a stream, each through `read`.
+async fn read_all<T>(
+    js: &async_nats::jetstream::Context,
+    stream_name: &str,
+    read: impl Fn(&[u8]) -> T,
+) -> anyhow::Result<Vec<T>> {
+    let mut stream = js.get_stream(stream_name).await?;
     let total = stream.info().await?.state.messages;
     let consumer = stream.create_consumer(pull::Config::default()).await?;
     let mut out = Vec::new();
@@ -125,13 +160,13 @@ pub async fn read_dead_letter_ids(
             .expires(Duration::from_secs(1))
             .messages()
             .await
-            .map_err(|e| anyhow::anyhow!("reading the dead-letter stream: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("reading {stream_name}: {e}"))?;
         let before = out.len();
         while let Some(msg) = batch.next().await {
-            let msg = msg.map_err(|e| anyhow::anyhow!("reading the dead-letter stream: {e}"))?;
-            out.push(serde_json::from_slice::<WithId>(&msg.payload).ok().map(|w| w.event_id));
+            let msg = msg.map_err(|e| anyhow::anyhow!("reading {stream_name}: {e}"))?;
+            out.push(read(&msg.payload));
         }
-        anyhow::ensure!(out.len() > before, "the dead-letter stream stopped delivering");
+        anyhow::ensure!(out.len() > before, "{stream_name} stopped delivering");
     }
     Ok(out)
 }
@@ -177,6 +212,8 @@ pub fn reconcile(scenario: &str, ledger: &Ledger, observed: &Observed) -> Accoun
     a.misplaced += stored.iter().filter(|id| !sent.contains(id)).count() as u64;
     a.misplaced += dead.iter().filter(|id| !sent.contains(id)).count() as u64;
     a.misplaced += observed.dead_letter_ids.iter().filter(|id| id.is_none()).count() as u64;
+    let announced: HashSet<i64> = observed.announced_ids.iter().copied().collect();
+    a.unannounced = observed.incident_ids.iter().filter(|id| !announced.contains(id)).count() as u64;
 
     let expected_dead = ledger.count(|e| {
         e.expect == Expect::DeadLettered
@@ -202,6 +239,7 @@ pub fn reconcile(scenario: &str, ledger: &Ledger, observed: &Observed) -> Accoun
     a.check(a.lost == 0, format!("{} acknowledged events lost", a.lost));
     a.check(a.duplicates == 0, format!("{} events counted twice", a.duplicates));
     a.check(a.misplaced == 0, format!("{} events misplaced or unknown", a.misplaced));
+    a.check(a.unannounced == 0, format!("{} incidents never announced to the analyzer", a.unannounced));
     a
 }
 
@@ -219,10 +257,11 @@ pub fn table(rows: &[Accounting]) -> String {
         "dead-lettered",
         "lost",
         "duplicates",
+        "unannounced",
         "time",
         "result",
     ];
-    let cells: Vec<[String; 12]> = rows
+    let cells: Vec<[String; 13]> = rows
         .iter()
         .map(|r| {
             [
@@ -236,6 +275,7 @@ pub fn table(rows: &[Accounting]) -> String {
                 r.dead_lettered.to_string(),
                 r.lost.to_string(),
                 r.duplicates.to_string(),
+                r.unannounced.to_string(),
                 format!("{:.1}s", r.elapsed.as_secs_f64()),
                 if r.pass() { "PASS".to_owned() } else { "FAIL".to_owned() },
             ]
@@ -298,30 +338,29 @@ mod tests {
             stored_ids: vec![good.id, retried.id],
             occurrences: 2,
             dead_letter_ids: vec![Some(poison.id)],
+            incident_ids: vec![1, 2],
+            announced_ids: vec![2, 1, 2],
         };
         let a = reconcile("clean", &ledger, &clean);
         assert!(a.pass(), "{:?}", a.failures);
         assert_eq!((a.published, a.acked, a.retried, a.stored, a.dead_lettered), (3, 2, 1, 2, 1));
 
-        let lost = Observed { stored_ids: vec![good.id], occurrences: 1, ..clean };
+        let lost = Observed { stored_ids: vec![good.id], occurrences: 1, ..clean.clone() };
         let a = reconcile("lost", &ledger, &lost);
         assert_eq!(a.lost, 1);
         assert!(!a.pass());
 
-        let counted_twice = Observed {
-            stored_ids: vec![good.id, retried.id],
-            occurrences: 3,
-            dead_letter_ids: vec![Some(poison.id)],
-        };
+        let counted_twice = Observed { occurrences: 3, ..clean.clone() };
         assert_eq!(reconcile("twice", &ledger, &counted_twice).duplicates, 1);
 
-        let both = Observed {
-            stored_ids: vec![good.id, retried.id],
-            occurrences: 2,
-            dead_letter_ids: vec![Some(poison.id), Some(good.id)],
-        };
+        let both = Observed { dead_letter_ids: vec![Some(poison.id), Some(good.id)], ..clean.clone() };
         let a = reconcile("both", &ledger, &both);
         assert_eq!(a.duplicates, 1);
+        assert!(!a.pass());
+
+        let unannounced = Observed { announced_ids: vec![2], ..clean };
+        let a = reconcile("unannounced", &ledger, &unannounced);
+        assert_eq!(a.unannounced, 1);
         assert!(!a.pass());
     }
 

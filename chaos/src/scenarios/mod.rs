@@ -181,7 +181,9 @@ async fn account(
     let mut outcome = outcome?;
     cluster.drain(Duration::from_secs(180)).await?;
     let js = cluster.jetstream().await;
-    let observed = Observed::read(&cluster.stack.db.pool, &js, &cluster.stack.topology.dlq_stream).await?;
+    let topology = &cluster.stack.topology;
+    let observed =
+        Observed::read(&cluster.stack.db.pool, &js, &topology.dlq_stream, &topology.incidents_stream).await?;
     let mut accounting = accounting::reconcile(label, &outcome.ledger, &observed);
     outcome.failures.extend(cluster.speakers_never_offline().await?);
     accounting.notes.append(&mut outcome.notes);
