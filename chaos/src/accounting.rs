@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::pull;
+use async_nats::jetstream::consumer::{AckPolicy, pull};
 use futures::StreamExt;
 use uuid::Uuid;
 
@@ -151,7 +151,9 @@ async fn read_all<T>(
 ) -> anyhow::Result<Vec<T>> {
     let mut stream = js.get_stream(stream_name).await?;
     let total = stream.info().await?.state.messages;
-    let consumer = stream.create_consumer(pull::Config::default()).await?;
+    // No acks: an explicit-ack consumer stops after `max_ack_pending` (1,000) unacked.
+    let consumer =
+        stream.create_consumer(pull::Config { ack_policy: AckPolicy::None, ..Default::default() }).await?;
     let mut out = Vec::new();
     while (out.len() as u64) < total {
         let mut batch = consumer
