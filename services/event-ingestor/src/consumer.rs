@@ -20,6 +20,8 @@ pub(crate) struct ConsumerSpec {
     pub(crate) filter: String,
     pub(crate) origin: DlqOrigin,
     pub(crate) batch_size: usize,
+    /// Payload bytes a batch may hold (at least one message always fits).
+    pub(crate) batch_bytes: usize,
     /// Batches handled at once (1 keeps stream order, which inventory needs).
     pub(crate) concurrency: usize,
     /// How long a batch waits for more messages after its first.
@@ -85,6 +87,7 @@ pub(crate) async fn run<H: BatchHandler>(
             Ok(consumer) => consumer
                 .stream()
                 .max_messages_per_batch(spec.batch_size)
+                .max_bytes_per_batch(spec.batch_bytes)
                 .heartbeat(Duration::from_secs(5))
                 .expires(Duration::from_secs(30))
                 .messages()
@@ -130,7 +133,8 @@ pub(crate) async fn run<H: BatchHandler>(
                 tracing::warn!(consumer = spec.label, "message stream ended; re-subscribing");
                 break;
             };
-            let (batch, broken) = gather(first, &mut messages, spec.batch_size, spec.linger).await;
+            let (batch, broken) =
+                gather(first, &mut messages, (spec.batch_size, spec.batch_bytes), spec.linger).await;
             if !batch.is_empty() {
                 let (handler, shutdown) = (std::sync::Arc::clone(&handler), shutdown.clone());
                 inflight.spawn(async move { handler.handle(batch, &shutdown).await });
@@ -150,27 +154,34 @@ pub(crate) async fn run<H: BatchHandler>(
 type Item = Result<Message, async_nats::jetstream::consumer::pull::MessagesError>;
 
 /// Forms a batch: the first message, then whatever arrives within `linger` of it, up to
-/// `max`. Messages come off the socket in read-buffer-sized runs (about a hundred);
+/// `max` messages and bytes (the first message counts whatever its size). Messages come off the socket in read-buffer-sized runs (about a hundred);
 /// lingering a few milliseconds turns a backlog into full batches, while a trickle
 /// waits at most `linger`.
 async fn gather<S>(
     first: Item,
     messages: &mut S,
-    max: usize,
+    (max, max_bytes): (usize, usize),
     linger: Duration,
 ) -> (Vec<Message>, Option<async_nats::jetstream::consumer::pull::MessagesError>)
 where
     S: futures::Stream<Item = Item> + Unpin,
 {
-    let mut batch = Vec::with_capacity(max);
-    match first {
-        Ok(msg) => batch.push(msg),
+    let mut batch = Vec::with_capacity(max.min(1024));
+    let mut bytes = match first {
+        Ok(msg) => {
+            let size = msg.payload.len();
+            batch.push(msg);
+            size
+        }
         Err(err) => return (batch, Some(err)),
-    }
+    };
     let deadline = tokio::time::Instant::now() + linger;
-    while batch.len() < max {
+    while batch.len() < max && bytes < max_bytes {
         match tokio::time::timeout_at(deadline, messages.next()).await {
-            Ok(Some(Ok(msg))) => batch.push(msg),
+            Ok(Some(Ok(msg))) => {
+                bytes += msg.payload.len();
+                batch.push(msg);
+            }
             Ok(Some(Err(err))) => return (batch, Some(err)),
             Ok(None) | Err(_) => break,
         }

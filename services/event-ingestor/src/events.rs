@@ -209,6 +209,7 @@ impl BatchHandler for EventsHandler {
         Stats::add(&self.stats.messages, size as u64);
         Stats::add(&self.stats.total, size as u64);
         Stats::add(&self.stats.batches, 1);
+        Stats::add(&self.stats.batches_total, 1);
         Stats::add(&self.stats.dead_lettered, dead);
         Stats::add(&self.stats.incidents_created, created.len() as u64);
         metrics::counter!("opspilot_events_ingested_total").increment(acked as u64);

@@ -50,9 +50,13 @@ pub struct Config {
     /// How long a shutdown may take to finish the batch in flight.
     #[arg(long = "shutdown-grace", env = "SHUTDOWN_GRACE", value_name = "SHUTDOWN_GRACE", default_value = "20s", value_parser = service_kit::config::parse_duration)]
     pub shutdown_grace: Duration,
-    /// Largest batch fetched and written at once.
-    #[arg(long = "batch-size", env = "INGEST_BATCH_SIZE", value_name = "INGEST_BATCH_SIZE", default_value_t = 2500, value_parser = clap::value_parser!(u16).range(1..=10_000))]
+    /// Largest batch fetched and written at once, in messages.
+    #[arg(long = "batch-size", env = "INGEST_BATCH_SIZE", value_name = "INGEST_BATCH_SIZE", default_value_t = 8000, value_parser = clap::value_parser!(u16).range(1..=10_000))]
     pub batch_size: u16,
+    /// Largest batch in payload bytes (never below the server's largest message), so
+    /// big messages make smaller batches instead of a memory spike.
+    #[arg(long = "batch-max-bytes", env = "INGEST_BATCH_MAX_BYTES", value_name = "INGEST_BATCH_MAX_BYTES", default_value_t = 8 * 1024 * 1024, value_parser = clap::value_parser!(u32).range(1..=256 * 1024 * 1024))]
+    pub batch_max_bytes: u32,
     /// How long a batch waits for more messages after its first (latency a trickle
     /// pays, for full batches under load).
     #[arg(long = "batch-linger", env = "INGEST_BATCH_LINGER", value_name = "INGEST_BATCH_LINGER", default_value = "10ms", value_parser = service_kit::config::parse_duration)]
@@ -124,6 +128,11 @@ impl Running {
         self.event_stats.total()
     }
 
+    /// Event batches this replica has handled so far.
+    pub fn event_batches(&self) -> u64 {
+        self.event_stats.batches_total()
+    }
+
     /// Waits until the ingestor stops (after `shutdown` is cancelled, or on a fatal error).
     pub async fn wait(self) -> anyhow::Result<()> {
         self.task.await?
@@ -154,6 +163,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let (event_stats, inventory_stats) =
         (Arc::new(stats::Stats::default()), Arc::new(stats::Stats::default()));
     let batch_size = usize::from(config.batch_size);
+    // A pull asking for fewer bytes than one message would never get that message.
+    let max_payload = client.server_info().max_payload;
+    let batch_bytes = usize::try_from(config.batch_max_bytes).unwrap_or(usize::MAX).max(max_payload);
     let events_spec = consumer::ConsumerSpec {
         label: "events",
         durable: config.events_consumer.clone(),
@@ -161,6 +173,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         filter: topology.subjects.all_events(),
         origin: wire_models::DlqOrigin::Events,
         batch_size,
+        batch_bytes,
         concurrency: usize::from(config.writers),
         linger: config.batch_linger,
         ack_wait: config.ack_wait,
@@ -173,6 +186,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         filter: topology.subjects.all_inventory(),
         origin: wire_models::DlqOrigin::Inventory,
         batch_size,
+        batch_bytes,
         // One at a time: snapshots of an agent must be compared in stream order.
         concurrency: 1,
         linger: config.batch_linger,

@@ -12,6 +12,8 @@ pub(crate) struct Stats {
     pub(crate) redelivered: AtomicU64,
     /// Never reset (the summary takes the others).
     pub(crate) total: AtomicU64,
+    /// Batches handled, never reset.
+    pub(crate) batches_total: AtomicU64,
 }
 
 impl Stats {
@@ -21,6 +23,10 @@ impl Stats {
 
     pub(crate) fn total(&self) -> u64 {
         self.total.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn batches_total(&self) -> u64 {
+        self.batches_total.load(Ordering::Relaxed)
     }
 
     fn take(counter: &AtomicU64) -> u64 {

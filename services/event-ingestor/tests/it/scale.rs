@@ -108,3 +108,31 @@ async fn when_one_replica_stops_the_other_takes_all_the_work() {
     stop(b, stop_b).await;
     assert_eq!(scalar(&stack, "SELECT sum(occurrences)::bigint FROM incidents").await, 5_000);
 }
+
+/// Big messages make small batches: a backlog of 48 KB events is cut into batches of
+/// about the byte budget (never below the server's largest message, 1 MiB here),
+/// however many messages a batch may hold and however long it may linger.
+#[tokio::test]
+async fn a_batch_stops_at_its_byte_budget() {
+    let (stack, bus) = setup().await;
+    let fleet = Fleet::numbered("big", 1);
+    enroll(&stack, &fleet).await;
+    let agent = &fleet.agents()[0];
+    let kind = wire_models::EventKind::parse("log_error").unwrap();
+    for n in 0..60 {
+        let mut event = agent.event(kind.clone(), wire_models::Severity::Error, "app", &format!("error {n}"));
+        event.context.insert("dump".into(), serde_json::Value::String("x".repeat(48 * 1024)));
+        bus.publish_event(&event).await.unwrap();
+    }
+    let (running, shutdown) =
+        start(&stack, &["--batch-max-bytes", "1", "--batch-linger", "1s", "--ack-wait", "30s"]).await;
+    wait_drained(&stack, &stack.topology.events_stream, "event-ingestor", Duration::from_secs(60)).await;
+    let batches = test_support::eventually(Duration::from_secs(10), "all 60 counted", || async {
+        (running.events_handled() == 60).then(|| running.event_batches())
+    })
+    .await;
+    // 60 x 48 KB is about 2.9 MB: three batches at least, where one would hold all.
+    assert!(batches >= 3, "{batches} batches for 2.9 MB under a 1 MiB budget");
+    stop(running, shutdown).await;
+    assert_eq!(scalar(&stack, "SELECT sum(occurrences)::bigint FROM incidents").await, 60);
+}
