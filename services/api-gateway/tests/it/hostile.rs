@@ -139,6 +139,19 @@ async fn bodies_are_size_limited_and_must_be_json() {
     api.stop().await;
 }
 
+/// A raw connection that has sent a login's head announcing `length` body bytes, and
+/// the first of them.
+async fn login_with_announced_length(api: &Api, length: u64) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(api.base.trim_start_matches("http://")).await.unwrap();
+    let head = format!(
+        "POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {length}\r\n\r\n{{"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+}
+
 /// An ordinary login still gets its answer (401 for a wrong password).
 async fn prompt_login_is_answered(api: &Api) {
     let body = json!({"email": "x@example.com", "password": "wrong password!"});
@@ -151,16 +164,9 @@ async fn prompt_login_is_answered(api: &Api) {
 /// connection open).
 #[tokio::test]
 async fn an_announced_oversized_body_is_refused_before_it_is_read() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
     let api = start(&[]).await;
-    let mut stream = tokio::net::TcpStream::connect(api.base.trim_start_matches("http://")).await.unwrap();
-    stream
-        .write_all(
-            b"POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
-              Content-Length: 10000000\r\n\r\n{",
-        )
-        .await
-        .unwrap();
+    let mut stream = login_with_announced_length(&api, 10_000_000).await;
     let mut buf = vec![0u8; 4096];
     let n = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf))
         .await
@@ -181,14 +187,7 @@ async fn an_announced_oversized_body_is_refused_before_it_is_read() {
 async fn a_body_that_trickles_in_is_cut_off_at_the_body_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let api = start(&["--body-timeout", "1s"]).await;
-    let mut stream = tokio::net::TcpStream::connect(api.base.trim_start_matches("http://")).await.unwrap();
-    stream
-        .write_all(
-            b"POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
-              Content-Length: 1000\r\n\r\n{",
-        )
-        .await
-        .unwrap();
+    let mut stream = login_with_announced_length(&api, 1000).await;
     let started = std::time::Instant::now();
     let mut buf = vec![0u8; 4096];
     // One byte every 200 ms: never idle for long, yet never done.
