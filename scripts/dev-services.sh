@@ -143,14 +143,15 @@ nats_ours_running() {
 
 # The local NATS runs with bus security on, as in production: `api-gateway nats-init`
 # generates the operator, the account, every service's credentials and the server
-# configuration into .stack/nats-auth (keys are kept across runs).
+# configuration into .stack/nats-auth (keys are kept across runs). OPSPILOT_DEV: this is
+# a development stack, so the simulator's fleet identity and a superuser exist too.
 ensure_nats_auth() {
     local gateway="$ROOT/target/debug/api-gateway"
     if [ ! -x "$gateway" ]; then
         log "nats: building api-gateway to generate the bus security setup"
         (cd "$ROOT" && cargo build -q -p api-gateway)
     fi
-    "$gateway" nats-init --dir "$STACK/nats-auth" >/dev/null
+    OPSPILOT_DEV=true "$gateway" nats-init --dir "$STACK/nats-auth" >/dev/null
 }
 
 ensure_nats_server() {

@@ -18,6 +18,11 @@ export JWT_SECRET="${JWT_SECRET:-opspilot-local-development-secret-0123456789}"
 export OPSPILOT_DEV="${OPSPILOT_DEV:-true}"
 export HTTP_ADDR="${HTTP_ADDR:-127.0.0.1:8080}"
 SIM_AGENTS="${SIM_AGENTS:-5}"
+# Every stream's size is reserved on the server's disk when it is created: small
+# bounds for a laptop (production defaults total about 8 GiB).
+export EVENTS_MAX_BYTES="${EVENTS_MAX_BYTES:-256MiB}" INVENTORY_MAX_BYTES="${INVENTORY_MAX_BYTES:-128MiB}"
+export DLQ_MAX_BYTES="${DLQ_MAX_BYTES:-64MiB}" INCIDENTS_MAX_BYTES="${INCIDENTS_MAX_BYTES:-32MiB}"
+export AGENTS_BUCKET_MAX_BYTES="${AGENTS_BUCKET_MAX_BYTES:-64MiB}"
 # Development only: the first admin, and a bootstrap token the simulated agents enroll with.
 export ADMIN_EMAIL="${ADMIN_EMAIL:-admin@opspilot.local}"
 export ADMIN_PASSWORD="${ADMIN_PASSWORD:-opspilot-local-admin}"
@@ -54,14 +59,15 @@ echo "[run] applying migrations to $DB_NAME"
 "$BIN/api-gateway" migrate
 
 # Each service connects with its own NATS identity (bus security is on).
-NATS_AUTH_DIR="$NATS_AUTH" NATS_CREDS="$CREDS/api-gateway.creds" start gateway "$BIN/api-gateway"
+ADMIN_ADDR=127.0.0.1:9090 NATS_AUTH_DIR="$NATS_AUTH" NATS_CREDS="$CREDS/api-gateway.creds" start gateway "$BIN/api-gateway"
 ADMIN_ADDR=127.0.0.1:9091 NATS_CREDS="$CREDS/event-ingestor.creds" start ingestor "$BIN/event-ingestor"
 ADMIN_ADDR=127.0.0.1:9092 NATS_CREDS="$CREDS/presence-tracker.creds" start presence "$BIN/presence-tracker"
 ADMIN_ADDR=127.0.0.1:9093 NATS_CREDS="$CREDS/ai-analyzer.creds" start analyzer "$BIN/ai-analyzer"
 wait_http "$HTTP_ADDR"
 # The simulated agents enroll through the API and connect with their own credentials.
 SIM_API_URL="http://$HTTP_ADDR" SIM_ENROLL_TOKEN="$BOOTSTRAP_TOKEN" \
-    start agents "$BIN/agent-sim" --agents "$SIM_AGENTS" --heartbeat-interval 5s --events-per-sec 0.2
+    start agents "$BIN/agent-sim" --agents "$SIM_AGENTS" --heartbeat-interval 5s --events-per-sec 0.2 \
+    --state-dir "$ROOT/.stack/agent-sim"
 
 echo "[run] api on http://$HTTP_ADDR (docs: http://$HTTP_ADDR/api/v1/docs/; admin ports 9091-9093)"
 echo "[run] log in as $ADMIN_EMAIL / $ADMIN_PASSWORD; Ctrl-C stops everything"

@@ -52,6 +52,10 @@ pub struct Args {
     /// Enrollment token used with SIM_API_URL (never logged).
     #[arg(long = "enroll-token", env = "SIM_ENROLL_TOKEN", value_name = "SIM_ENROLL_TOKEN", hide_env_values = true, value_parser = secret)]
     enroll_token: Option<secrecy::SecretString>,
+    /// Where the agents keep their NKeys between runs (`agent-keys.json`), so a
+    /// restart proves the same identities instead of being refused as unknown keys.
+    #[arg(long = "state-dir", env = "SIM_STATE_DIR", value_name = "SIM_STATE_DIR")]
+    state_dir: Option<std::path::PathBuf>,
     /// Stop after this long (default: run until Ctrl-C).
     #[arg(long, env = "SIM_DURATION", value_name = "SIM_DURATION", value_parser = service_kit::config::parse_duration)]
     duration: Option<Duration>,
@@ -107,8 +111,26 @@ pub async fn run(args: Args, shutdown: tokio_util::sync::CancellationToken) -> a
     let enrolled = match (&args.api_url, &args.enroll_token) {
         (Some(api), Some(token)) => {
             use secrecy::ExposeSecret as _;
-            let enrolled = crate::enroll::enroll(api, token.expose_secret(), &seeded).await?;
-            tracing::info!(agents = args.agents, api = %api, "simulated agents enrolled");
+            let keyring = match &args.state_dir {
+                Some(dir) => crate::enroll::Keyring::load(dir)?,
+                None => crate::enroll::Keyring::in_memory(),
+            };
+            let mut enroller = crate::enroll::Enroller::new(api, token.expose_secret(), keyring)?;
+            let (enrolled, skipped) = enroller.enroll(&seeded).await?;
+            for skip in &skipped {
+                // Revoked, or enrolled before with a key this run does not hold: an
+                // administrator decides (delete the revoked agent, or resolve the
+                // identity conflict); the other agents run.
+                tracing::warn!(hostname = %skip.hostname, status = skip.status, reason = %skip.reason, "simulated agent may not enroll; skipped");
+            }
+            tracing::info!(agents = enrolled.len(), skipped = skipped.len(), api = %api, "simulated agents enrolled");
+            if enrolled.is_empty() {
+                // Staying up keeps the rest of a local stack running (the run script
+                // stops everything when one process exits); there is nothing to do.
+                tracing::error!("no simulated agent may enroll; idle until stopped (see the warnings above)");
+                shutdown.cancelled().await;
+                return Ok(());
+            }
             Some(enrolled)
         }
         _ => None,

@@ -1,5 +1,13 @@
-//! Enrollment through the API, as a real agent does on first start.
+//! Enrollment through the API, as a real agent does (docs/PROTOCOL.md, section 3.1):
+//! each agent generates its own NKey, keeps it, and when its machine is already
+//! enrolled proves it holds that key by signing a fresh challenge.
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use base64::Engine as _;
+use natsbus::auth::KeyPair;
 use serde::{Deserialize, Serialize};
 
 use crate::{Fleet, SimAgent};
@@ -9,6 +17,21 @@ struct EnrollRequest<'a> {
     token: &'a str,
     machine_fingerprint: &'a str,
     hostname: &'a str,
+    nats_public_key: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    proof: Option<Proof>,
+}
+
+#[derive(Serialize)]
+struct Proof {
+    public_key: String,
+    nonce: String,
+    signature: String,
+}
+
+#[derive(Deserialize)]
+struct Challenge {
+    nonce: String,
 }
 
 #[derive(Deserialize)]
@@ -20,7 +43,7 @@ struct EnrollResponse {
 
 #[derive(Deserialize)]
 struct Credentials {
-    creds: Option<String>,
+    jwt: String,
 }
 
 /// An agent as enrollment left it: its id, and its own NATS credentials when the
@@ -31,31 +54,163 @@ pub struct Enrolled {
     pub nats_urls: Vec<String>,
 }
 
-/// Enrolls every agent of `fleet` by machine fingerprint (running it again gives the
-/// same ids).
-pub async fn enroll(api_base: &str, token: &str, fleet: &Fleet) -> anyhow::Result<Vec<Enrolled>> {
-    let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(10)).build()?;
-    let url = format!("{}/api/v1/agents/enroll", api_base.trim_end_matches('/'));
-    let mut enrolled = Vec::with_capacity(fleet.agents().len());
-    for agent in fleet.agents() {
+/// An agent the backend would not enroll, and why (a revoked agent, a key that is
+/// not on record).
+#[derive(Debug, Clone)]
+pub struct Skipped {
+    pub hostname: String,
+    pub status: u16,
+    pub reason: String,
+}
+
+/// The NKeys of the simulated agents, by machine fingerprint. With a directory they
+/// survive restarts (`agent-keys.json`, mode 0600), so the agents prove the same
+/// identities the next time; without one they live as long as the process.
+pub struct Keyring {
+    file: Option<PathBuf>,
+    seeds: BTreeMap<String, String>,
+}
+
+impl Keyring {
+    pub fn in_memory() -> Self {
+        Self { file: None, seeds: BTreeMap::new() }
+    }
+
+    /// Loads (or starts) the keyring kept in `dir`.
+    pub fn load(dir: &Path) -> anyhow::Result<Self> {
+        let file = dir.join("agent-keys.json");
+        let seeds = match std::fs::read_to_string(&file) {
+            Ok(text) => serde_json::from_str(&text).with_context(|| format!("reading {}", file.display()))?,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(err) => return Err(err).with_context(|| format!("reading {}", file.display())),
+        };
+        Ok(Self { file: Some(file), seeds })
+    }
+
+    /// The key for a machine, and whether it existed before (then the machine may be
+    /// enrolled, and the key is the one on record).
+    fn key_for(&mut self, fingerprint: &str) -> anyhow::Result<(KeyPair, bool)> {
+        if let Some(seed) = self.seeds.get(fingerprint) {
+            return Ok((KeyPair::from_seed(seed)?, true));
+        }
+        let pair = KeyPair::new_user();
+        self.seeds.insert(fingerprint.to_owned(), pair.seed()?);
+        Ok((pair, false))
+    }
+
+    /// Writes the keyring atomically (a temporary file renamed over the old one).
+    fn save(&self) -> anyhow::Result<()> {
+        let Some(file) = &self.file else { return Ok(()) };
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        if let Some(dir) = file.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = file.with_extension("json.tmp");
+        let mut out =
+            std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        out.write_all(serde_json::to_string_pretty(&self.seeds)?.as_bytes())?;
+        out.sync_all()?;
+        std::fs::rename(&tmp, file)?;
+        Ok(())
+    }
+}
+
+/// Enrolls fleets through one API with one keyring.
+pub struct Enroller {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+    keyring: Keyring,
+}
+
+impl Enroller {
+    pub fn new(api_base: &str, token: &str, keyring: Keyring) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(10)).build()?;
+        Ok(Self { http, base: api_base.trim_end_matches('/').to_owned(), token: token.to_owned(), keyring })
+    }
+
+    /// Enrolls every agent of `fleet`; an agent the backend refuses (revoked, or its
+    /// key is not on record) is skipped and reported, the others go on.
+    pub async fn enroll(&mut self, fleet: &Fleet) -> anyhow::Result<(Vec<Enrolled>, Vec<Skipped>)> {
+        let mut enrolled = Vec::with_capacity(fleet.agents().len());
+        let mut skipped = Vec::new();
+        for agent in fleet.agents() {
+            match self.enroll_one(agent).await? {
+                Ok(done) => enrolled.push(done),
+                Err(skip) => skipped.push(skip),
+            }
+        }
+        self.keyring.save()?;
+        Ok((enrolled, skipped))
+    }
+
+    async fn enroll_one(&mut self, agent: &SimAgent) -> anyhow::Result<Result<Enrolled, Skipped>> {
         let fingerprint = agent.machine_fingerprint();
-        let response = http
-            .post(&url)
-            .json(&EnrollRequest { token, machine_fingerprint: &fingerprint, hostname: &agent.hostname })
+        let (key, known) = self.keyring.key_for(&fingerprint)?;
+        let public = key.public_key();
+        let proof = if known { Some(self.prove(&key, &fingerprint, &public).await?) } else { None };
+        let response = self
+            .http
+            .post(format!("{}/api/v1/agents/enroll", self.base))
+            .json(&EnrollRequest {
+                token: &self.token,
+                machine_fingerprint: &fingerprint,
+                hostname: &agent.hostname,
+                nats_public_key: &public,
+                proof,
+            })
             .send()
             .await?;
         let status = response.status();
+        if matches!(status.as_u16(), 403 | 409) {
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            let reason = body["detail"].as_str().unwrap_or("refused").to_owned();
+            return Ok(Err(Skipped { hostname: agent.hostname.clone(), status: status.as_u16(), reason }));
+        }
         if !status.is_success() {
             let body = response.text().await.unwrap_or_default();
             anyhow::bail!("enrolling {} failed with {status}: {body}", agent.hostname);
         }
         let body: EnrollResponse = response.json().await?;
         let id = wire_models::AgentId::parse(&body.agent_id)?;
-        enrolled.push(Enrolled {
+        let creds = match body.nats_credentials {
+            Some(c) => Some(natsbus::auth::creds_file(&c.jwt, &key.seed()?)),
+            None => None,
+        };
+        Ok(Ok(Enrolled {
             agent: SimAgent::new(id, agent.hostname.clone()),
-            creds: body.nats_credentials.and_then(|c| c.creds),
+            creds,
             nats_urls: body.nats_urls,
-        });
+        }))
+    }
+
+    /// A proof that this process holds `key`: a fresh challenge, signed.
+    async fn prove(&self, key: &KeyPair, fingerprint: &str, public: &str) -> anyhow::Result<Proof> {
+        let challenge: Challenge = self
+            .http
+            .post(format!("{}/api/v1/agents/enroll/challenge", self.base))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let message = wire_models::enroll_proof_message(&challenge.nonce, fingerprint, Some(public));
+        let signature = key.sign(&message)?;
+        Ok(Proof {
+            public_key: public.to_owned(),
+            nonce: challenge.nonce,
+            signature: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(signature),
+        })
+    }
+}
+
+/// Enrolls every agent of `fleet` with keys generated now (a fresh deployment: an
+/// agent the backend refuses is an error).
+pub async fn enroll(api_base: &str, token: &str, fleet: &Fleet) -> anyhow::Result<Vec<Enrolled>> {
+    let (enrolled, skipped) = Enroller::new(api_base, token, Keyring::in_memory())?.enroll(fleet).await?;
+    if let Some(skip) = skipped.first() {
+        anyhow::bail!("enrolling {} was refused ({}): {}", skip.hostname, skip.status, skip.reason);
     }
     Ok(enrolled)
 }

@@ -56,6 +56,22 @@ pub struct NatsConfig {
     /// JetStream de-duplication window for `Nats-Msg-Id`.
     #[arg(id = "dedup-window", long = "dedup-window", env = "DEDUP_WINDOW", value_name = "DEDUP_WINDOW", default_value = "2m", value_parser = service_kit::config::parse_duration)]
     pub dedup_window: Duration,
+    /// Bytes the events stream may hold (per replica); when full, new events are
+    /// refused and agents retry.
+    #[arg(id = "events-max-bytes", long = "events-max-bytes", env = "EVENTS_MAX_BYTES", value_name = "EVENTS_MAX_BYTES", default_value = "4GiB", value_parser = service_kit::config::parse_bytes)]
+    pub events_max_bytes: u64,
+    /// Bytes the inventory stream may hold (per replica).
+    #[arg(id = "inventory-max-bytes", long = "inventory-max-bytes", env = "INVENTORY_MAX_BYTES", value_name = "INVENTORY_MAX_BYTES", default_value = "2GiB", value_parser = service_kit::config::parse_bytes)]
+    pub inventory_max_bytes: u64,
+    /// Bytes the dead-letter stream may hold (per replica); the oldest go first.
+    #[arg(id = "dlq-max-bytes", long = "dlq-max-bytes", env = "DLQ_MAX_BYTES", value_name = "DLQ_MAX_BYTES", default_value = "1GiB", value_parser = service_kit::config::parse_bytes)]
+    pub dlq_max_bytes: u64,
+    /// Bytes the incident-notification stream may hold (per replica).
+    #[arg(id = "incidents-max-bytes", long = "incidents-max-bytes", env = "INCIDENTS_MAX_BYTES", value_name = "INCIDENTS_MAX_BYTES", default_value = "256MiB", value_parser = service_kit::config::parse_bytes)]
+    pub incidents_max_bytes: u64,
+    /// Bytes the heartbeat bucket may hold (per replica; about 350 bytes an agent).
+    #[arg(id = "agents-bucket-max-bytes", long = "agents-bucket-max-bytes", env = "AGENTS_BUCKET_MAX_BYTES", value_name = "AGENTS_BUCKET_MAX_BYTES", default_value = "1GiB", value_parser = service_kit::config::parse_bytes)]
+    pub agents_bucket_max_bytes: u64,
     /// Timeout of every NATS request (and of JetStream API calls).
     #[arg(id = "nats-request-timeout", long = "nats-request-timeout", env = "NATS_REQUEST_TIMEOUT", value_name = "NATS_REQUEST_TIMEOUT", default_value = "5s", value_parser = service_kit::config::parse_duration)]
     pub request_timeout: Duration,
@@ -118,6 +134,17 @@ impl NatsConfig {
         Ok(())
     }
 
+    /// Refuses a placeholder or example token outside development mode.
+    pub fn check_secrets(&self, dev: bool) -> Result<(), String> {
+        match &self.token {
+            Some(token) => {
+                use secrecy::ExposeSecret as _;
+                service_kit::config::check_secret("NATS_TOKEN", token.expose_secret(), dev)
+            }
+            None => Ok(()),
+        }
+    }
+
     pub fn subjects(&self) -> Subjects {
         Subjects::new(self.subject_root.clone())
     }
@@ -133,6 +160,13 @@ impl NatsConfig {
             replicas: usize::from(self.stream_replicas),
             events_max_age: self.events_max_age,
             dedup_window: self.dedup_window,
+            max_bytes: crate::topology::StreamBytes {
+                events: self.events_max_bytes,
+                inventory: self.inventory_max_bytes,
+                dlq: self.dlq_max_bytes,
+                incidents: self.incidents_max_bytes,
+                agents_bucket: self.agents_bucket_max_bytes,
+            },
         }
     }
 }

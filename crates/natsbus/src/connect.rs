@@ -15,15 +15,39 @@ pub const MIN_SERVER_VERSION: (u64, u64) = (2, 10);
 pub async fn connect(config: &NatsConfig, name: &str) -> Result<Client, NatsError> {
     let mut options = ConnectOptions::new();
     if let Some(creds) = &config.creds {
-        options = options
-            .credentials_file(creds)
+        // Read now to fail fast on a bad file; read again on every reconnect.
+        let text = tokio::fs::read_to_string(creds)
             .await
-            .map_err(|e| NatsError::Config(format!("NATS_CREDS: {e}")))?;
+            .map_err(|e| NatsError::Config(format!("NATS_CREDS: {}: {e}", creds.display())))?;
+        crate::auth::parse_creds(&text)
+            .map_err(|_| NatsError::Config(format!("NATS_CREDS: {} is not a creds file", creds.display())))?;
+        options = creds_file_options(creds);
     }
     if let Some(token) = &config.token {
         options = options.token(token.expose_secret().to_owned());
     }
     connect_with(options, &config.server_urls(), name, config.request_timeout).await
+}
+
+/// Options that authenticate with the creds file at `path`, read again at every
+/// (re)connect: rotated credentials (`nats-init --rotate`, or a Kubernetes Secret
+/// updated in place) are picked up when the server drops the old ones, without a
+/// restart.
+pub fn creds_file_options(path: &std::path::Path) -> ConnectOptions {
+    let path = path.to_owned();
+    ConnectOptions::with_auth_callback(move |nonce| {
+        let path = path.clone();
+        async move {
+            let text = tokio::fs::read_to_string(&path).await.map_err(async_nats::AuthError::new)?;
+            let (jwt, seed) = crate::auth::parse_creds(&text).map_err(async_nats::AuthError::new)?;
+            let key = nkeys::KeyPair::from_seed(&seed).map_err(async_nats::AuthError::new)?;
+            let signature = key.sign(&nonce).map_err(async_nats::AuthError::new)?;
+            let mut auth = async_nats::Auth::new();
+            auth.jwt = Some(jwt);
+            auth.signature = Some(signature);
+            Ok(auth)
+        }
+    })
 }
 
 /// [`connect`], abandoned when `shutdown` is cancelled first: a service asked to stop

@@ -13,10 +13,12 @@ mod topology;
 pub mod trace;
 
 pub use config::NatsConfig;
-pub use connect::{MIN_SERVER_VERSION, check_server_version, connect, connect_until, connect_with};
+pub use connect::{
+    MIN_SERVER_VERSION, check_server_version, connect, connect_until, connect_with, creds_file_options,
+};
 pub use deadletter::{DeadLetter, dead_letter};
 pub use error::NatsError;
-pub use topology::{Topology, ensure_topology};
+pub use topology::{StreamBytes, Topology, ensure_topology};
 
 use async_nats::HeaderMap;
 use bytes::Bytes;

@@ -56,10 +56,18 @@ impl RedisConfig {
         Keys::new(&self.prefix)
     }
 
+    /// Refuses a placeholder or example password in the URL outside development mode.
+    pub fn check_secrets(&self, dev: bool) -> Result<(), String> {
+        match service_kit::config::url_password(self.url.expose_secret()) {
+            Some(password) => service_kit::config::check_secret("REDIS_URL", &password, dev),
+            None => Ok(()),
+        }
+    }
+
     /// Checks the URL and prefix without connecting.
     pub fn validate(&self) -> Result<(), String> {
         redis::Client::open(self.url.expose_secret())
-            .map_err(|_| "REDIS_URL: not a valid redis:// URL".to_owned())?;
+            .map_err(|_| "REDIS_URL: not a valid redis:// or rediss:// URL".to_owned())?;
         if self.prefix.chars().any(|c| c.is_whitespace() || c.is_control()) || self.prefix.len() > 64 {
             return Err("REDIS_PREFIX: at most 64 characters, no whitespace".into());
         }

@@ -10,6 +10,7 @@ use wire_models::AgentId;
 /// | `{p}presence:epoch`       | string     | random token; gone = Redis lost the presence data     |
 /// | `{p}rl:{scope}:{subject}` | string+TTL | rate-limit window counter                             |
 /// | `{p}cache:{name}`         | string+TTL | cached API reads and AI analyses                      |
+/// | `{p}nonce:enroll:{nonce}` | string+TTL | an unused enrollment challenge                        |
 ///
 /// Presence, in detail:
 /// - An agent's *deadline* is its last heartbeat plus its own threshold (its interval
@@ -73,6 +74,11 @@ impl Keys {
 
     pub fn cache(&self, name: &str) -> String {
         format!("{}cache:{name}", self.prefix)
+    }
+
+    /// An enrollment challenge, deleted when used (each nonce proves once).
+    pub fn enroll_nonce(&self, nonce: &str) -> String {
+        format!("{}nonce:enroll:{nonce}", self.prefix)
     }
 }
 

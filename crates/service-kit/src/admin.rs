@@ -37,7 +37,9 @@ impl Readiness {
         self
     }
 
-    /// Runs every check concurrently; returns whether all passed and a JSON report.
+    /// Runs every check concurrently; returns whether all passed and a JSON report. The
+    /// report names failed checks but not why: error text can carry hosts, users or
+    /// paths, and `/readyz` may be reachable by anyone. The reason is logged.
     pub async fn run(&self) -> (bool, Value) {
         const TIMEOUT: Duration = Duration::from_secs(2);
         let results = futures::future::join_all(self.checks.iter().map(|(name, check)| {
@@ -59,7 +61,8 @@ impl Readiness {
                 Ok(()) => json!("ok"),
                 Err(e) => {
                     ready = false;
-                    json!({ "error": e })
+                    tracing::warn!(check = name, error = %e, "readiness check failed");
+                    json!("unavailable")
                 }
             };
             report.insert(name.to_owned(), value);
@@ -68,13 +71,21 @@ impl Readiness {
     }
 }
 
-/// Router with `/healthz`, `/readyz` and `/metrics`; merge it into an app or serve it
-/// alone on an admin port.
+/// Router with `/healthz`, `/readyz` and `/metrics`, to serve on an admin port.
 pub fn router(readiness: Readiness) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .with_state(Arc::new(readiness))
+}
+
+/// `/healthz` and `/readyz` only, to merge into a public API: metrics stay on the
+/// admin port.
+pub fn probes(readiness: Readiness) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .with_state(Arc::new(readiness))
 }
 

@@ -123,71 +123,192 @@ pub async fn revoke(pool: &PgPool, id: &AgentId) -> Result<bool, StorageError> {
     Ok(result.rows_affected() == 1)
 }
 
+/// An enrollment as the gateway checked it: every field validated, the proof (when
+/// there is one) verified against the key it names.
+#[derive(Debug, Clone)]
+pub struct EnrollmentRequest<'a> {
+    /// The id a new agent gets.
+    pub candidate: &'a AgentId,
+    /// SHA-256 of the machine fingerprint.
+    pub fingerprint_hash: &'a str,
+    pub hostname: &'a str,
+    /// SHA-256 of the enrollment token; `None` when the caller already checked a
+    /// bootstrap token from the environment, or none was sent.
+    pub token_hash: Option<&'a str>,
+    /// Whether a bootstrap token was accepted (counts as a valid token).
+    pub bootstrap: bool,
+    /// The key whose possession the request proved (a signature over a fresh nonce).
+    pub proven_key: Option<&'a str>,
+    /// The key the new credentials are for (what becomes the key on record). `None`
+    /// only without bus security, where no credentials are issued.
+    pub new_key: Option<&'a str>,
+    /// Where the request came from (kept with an identity conflict).
+    pub source_ip: &'a str,
+}
+
 /// How an enrollment ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Enrollment {
     /// A new agent.
     New(AgentId),
-    /// The same machine enrolled before: its agent id is returned again.
-    Existing(AgentId),
-    /// The machine's agent was revoked; it cannot come back through enrollment.
+    /// An agent that proved its identity; `replaced_keys` are its other credentials,
+    /// revoked in the same transaction.
+    Existing { id: AgentId, replaced_keys: Vec<String> },
+    /// The agent was revoked; it cannot come back through enrollment.
     Revoked(AgentId),
     /// The token was refused.
     TokenRefused(crate::tokens::TokenRefusal),
+    /// The machine's fingerprint is enrolled and the request did not prove it holds
+    /// that agent's key. With a key in the request the attempt is kept as an identity
+    /// conflict for an administrator (`conflict` = its id and whether it was rejected).
+    ProofRequired { agent: AgentId, conflict: Option<(i64, bool)> },
+    /// The key is already another agent's.
+    KeyInUse,
 }
 
-/// Enrolls a machine. `token_hash` is `None` when the caller already checked a
-/// bootstrap token from the environment. One transaction: a refused enrollment uses
-/// no token, and two enrollments of one machine racing get the same agent id.
-pub async fn enroll(
-    pool: &PgPool,
-    candidate: &AgentId,
-    fingerprint_hash: &str,
-    hostname: &str,
-    token_hash: Option<&str>,
-) -> Result<Enrollment, StorageError> {
+fn parse_id(id: &str) -> Result<AgentId, StorageError> {
+    AgentId::parse(id).map_err(|e| StorageError::Conflict(e.to_string()))
+}
+
+/// Enrolls a machine. One transaction, serialised per fingerprint: a refused
+/// enrollment uses no token, and two enrollments of one new machine racing get the
+/// same agent id.
+pub async fn enroll(pool: &PgPool, req: &EnrollmentRequest<'_>) -> Result<Enrollment, StorageError> {
     let mut tx = pool.begin().await?;
-    let existing: Option<(String, Option<chrono::DateTime<chrono::Utc>>)> =
-        sqlx::query_as("SELECT id, revoked_at FROM agents WHERE machine_fingerprint = $1 FOR UPDATE")
-            .bind(fingerprint_hash)
-            .fetch_optional(&mut *tx)
-            .await?;
-    if let Some((id, Some(_))) = &existing {
-        let id = AgentId::parse(id).map_err(|e| StorageError::Conflict(e.to_string()))?;
-        return Ok(Enrollment::Revoked(id));
-    }
-    if let Some(token_hash) = token_hash
-        && let Err(refusal) = crate::tokens::consume(&mut tx, token_hash).await?
-    {
-        return Ok(Enrollment::TokenRefused(refusal));
-    }
-    let outcome = match existing {
-        Some((id, None)) => {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7162))")
+        .bind(req.fingerprint_hash)
+        .execute(&mut *tx)
+        .await?;
+
+    // Proof first: the key identifies the agent, whatever fingerprint it reports now.
+    if let Some(proven) = req.proven_key {
+        let owner: Option<(String, Option<chrono::DateTime<chrono::Utc>>)> =
+            sqlx::query_as("SELECT id, revoked_at FROM agents WHERE identity_key = $1 FOR UPDATE")
+                .bind(proven)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if let Some((id, revoked_at)) = owner {
+            let id = parse_id(&id)?;
+            if revoked_at.is_some() {
+                return Ok(Enrollment::Revoked(id));
+            }
+            if let Some(new_key) = req.new_key
+                && key_owner(&mut tx, new_key).await?.is_some_and(|owner| owner != id.as_str())
+            {
+                return Ok(Enrollment::KeyInUse);
+            }
             sqlx::query(
-                "UPDATE agents SET hostname = $2, enrolled_at = now(), updated_at = now() WHERE id = $1",
+                "UPDATE agents SET hostname = $2, machine_fingerprint = $3, identity_key = COALESCE($4, identity_key),
+                        enrolled_at = now(), updated_at = now()
+                 WHERE id = $1",
             )
-            .bind(&id)
-            .bind(hostname)
+            .bind(id.as_str())
+            .bind(req.hostname)
+            .bind(req.fingerprint_hash)
+            .bind(req.new_key)
             .execute(&mut *tx)
             .await?;
-            Enrollment::Existing(AgentId::parse(&id).map_err(|e| StorageError::Conflict(e.to_string()))?)
+            let replaced = crate::credentials::revoke_others(&mut tx, &id, req.new_key).await?;
+            tx.commit().await?;
+            return Ok(Enrollment::Existing { id, replaced_keys: replaced });
         }
-        _ => {
-            // ON CONFLICT: another enrollment of the same machine won the race.
-            let id: String = sqlx::query_scalar(
-                "INSERT INTO agents (id, hostname, machine_fingerprint, enrolled_at) VALUES ($1, $2, $3, now())
-                 ON CONFLICT (machine_fingerprint) DO UPDATE SET enrolled_at = now()
-                 RETURNING id",
+    }
+
+    type Candidate = (String, Option<chrono::DateTime<chrono::Utc>>, Option<String>);
+    let candidates: Vec<Candidate> = sqlx::query_as(
+        "SELECT id, revoked_at, identity_key FROM agents WHERE machine_fingerprint = $1 ORDER BY created_at FOR UPDATE",
+    )
+    .bind(req.fingerprint_hash)
+    .fetch_all(&mut *tx)
+    .await?;
+    let live: Vec<&Candidate> = candidates.iter().filter(|(_, revoked, _)| revoked.is_none()).collect();
+    if live.is_empty()
+        && let Some((id, ..)) = candidates.first()
+    {
+        return Ok(Enrollment::Revoked(parse_id(id)?));
+    }
+
+    if !req.bootstrap {
+        let check = match req.token_hash {
+            Some(hash) if live.is_empty() => crate::tokens::consume(&mut tx, hash).await?.map(|_| ()),
+            // A conflict is recorded only for a valid token, but uses none of it.
+            Some(hash) => crate::tokens::check(&mut tx, hash).await?,
+            None => Err(crate::tokens::TokenRefusal::Unknown),
+        };
+        if let Err(refusal) = check {
+            return Ok(Enrollment::TokenRefused(refusal));
+        }
+    }
+
+    if let Some((id, _, key_on_record)) = live.first() {
+        let id = parse_id(id)?;
+        if key_on_record.is_none() && live.len() == 1 {
+            // Enrolled while bus security was off: there is no key to prove, the token
+            // is the only credential there ever was.
+            sqlx::query(
+                "UPDATE agents SET hostname = $2, identity_key = $3, enrolled_at = now(), updated_at = now()
+                 WHERE id = $1",
             )
-            .bind(candidate.as_str())
-            .bind(hostname)
-            .bind(fingerprint_hash)
-            .fetch_one(&mut *tx)
+            .bind(id.as_str())
+            .bind(req.hostname)
+            .bind(req.new_key)
+            .execute(&mut *tx)
             .await?;
-            let id = AgentId::parse(&id).map_err(|e| StorageError::Conflict(e.to_string()))?;
-            if &id == candidate { Enrollment::New(id) } else { Enrollment::Existing(id) }
+            tx.commit().await?;
+            return Ok(Enrollment::Existing { id, replaced_keys: Vec::new() });
         }
-    };
+        let conflict = match req.new_key {
+            Some(key) => Some(crate::conflicts::record(&mut tx, &id, req, key).await?),
+            None => None,
+        };
+        tx.commit().await?;
+        return Ok(Enrollment::ProofRequired { agent: id, conflict });
+    }
+
+    if let Some(new_key) = req.new_key
+        && key_owner(&mut tx, new_key).await?.is_some()
+    {
+        return Ok(Enrollment::KeyInUse);
+    }
+    sqlx::query(
+        "INSERT INTO agents (id, hostname, machine_fingerprint, identity_key, enrolled_at)
+         VALUES ($1, $2, $3, $4, now())",
+    )
+    .bind(req.candidate.as_str())
+    .bind(req.hostname)
+    .bind(req.fingerprint_hash)
+    .bind(req.new_key)
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
-    Ok(outcome)
+    Ok(Enrollment::New(req.candidate.clone()))
+}
+
+/// Which agent a public key belongs to: the key on record, or any credential ever
+/// issued (a revoked key is nobody's to take).
+async fn key_owner(conn: &mut sqlx::PgConnection, key: &str) -> Result<Option<String>, StorageError> {
+    let owner: Option<Option<String>> = sqlx::query_scalar(
+        "SELECT id FROM agents WHERE identity_key = $1
+         UNION ALL
+         SELECT COALESCE(agent_id, '') FROM agent_credentials WHERE user_public_key = $1
+         LIMIT 1",
+    )
+    .bind(key)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(owner.map(Option::unwrap_or_default))
+}
+
+/// Removes a revoked agent so its machine can enroll again: with `purge` its history
+/// (incidents, inventory, presence) goes too; without, the record stays, revoked, and
+/// only the machine's fingerprint and key are released. Returns `false` when there is
+/// no such revoked agent. Its revoked credentials stay on the revocation list.
+pub async fn delete_revoked(pool: &PgPool, id: &AgentId, purge: bool) -> Result<bool, StorageError> {
+    let statement = if purge {
+        "DELETE FROM agents WHERE id = $1 AND revoked_at IS NOT NULL"
+    } else {
+        "UPDATE agents SET machine_fingerprint = NULL, identity_key = NULL, updated_at = now()
+         WHERE id = $1 AND revoked_at IS NOT NULL"
+    };
+    Ok(sqlx::query(statement).bind(id.as_str()).execute(pool).await?.rows_affected() == 1)
 }

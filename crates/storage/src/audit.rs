@@ -54,6 +54,32 @@ pub async fn begin(pool: &PgPool, entry: &NewAudit<'_>) -> Result<i64, StorageEr
     .await?)
 }
 
+/// Writes a finished entry in one statement: an administrative change (users,
+/// tokens, agents) or a refused enrollment, which has no "sent" moment to wait for.
+pub async fn record(
+    pool: &PgPool,
+    entry: &NewAudit<'_>,
+    outcome: &str,
+    result: Option<&Value>,
+) -> Result<i64, StorageError> {
+    Ok(sqlx::query_scalar(
+        "INSERT INTO audit_log (request_id, actor, action, agent_id, incident_id, command, params, outcome,
+                                result, finished_at, duration_ms)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now(), 0) RETURNING id",
+    )
+    .bind(entry.request_id)
+    .bind(entry.actor)
+    .bind(entry.action)
+    .bind(entry.agent_id)
+    .bind(entry.incident_id)
+    .bind(entry.command)
+    .bind(entry.params)
+    .bind(outcome)
+    .bind(result)
+    .fetch_one(pool)
+    .await?)
+}
+
 /// Completes the row with the outcome (`ok`, `error`, `offline`, `timeout`,
 /// `invalid_reply`, ...).
 ///

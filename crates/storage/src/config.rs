@@ -148,6 +148,19 @@ impl DbConfig {
         Ok(options.application_name("opspilot").options([("statement_timeout", timeout_ms.as_str())]))
     }
 
+    /// Refuses a placeholder or example password outside development mode.
+    pub fn check_secrets(&self, dev: bool) -> Result<(), String> {
+        if let Some(password) = &self.password {
+            service_kit::config::check_secret("DB_PASSWORD", password.expose_secret(), dev)?;
+        }
+        if let Some(url) = &self.database_url
+            && let Some(password) = service_kit::config::url_password(url.expose_secret())
+        {
+            service_kit::config::check_secret("DATABASE_URL", &password, dev)?;
+        }
+        Ok(())
+    }
+
     /// Validates the settings without connecting (so a bad value exits before binding).
     pub fn validate(&self) -> Result<(), String> {
         self.connect_options().map_err(|e| match e {

@@ -7,6 +7,7 @@ pub mod agents;
 pub mod analysis;
 pub mod audit;
 mod config;
+pub mod conflicts;
 pub mod credentials;
 mod error;
 pub mod incidents;

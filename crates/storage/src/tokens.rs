@@ -115,3 +115,23 @@ pub async fn consume(
         Some(_) => TokenRefusal::Exhausted,
     }))
 }
+
+/// Whether a token could be used now, without using it.
+pub async fn check(
+    conn: &mut sqlx::PgConnection,
+    token_hash: &str,
+) -> Result<Result<(), TokenRefusal>, StorageError> {
+    let state: Option<TokenState> = sqlx::query_as(
+        "SELECT revoked_at, expires_at, max_uses, use_count FROM enrollment_tokens WHERE token_hash = $1",
+    )
+    .bind(token_hash)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(match state {
+        None => Err(TokenRefusal::Unknown),
+        Some((Some(_), ..)) => Err(TokenRefusal::Revoked),
+        Some((None, expires_at, ..)) if expires_at <= Utc::now() => Err(TokenRefusal::Expired),
+        Some((None, _, Some(max), used)) if used >= max => Err(TokenRefusal::Exhausted),
+        Some(_) => Ok(()),
+    })
+}

@@ -15,9 +15,11 @@ pub struct User {
     pub disabled: bool,
     pub created_at: DateTime<Utc>,
     pub last_login_at: Option<DateTime<Utc>>,
+    /// Access tokens name the version they were issued at; any other is refused.
+    pub token_version: i32,
 }
 
-const COLUMNS: &str = "id, email, password_hash, role, disabled, created_at, last_login_at";
+const COLUMNS: &str = "id, email, password_hash, role, disabled, created_at, last_login_at, token_version";
 
 /// Creates a user; a duplicate email (case-insensitive) is a [`StorageError::Conflict`].
 pub async fn create(
@@ -73,7 +75,9 @@ pub async fn touch_login(pool: &PgPool, id: Uuid) -> Result<(), StorageError> {
     Ok(())
 }
 
-/// Changes a user's role and/or disabled flag; `None` leaves a field as it is.
+/// Changes a user's role, disabled flag and/or password; `None` leaves a field as it
+/// is. Any actual change moves the token version on, so tokens issued before it stop
+/// working at once.
 pub async fn update(
     pool: &PgPool,
     id: Uuid,
@@ -83,7 +87,12 @@ pub async fn update(
 ) -> Result<Option<User>, StorageError> {
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "UPDATE users SET role = COALESCE($2, role), disabled = COALESCE($3, disabled),
-                          password_hash = COALESCE($4, password_hash)
+                          password_hash = COALESCE($4, password_hash),
+                          token_version = token_version
+                              + CASE WHEN ($2::text IS NOT NULL AND $2 <> role)
+                                       OR ($3::bool IS NOT NULL AND $3 <> disabled)
+                                       OR $4::text IS NOT NULL
+                                     THEN 1 ELSE 0 END
          WHERE id = $1 RETURNING {COLUMNS}"
     )))
     .bind(id)

@@ -56,6 +56,7 @@ pub fn isolated_topology() -> natsbus::Topology {
         dlq_stream: format!("{upper}_DEADLETTER"),
         incidents_stream: format!("{upper}_INCIDENTS"),
         agents_bucket: format!("{upper}_AGENTS"),
+        max_bytes: natsbus::StreamBytes::SMALL,
         ..natsbus::Topology::default()
     }
 }

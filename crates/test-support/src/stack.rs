@@ -29,7 +29,10 @@ impl StackAuth {
         let setup = AuthSetup::generate("OPSPILOT").expect("generating keys");
         std::fs::write(dir.path().join("keys.json"), serde_json::to_string(&setup).expect("keys as json"))
             .expect("writing keys.json");
-        setup.write_all(dir.path(), topology).expect("writing the security setup");
+        // Test stacks are development stacks: the superuser and the simulator's fleet
+        // identity exist, and nothing expires within a test.
+        let options = natsbus::auth::WriteOptions { dev: true, service_ttl: None, ..Default::default() };
+        setup.write_all(dir.path(), topology, options).expect("writing the security setup");
         Self { dir, setup }
     }
 
@@ -79,9 +82,16 @@ impl Stack {
             ("DLQ_STREAM", self.topology.dlq_stream.clone()),
             ("INCIDENTS_STREAM", self.topology.incidents_stream.clone()),
             ("AGENTS_BUCKET", self.topology.agents_bucket.clone()),
+            ("EVENTS_MAX_BYTES", self.topology.max_bytes.events.to_string()),
+            ("INVENTORY_MAX_BYTES", self.topology.max_bytes.inventory.to_string()),
+            ("DLQ_MAX_BYTES", self.topology.max_bytes.dlq.to_string()),
+            ("INCIDENTS_MAX_BYTES", self.topology.max_bytes.incidents.to_string()),
+            ("AGENTS_BUCKET_MAX_BYTES", self.topology.max_bytes.agents_bucket.to_string()),
         ];
         if *identity == Identity::ApiGateway {
             env.push(("NATS_AUTH_DIR", self.auth.dir().display().to_string()));
+            // Its admin port (metrics) on a free port, so gateways run side by side.
+            env.push(("ADMIN_ADDR", "127.0.0.1:0".to_owned()));
         }
         env
     }
@@ -132,6 +142,7 @@ fn flag_for(var: &str) -> &'static str {
         "NATS_URLS" => "nats-urls",
         "NATS_CREDS" => "nats-creds",
         "NATS_AUTH_DIR" => "nats-auth-dir",
+        "ADMIN_ADDR" => "admin-addr",
         "DATABASE_URL" => "database-url",
         "REDIS_URL" => "redis-url",
         "REDIS_PREFIX" => "redis-prefix",
@@ -141,6 +152,11 @@ fn flag_for(var: &str) -> &'static str {
         "DLQ_STREAM" => "dlq-stream",
         "INCIDENTS_STREAM" => "incidents-stream",
         "AGENTS_BUCKET" => "agents-bucket",
+        "EVENTS_MAX_BYTES" => "events-max-bytes",
+        "INVENTORY_MAX_BYTES" => "inventory-max-bytes",
+        "DLQ_MAX_BYTES" => "dlq-max-bytes",
+        "INCIDENTS_MAX_BYTES" => "incidents-max-bytes",
+        "AGENTS_BUCKET_MAX_BYTES" => "agents-bucket-max-bytes",
         other => panic!("no flag known for {other}"),
     }
 }

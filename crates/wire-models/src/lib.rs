@@ -16,6 +16,7 @@ mod agent_id;
 mod canonical;
 mod codec;
 mod command;
+mod enrollment;
 mod messages;
 mod subjects;
 mod text;
@@ -24,6 +25,7 @@ pub use agent_id::{AgentId, AgentIdError};
 pub use canonical::{canonical_json, sha256_hex};
 pub use codec::{DecodeError, EncodeError, WireMessage, decode, encode};
 pub use command::{Command, CommandError, CommandName, LogPath, ServiceName};
+pub use enrollment::{ENROLL_PROOF_CONTEXT, enroll_proof_message};
 pub use messages::{
     AnalyzeOutcome, AnalyzeReply, AnalyzeRequest, Event, EventKind, Heartbeat, IncidentCreated, Inventory,
     InventoryReport, OsInfo, PackageInfo, PresenceChanged, PresenceState, RpcError, RpcReply, RpcRequest,

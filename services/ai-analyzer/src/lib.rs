@@ -50,6 +50,8 @@ pub struct Config {
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
     #[command(flatten)]
+    pub dev: service_kit::config::DevArgs,
+    #[command(flatten)]
     pub nats: NatsConfig,
     #[command(flatten)]
     pub db: DbConfig,
@@ -126,6 +128,9 @@ impl Config {
         self.telemetry.validate()?;
         self.nats.validate()?;
         self.db.validate()?;
+        self.db.check_secrets(self.dev.dev)?;
+        self.nats.check_secrets(self.dev.dev)?;
+        self.redis.check_secrets(self.dev.dev)?;
         self.redis.validate()?;
         if self.ai_timeout.is_zero() {
             return Err("AI_TIMEOUT: must be more than 0".into());
@@ -144,6 +149,9 @@ impl Config {
         {
             // The key itself is never echoed.
             return Err("OPENROUTER_KEY: must be printable ASCII without spaces".into());
+        }
+        if let Some(key) = self.key() {
+            service_kit::config::check_secret("OPENROUTER_KEY", key.expose_secret(), self.dev.dev)?;
         }
         let name = &self.auto_analyze_consumer;
         if name.is_empty()

@@ -55,6 +55,11 @@ pub(crate) struct Claims {
     pub(crate) iat: i64,
     pub(crate) exp: i64,
     pub(crate) jti: Uuid,
+    /// The user's token version when the token was issued; a password, role or
+    /// disabled change moves it on and ends every older token. Tokens from before
+    /// versions existed have none and are refused.
+    #[serde(default)]
+    pub(crate) ver: i32,
 }
 
 /// Signing and verification keys with the validation rules pinned.
@@ -90,6 +95,7 @@ impl JwtKeys {
         id: Uuid,
         email: &str,
         role: Role,
+        version: i32,
     ) -> Result<(String, DateTime<Utc>), ApiError> {
         let now = Utc::now();
         let expires = now + chrono::Duration::from_std(self.ttl).unwrap_or(chrono::Duration::hours(1));
@@ -101,6 +107,7 @@ impl JwtKeys {
             iat: now.timestamp(),
             exp: expires.timestamp(),
             jti: Uuid::new_v4(),
+            ver: version,
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| ApiError::Internal(anyhow::anyhow!("signing a token: {e}")))?;
@@ -126,46 +133,78 @@ impl JwtKeys {
     }
 }
 
-/// Hashes a password with argon2id (default parameters: 19 MiB, 2 passes) on a
-/// blocking thread: it takes tens of milliseconds by design.
-pub(crate) async fn hash_password(password: SecretString) -> Result<String, ApiError> {
-    tokio::task::spawn_blocking(move || {
-        use argon2::password_hash::PasswordHasher;
-        argon2::Argon2::default()
-            .hash_password(password.expose_secret().as_bytes())
-            .map(|hash| hash.to_string())
-            .map_err(|e| ApiError::Internal(anyhow::anyhow!("hashing a password: {e}")))
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.into()))?
+/// Runs argon2id off the async threads, a bounded number at a time: each hash holds
+/// 19 MiB for tens of milliseconds, so a login burst could otherwise take all memory.
+/// Past the bound a caller waits up to `wait`, then gets 503 with Retry-After.
+pub(crate) struct Hasher {
+    permits: tokio::sync::Semaphore,
+    wait: Duration,
 }
 
-/// A valid-looking hash to verify against when the user does not exist, so a login for
-/// an unknown email takes as long as one with a wrong password.
+impl Hasher {
+    pub(crate) fn new(concurrent: usize, wait: Duration) -> Self {
+        Self { permits: tokio::sync::Semaphore::new(concurrent.max(1)), wait }
+    }
+
+    async fn permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+        match tokio::time::timeout(self.wait, self.permits.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => {
+                metrics::counter!("opspilot_password_hash_busy_total").increment(1);
+                Err(ApiError::Busy { what: "password checking", retry_after: 1 })
+            }
+        }
+    }
+
+    /// Hashes a password with argon2id (default parameters: 19 MiB, 2 passes).
+    pub(crate) async fn hash(&self, password: SecretString) -> Result<String, ApiError> {
+        let _permit = self.permit().await?;
+        tokio::task::spawn_blocking(move || {
+            use argon2::password_hash::PasswordHasher;
+            argon2::Argon2::default()
+                .hash_password(password.expose_secret().as_bytes())
+                .map(|hash| hash.to_string())
+                .map_err(|e| ApiError::Internal(anyhow::anyhow!("hashing a password: {e}")))
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?
+    }
+
+    /// Checks a password against a stored hash (or the decoy, so a login for an
+    /// unknown email takes as long as one with a wrong password).
+    pub(crate) async fn verify(
+        &self,
+        password: SecretString,
+        hash: Option<String>,
+    ) -> Result<bool, ApiError> {
+        let _permit = self.permit().await?;
+        let real = hash.is_some();
+        let hash = hash.unwrap_or_else(|| DECOY_HASH.to_owned());
+        let ok = tokio::task::spawn_blocking(move || {
+            use argon2::password_hash::PasswordVerifier;
+            let Ok(parsed) = argon2::password_hash::phc::PasswordHash::new(&hash) else { return false };
+            argon2::Argon2::default().verify_password(password.expose_secret().as_bytes(), &parsed).is_ok()
+        })
+        .await
+        .unwrap_or(false);
+        Ok(ok && real)
+    }
+}
+
+/// A valid-looking hash to verify against when the user does not exist.
 const DECOY_HASH: &str =
     "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$0UGUxkTFRRnUQ0nBB3Vh1K2Gfi7x+7mdK1iGXAGBFjk";
 
-/// Checks a password against a stored hash (or the decoy) on a blocking thread.
-pub(crate) async fn verify_password(password: SecretString, hash: Option<String>) -> bool {
-    let real = hash.is_some();
-    let hash = hash.unwrap_or_else(|| DECOY_HASH.to_owned());
-    let ok = tokio::task::spawn_blocking(move || {
-        use argon2::password_hash::PasswordVerifier;
-        let Ok(parsed) = argon2::password_hash::phc::PasswordHash::new(&hash) else { return false };
-        argon2::Argon2::default().verify_password(password.expose_secret().as_bytes(), &parsed).is_ok()
-    })
-    .await
-    .unwrap_or(false);
-    ok && real
-}
-
-/// The authenticated caller. The role comes from the database on every request, so
-/// disabling a user or lowering a role takes effect at once.
+/// The authenticated caller. The role and token version come from the database (or
+/// a one-second cache), so disabling a user, lowering a role or changing a password
+/// takes effect at once on the replica that made the change and within a second on
+/// the others.
 #[derive(Debug, Clone)]
 pub(crate) struct CurrentUser {
     pub(crate) id: Uuid,
     pub(crate) email: String,
     pub(crate) role: Role,
+    pub(crate) token_version: i32,
 }
 
 impl CurrentUser {
@@ -202,11 +241,17 @@ impl FromRequestParts<AppState> for CurrentUser {
                     .ok_or_else(|| ApiError::Unauthenticated("user unknown or disabled".into()))?;
                 let role = Role::parse(&user.role)
                     .ok_or_else(|| ApiError::Unauthenticated("user has no valid role".into()))?;
-                let current = CurrentUser { id: user.id, email: user.email, role };
+                let current =
+                    CurrentUser { id: user.id, email: user.email, role, token_version: user.token_version };
                 state.users.put(current.clone());
                 current
             }
         };
+        if claims.ver != current.token_version {
+            return Err(ApiError::Unauthenticated(
+                "token no longer valid (the account changed); log in again".into(),
+            ));
+        }
         state.limiter.per_user(current.id).await?;
         parts.extensions.insert(current.clone());
         Ok(current)

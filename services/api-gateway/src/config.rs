@@ -54,12 +54,41 @@ pub enum Command {
         role: Role,
     },
     /// Generate (or complete) the bus security setup in a directory: keys, the
-    /// nats-server configuration fragment and every service's credentials. Existing
-    /// keys are kept, so running it again only refreshes the files.
+    /// nats-server configuration fragment, every service's credentials and the
+    /// gateway's key file. Existing keys are kept, and service credentials are
+    /// renewed only when a third of their lifetime is left (or with --rotate), so
+    /// running it again is safe. With OPSPILOT_DEV it also writes the development
+    /// identities (the simulator's fleet identity and a superuser).
     NatsInit {
-        /// Where to write keys.json, nats-auth.conf and creds/.
+        /// Where to write keys.json, nats-auth.conf, gateway-keys.json and creds/.
         #[arg(long)]
         dir: std::path::PathBuf,
+        /// Lifetime of the services' credentials.
+        #[arg(long, default_value = "90d", value_parser = parse_duration)]
+        service_creds_ttl: Duration,
+        /// Write new credentials for every service now, revoke the ones they replace
+        /// and push the revocations (needs the database and NATS). Services pick up
+        /// the new files when the server drops the old credentials.
+        #[arg(long)]
+        rotate: bool,
+        /// Revoke this NATS user public key (a service's or an agent's) and push the
+        /// revocation (needs the database and NATS). Repeatable.
+        #[arg(long = "revoke-key", value_name = "USER_PUBLIC_KEY")]
+        revoke_keys: Vec<String>,
+        /// The account's JetStream disk limit (every stream together, all replicas).
+        #[arg(long, value_parser = service_kit::config::parse_bytes)]
+        account_max_disk: Option<u64>,
+        /// The account's JetStream memory limit.
+        #[arg(long, value_parser = service_kit::config::parse_bytes)]
+        account_max_memory: Option<u64>,
+        /// The resolver directory as the NATS server sees it (default: DIR/resolver).
+        #[arg(long)]
+        resolver_dir: Option<std::path::PathBuf>,
+        /// Also copy each identity's files into EXPORT_DIR/<identity>/ (the gateway's
+        /// key file with the gateway's, nats-auth.conf into nats/), so each container
+        /// can mount only its own.
+        #[arg(long)]
+        export_dir: Option<std::path::PathBuf>,
     },
 }
 
@@ -195,7 +224,8 @@ pub struct ServeArgs {
         global = true
     )]
     pub rate_limit_enroll: u32,
-    /// Believe X-Forwarded-For (only behind a proxy that sets it).
+    /// Believe one hop of X-Forwarded-For from any peer (the rightmost entry): only
+    /// when nothing but your proxy can reach the gateway. TRUSTED_PROXIES is safer.
     #[arg(
         id = "trust-proxy",
         long = "trust-proxy",
@@ -204,6 +234,34 @@ pub struct ServeArgs {
         global = true
     )]
     pub trust_proxy: bool,
+    /// Proxies whose X-Forwarded-For is believed, as comma-separated networks or
+    /// addresses (`10.0.0.0/8,192.168.1.10`). The client is the rightmost address
+    /// that is not one of them; a request from any other peer is taken at its address.
+    #[arg(id = "trusted-proxies", long = "trusted-proxies", env = "TRUSTED_PROXIES", value_name = "TRUSTED_PROXIES", value_parser = parse_networks, global = true)]
+    pub trusted_proxies: Option<Networks>,
+    /// Password hashes (logins, password changes) computed at once; each holds 19 MiB.
+    /// Past it a request waits up to 2 s, then gets 503 with Retry-After.
+    #[arg(
+        id = "max-concurrent-password-hashes",
+        long = "max-concurrent-password-hashes",
+        env = "MAX_CONCURRENT_PASSWORD_HASHES",
+        value_name = "MAX_CONCURRENT_PASSWORD_HASHES",
+        default_value_t = 4,
+        value_parser = clap::value_parser!(u16).range(1..=256),
+        global = true
+    )]
+    pub max_concurrent_hashes: u16,
+    /// Address of the admin HTTP server (`/healthz`, `/readyz`, `/metrics`); metrics
+    /// are not served on the public port.
+    #[arg(
+        id = "admin-addr",
+        long = "admin-addr",
+        env = "ADMIN_ADDR",
+        value_name = "ADMIN_ADDR",
+        default_value = "0.0.0.0:9090",
+        global = true
+    )]
+    pub admin_addr: SocketAddr,
     /// How long cached reads (agent lists) are reused; 0 disables the cache.
     #[arg(id = "cache-ttl", long = "cache-ttl", env = "API_CACHE_TTL", value_name = "API_CACHE_TTL", default_value = "2s", value_parser = parse_duration, global = true)]
     pub cache_ttl: Duration,
@@ -228,6 +286,14 @@ fn secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
     Ok(SecretString::from(s.to_owned()))
 }
 
+/// Parsed TRUSTED_PROXIES.
+#[derive(Debug, Clone)]
+pub struct Networks(pub(crate) Vec<ipnet::IpNet>);
+
+fn parse_networks(s: &str) -> Result<Networks, String> {
+    crate::client_ip::parse_networks(s).map(Networks)
+}
+
 /// The original design's placeholder secret; refused outside development mode.
 const DEFAULT_SECRETS: &[&str] = &["change_me", "changeme", "secret"];
 const MIN_SECRET_BYTES: usize = 32;
@@ -237,6 +303,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         self.telemetry.validate()?;
         self.db.validate()?;
+        self.db.check_secrets(self.serve.dev)?;
         match &self.command {
             Some(Command::Migrate) => return Ok(()),
             Some(Command::CreateUser { email, .. }) => {
@@ -248,10 +315,14 @@ impl Config {
         }
         self.nats.validate()?;
         self.redis.validate()?;
+        let dev = self.serve.dev;
+        self.redis.check_secrets(dev)?;
+        self.nats.check_secrets(dev)?;
         let Some(secret) = &self.serve.jwt_secret else {
             return Err("JWT_SECRET: required (at least 32 random bytes)".into());
         };
         let secret = secret.expose_secret();
+        service_kit::config::check_secret("JWT_SECRET", secret, dev)?;
         let weak = secret.len() < MIN_SECRET_BYTES || DEFAULT_SECRETS.contains(&secret);
         if weak && !self.serve.dev {
             return Err(format!(
@@ -290,10 +361,14 @@ impl Config {
                 .map_err(|_| "ADMIN_EMAIL: not a valid email".to_owned())?;
         }
         if let Some(password) = &self.serve.admin_password {
+            service_kit::config::check_secret("ADMIN_PASSWORD", password.expose_secret(), dev)?;
             crate::routes::auth::validate_password(password)
                 .map_err(|_| "ADMIN_PASSWORD: 12 to 1024 characters".to_owned())?;
         }
         self.bus_auth.validate()?;
+        if let Some(token) = &self.serve.bootstrap_token {
+            service_kit::config::check_secret("BOOTSTRAP_TOKEN", token.expose_secret(), dev)?;
+        }
         if let Some(token) = &self.serve.bootstrap_token
             && token.expose_secret().len() < 16
             && !self.serve.dev

@@ -36,6 +36,14 @@ pub(crate) enum ApiError {
     #[error("{0}")]
     EnrollmentRefused(String),
     #[error("{0}")]
+    InvalidProof(String),
+    #[error("{0}")]
+    IdentityProofRequired(String),
+    #[error("{0}")]
+    KeyInUse(String),
+    #[error("{what} is busy; retry in {retry_after} s")]
+    Busy { what: &'static str, retry_after: u64 },
+    #[error("{0}")]
     GatewayTimeout(String),
     #[error("{0}")]
     BadGateway(String),
@@ -79,6 +87,12 @@ impl ApiError {
             ApiError::EnrollmentRefused(_) => {
                 (StatusCode::UNAUTHORIZED, "enrollment-refused", "Enrollment refused")
             }
+            ApiError::InvalidProof(_) => (StatusCode::UNAUTHORIZED, "invalid-proof", "Invalid proof"),
+            ApiError::IdentityProofRequired(_) => {
+                (StatusCode::CONFLICT, "identity-proof-required", "Proof of identity required")
+            }
+            ApiError::KeyInUse(_) => (StatusCode::CONFLICT, "key-in-use", "Key in use"),
+            ApiError::Busy { .. } => (StatusCode::SERVICE_UNAVAILABLE, "busy", "Busy"),
             ApiError::GatewayTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout", "Timed out"),
             ApiError::BadGateway(_) => (StatusCode::BAD_GATEWAY, "bad-gateway", "Invalid upstream answer"),
             ApiError::Unavailable(_) => {
@@ -123,7 +137,7 @@ impl IntoResponse for ApiError {
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
-        if let ApiError::RateLimited { retry_after } = &self
+        if let ApiError::RateLimited { retry_after } | ApiError::Busy { retry_after, .. } = &self
             && let Ok(value) = HeaderValue::from_str(&retry_after.to_string())
         {
             response.headers_mut().insert(header::RETRY_AFTER, value);

@@ -11,6 +11,7 @@ mod config;
 mod error;
 mod extract;
 mod http;
+mod nats_init;
 mod presence_view;
 mod ratelimit;
 mod routes;
@@ -41,6 +42,8 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 /// A started gateway.
 pub struct Running {
     pub addr: SocketAddr,
+    /// Where `/metrics` (and the probes) are served.
+    pub admin_addr: SocketAddr,
     task: JoinHandle<anyhow::Result<()>>,
 }
 
@@ -61,14 +64,27 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             storage::migrate(&pool).await?;
             Ok(())
         }
-        Command::NatsInit { dir } => {
-            let setup = natsbus::auth::AuthSetup::load_or_generate(&dir, "OPSPILOT")
-                .with_context(|| format!("reading or writing keys in {}", dir.display()))?;
-            setup
-                .write_all(&dir, &config.nats.topology())
-                .with_context(|| format!("writing {}", dir.display()))?;
-            tracing::info!(dir = %dir.display(), "bus security files written: nats-auth.conf, creds/");
-            Ok(())
+        Command::NatsInit {
+            dir,
+            service_creds_ttl,
+            rotate,
+            revoke_keys,
+            account_max_disk,
+            account_max_memory,
+            resolver_dir,
+            export_dir,
+        } => {
+            let request = nats_init::Request {
+                dir,
+                service_creds_ttl,
+                rotate,
+                revoke_keys,
+                account_max_disk,
+                account_max_memory,
+                resolver_dir,
+                export_dir,
+            };
+            nats_init::run(&config, request).await
         }
         Command::CreateUser { email, role } => {
             let password = match &config.serve.admin_password {
@@ -77,7 +93,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             };
             let pool = storage::connect(&config.db).await?;
             storage::check_schema(&pool).await?;
-            let user = routes::auth::create_user(&pool, &email, password, role)
+            let hasher = auth::Hasher::new(1, std::time::Duration::from_secs(60));
+            let user = routes::auth::create_user(&pool, &hasher, &email, password, role)
                 .await
                 .map_err(|e| anyhow::anyhow!("creating the user: {e}"))?;
             tracing::info!(user_id = %user.id, role = role.as_str(), "user created");
@@ -131,6 +148,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         jwt: auth::JwtKeys::new(&secret, &serve.jwt_issuer, serve.token_ttl),
         limiter: ratelimit::RateLimiter::new(redis.clone(), config.redis.keys(), limits),
         users: auth::UserCache::default(),
+        hasher: auth::Hasher::new(
+            usize::from(serve.max_concurrent_hashes),
+            std::time::Duration::from_secs(2),
+        ),
         rpc_timeout: serve.rpc_timeout,
         analyze_timeout: serve.analyze_timeout,
         bootstrap_token_hash: serve
@@ -152,7 +173,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .with_check("postgres", storage::ready_check(pool.clone()))
         .with_check("nats", natsbus::ready_check(client.clone()))
         .with_check("redis", presence::ready_check(redis.clone()));
-    let app = router(state, readiness, serve.trust_proxy, serve.body_timeout);
+    let trust = client_ip::TrustProxy {
+        networks: serve.trusted_proxies.as_ref().map(|n| n.0.clone()).unwrap_or_default(),
+        one_hop: serve.trust_proxy,
+    };
+    let (admin_addr, _admin) =
+        service_kit::admin::spawn(serve.admin_addr, readiness.clone(), shutdown.clone()).await?;
+    let app = router(state, readiness, trust, serve.body_timeout);
     tokio::spawn(bus_auth::resync_forever(
         bus_auth,
         pool.clone(),
@@ -164,7 +191,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .await
         .with_context(|| format!("binding {}", serve.http_addr))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, "api-gateway ready");
+    tracing::info!(%addr, %admin_addr, "api-gateway ready");
     let grace = serve.shutdown_grace;
     let task = tokio::spawn(async move {
         let stopping = shutdown.clone();
@@ -182,13 +209,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         client.flush().await.context("flushing nats")?;
         Ok(())
     });
-    Ok(Running { addr, task })
+    Ok(Running { addr, admin_addr, task })
 }
 
 fn router(
     state: state::AppState,
     readiness: Readiness,
-    trust_proxy: bool,
+    trust: client_ip::TrustProxy,
     body_timeout: std::time::Duration,
 ) -> Router {
     let (api, openapi) = routes::api();
@@ -197,14 +224,14 @@ fn router(
     Router::new()
         .merge(api)
         .merge(SwaggerUi::new("/api/v1/docs").url("/api/v1/openapi.json", openapi))
-        .merge(service_kit::admin::router(readiness))
+        .merge(service_kit::admin::probes(readiness))
         .fallback(http::not_found)
         .method_not_allowed_fallback(http::method_not_allowed)
         .layer(axum::middleware::from_fn(http::metrics))
         .layer(TraceLayer::new_for_http().make_span_with(http::make_span))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn(http::announced_body_limit))
-        .layer(axum::Extension(client_ip::TrustProxy(trust_proxy)))
+        .layer(axum::Extension(trust))
         .layer(axum::Extension(extract::BodyDeadline(body_timeout)))
         .layer(CatchPanicLayer::custom(http::panic_response))
 }
@@ -217,7 +244,8 @@ async fn ensure_first_admin(pool: &storage::PgPool, config: &Config) -> anyhow::
     if storage::users::count(pool).await? > 0 {
         return Ok(());
     }
-    match routes::auth::create_user(pool, email, password.clone(), Role::Admin).await {
+    let hasher = auth::Hasher::new(1, std::time::Duration::from_secs(60));
+    match routes::auth::create_user(pool, &hasher, email, password.clone(), Role::Admin).await {
         Ok(user) => tracing::info!(user_id = %user.id, "first admin created from ADMIN_EMAIL"),
         // Another replica created it at the same moment.
         Err(error::ApiError::Conflict(_)) => {}

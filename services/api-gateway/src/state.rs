@@ -23,6 +23,8 @@ pub(crate) struct Inner {
     pub(crate) jwt: JwtKeys,
     pub(crate) limiter: RateLimiter,
     pub(crate) users: crate::auth::UserCache,
+    /// Password hashing, bounded.
+    pub(crate) hasher: crate::auth::Hasher,
     /// How long an execute waits for the agent's reply.
     pub(crate) rpc_timeout: Duration,
     /// How long an analyze waits for the analyzer.

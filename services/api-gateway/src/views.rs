@@ -262,15 +262,108 @@ pub struct IncidentExecuteResponse {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct EnrollRequest {
-    /// An enrollment (bootstrap) token.
-    pub token: String,
-    /// Stable identity of the machine (e.g. /etc/machine-id); re-enrolling with the
-    /// same fingerprint returns the same agent id.
+    /// An enrollment (bootstrap) token. Required for a machine not enrolled yet; a
+    /// request with a valid `proof` needs none.
+    #[schema(min_length = 1, max_length = 256)]
+    pub token: Option<String>,
+    /// Stable identity of the machine (e.g. /etc/machine-id). It is not a secret: it
+    /// finds the agent, and the `proof` shows the request comes from it.
+    #[schema(min_length = 8, max_length = 512)]
     pub machine_fingerprint: String,
+    #[schema(min_length = 1, max_length = 253, pattern = "^[^\\s]+$")]
     pub hostname: String,
     /// An `U...` NKey the agent generated; when given, the response carries only a
-    /// JWT for it and the private seed never leaves the agent.
+    /// JWT for it and the private seed never leaves the agent. It becomes the key on
+    /// record that later re-enrollments must prove.
+    #[schema(min_length = 56, max_length = 56, pattern = "^U[A-Z2-7]{55}$")]
     pub nats_public_key: Option<String>,
+    /// Proof that the caller holds the key on record for this machine's agent.
+    pub proof: Option<EnrollProof>,
+}
+
+/// A signature, by the key on record, over
+/// `opspilot-enroll-v1\n{nonce}\n{sha256 hex of the fingerprint}\n{nats_public_key or empty}`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct EnrollProof {
+    /// The key on record (`U...`).
+    #[schema(min_length = 56, max_length = 56, pattern = "^U[A-Z2-7]{55}$")]
+    pub public_key: String,
+    /// A nonce from `POST /api/v1/agents/enroll/challenge`, good once.
+    #[schema(min_length = 16, max_length = 128, pattern = "^[A-Za-z0-9_-]+$")]
+    pub nonce: String,
+    /// The Ed25519 signature, base64url without padding.
+    #[schema(min_length = 86, max_length = 86, pattern = "^[A-Za-z0-9_-]+$")]
+    pub signature: String,
+}
+
+/// A single-use nonce to sign for a re-enrollment.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct EnrollChallenge {
+    pub nonce: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// An identity conflict: an enrolled machine came back with an unknown key.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IdentityConflictView {
+    pub id: i64,
+    /// The agent the machine's fingerprint points at.
+    pub agent_id: Option<String>,
+    /// The key the machine presented.
+    pub public_key: String,
+    pub hostname: String,
+    pub source_ip: String,
+    pub attempts: i32,
+    /// `pending`, `moved`, `split` or `rejected`.
+    pub status: String,
+    /// The agent the key now belongs to (after a move or a split).
+    pub resolved_agent_id: Option<String>,
+    pub resolved_by: Option<String>,
+    pub resolved_at: Option<DateTime<Utc>>,
+    pub first_seen_at: DateTime<Utc>,
+    pub last_seen_at: DateTime<Utc>,
+}
+
+impl From<storage::conflicts::Conflict> for IdentityConflictView {
+    fn from(c: storage::conflicts::Conflict) -> Self {
+        Self {
+            id: c.id,
+            agent_id: c.agent_id,
+            public_key: c.public_key,
+            hostname: c.hostname,
+            source_ip: c.source_ip,
+            attempts: c.attempts,
+            status: c.status,
+            resolved_agent_id: c.resolved_agent_id,
+            resolved_by: c.resolved_by,
+            resolved_at: c.resolved_at,
+            first_seen_at: c.first_seen_at,
+            last_seen_at: c.last_seen_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IdentityConflictPage {
+    pub items: Vec<IdentityConflictView>,
+    pub next_cursor: Option<i64>,
+}
+
+/// How to resolve an identity conflict.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ConflictResolution {
+    /// The agent now belongs to the presented key; its old keys are revoked.
+    Move,
+    /// The machine becomes a new agent (a cloned image).
+    Split,
+    /// Refuse the key for good.
+    Reject,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ResolveConflict {
+    pub resolution: ConflictResolution,
 }
 
 /// The agent's own NATS identity.

@@ -36,6 +36,8 @@ pub struct Config {
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
     #[command(flatten)]
+    pub dev: service_kit::config::DevArgs,
+    #[command(flatten)]
     pub nats: NatsConfig,
     #[command(flatten)]
     pub db: DbConfig,
@@ -101,6 +103,8 @@ impl Config {
         self.telemetry.validate()?;
         self.nats.validate()?;
         self.db.validate()?;
+        self.db.check_secrets(self.dev.dev)?;
+        self.nats.check_secrets(self.dev.dev)?;
         for (var, name) in
             [("EVENTS_CONSUMER", &self.events_consumer), ("INVENTORY_CONSUMER", &self.inventory_consumer)]
         {

@@ -55,6 +55,8 @@ pub struct Config {
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
     #[command(flatten)]
+    pub dev: service_kit::config::DevArgs,
+    #[command(flatten)]
     pub nats: NatsConfig,
     #[command(flatten)]
     pub db: DbConfig,
@@ -112,6 +114,9 @@ impl Config {
         self.telemetry.validate()?;
         self.nats.validate()?;
         self.db.validate()?;
+        self.db.check_secrets(self.dev.dev)?;
+        self.nats.check_secrets(self.dev.dev)?;
+        self.redis.check_secrets(self.dev.dev)?;
         self.redis.validate()?;
         if let Some(timeout) = self.offline_timeout
             && !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&timeout)

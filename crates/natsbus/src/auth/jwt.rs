@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::Permissions;
+use crate::Topology;
 
 const HEADER: &str = r#"{"typ":"JWT","alg":"ed25519-nkey"}"#;
 
@@ -72,24 +73,48 @@ pub fn operator_jwt_at(
     sign(claims, operator)
 }
 
-/// What an account JWT says; rebuilt identically (plus revocations) on every update.
-#[derive(Debug, Clone)]
+/// What an account JWT says; rebuilt identically (plus revocations) on every update,
+/// so it holds only public keys and limits and can be handed to the gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct AccountSpec {
     pub name: String,
     pub public_key: String,
+    /// Signing keys that sign the backend services' credentials (no scope).
     pub signing_keys: Vec<String>,
-    /// JetStream enabled (unlimited) for the account.
-    pub jetstream: bool,
+    /// The key that signs agents' credentials. It is scoped: whatever a user JWT it
+    /// signed asks for, the server grants exactly the agent template (see
+    /// [`super::agent_template`]), so holding it cannot mint a service identity.
+    #[serde(default)]
+    pub agent_signing_key: Option<String>,
+    /// JetStream storage for the account; `None` disables JetStream.
+    pub jetstream: Option<JetStreamLimits>,
+}
+
+/// Account-wide JetStream limits: with every stream bounded (`max_bytes_required`),
+/// the account can never hold more than this, whoever publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct JetStreamLimits {
+    pub disk_bytes: i64,
+    pub memory_bytes: i64,
+}
+
+impl JetStreamLimits {
+    /// 32 GiB on disk (the default streams reserve about 8.3 GiB a replica, 25 GiB at
+    /// three replicas), 1 GiB in memory.
+    pub const DEFAULT: JetStreamLimits =
+        JetStreamLimits { disk_bytes: 32 * 1024 * 1024 * 1024, memory_bytes: 1024 * 1024 * 1024 };
 }
 
 /// An account JWT signed by the operator (or an operator signing key). `revocations`
 /// maps user public keys to a unix time: their JWTs issued before it stop working.
+/// `topology` fills in the agent template of the scoped signing key.
 pub fn account_jwt(
     spec: &AccountSpec,
+    topology: &Topology,
     operator_signer: &KeyPair,
     revocations: &BTreeMap<String, i64>,
 ) -> Result<String, JwtError> {
-    account_jwt_at(spec, operator_signer, revocations, now())
+    account_jwt_at(spec, topology, operator_signer, revocations, now())
 }
 
 /// [`account_jwt`] with a fixed issue time. The resolver keeps the newest JWT of an
@@ -97,18 +122,35 @@ pub fn account_jwt(
 /// displaces an update (revocations) pushed since.
 pub fn account_jwt_at(
     spec: &AccountSpec,
+    topology: &Topology,
     operator_signer: &KeyPair,
     revocations: &BTreeMap<String, i64>,
     issued_at: i64,
 ) -> Result<String, JwtError> {
-    let storage = if spec.jetstream { -1 } else { 0 };
+    let (disk, memory, required) = match spec.jetstream {
+        Some(js) => (js.disk_bytes, js.memory_bytes, true),
+        None => (0, 0, false),
+    };
+    let mut signing_keys: Vec<Value> = spec.signing_keys.iter().map(|k| json!(k)).collect();
+    if let Some(agent_key) = &spec.agent_signing_key {
+        signing_keys.push(json!({
+            "kind": "user_scope",
+            "key": agent_key,
+            "role": "agent",
+            "description": "signs enrolled agents' credentials; grants only the agent template",
+            "template": user_permission_claims(&super::agent_template(topology)),
+        }));
+    }
     let mut nats = json!({
         "limits": {
             "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1, "wildcards": true,
             "conn": -1, "leaf": -1,
-            "mem_storage": storage, "disk_storage": storage, "streams": -1, "consumer": -1,
+            "mem_storage": memory, "disk_storage": disk, "streams": -1, "consumer": -1,
+            // Every stream must say how large it may grow; none can take the whole
+            // account's storage by being created without a bound.
+            "max_bytes_required": required,
         },
-        "signing_keys": spec.signing_keys,
+        "signing_keys": signing_keys,
         "default_permissions": { "pub": {}, "sub": {} },
         "type": "account",
         "version": 2,
@@ -132,8 +174,25 @@ struct Rules<'a> {
     allow: &'a [String],
 }
 
+/// The permission and limit claims of a user (also the template of a scoped key).
+fn user_permission_claims(permissions: &Permissions) -> Value {
+    let limit = |v: Option<u64>| v.map_or(-1, |v| i64::try_from(v).unwrap_or(i64::MAX));
+    let mut claims = json!({
+        "pub": Rules { allow: &permissions.publish },
+        "sub": Rules { allow: &permissions.subscribe },
+        "subs": limit(permissions.max_subscriptions),
+        "data": -1,
+        "payload": limit(permissions.max_payload),
+    });
+    if permissions.allow_responses {
+        // One reply per request received, within the request's lifetime.
+        claims["resp"] = json!({ "max": 1, "ttl": 0 });
+    }
+    claims
+}
+
 /// A user JWT for `user_public_key` in `account`, signed by the account or one of its
-/// signing keys, with `permissions` and an optional expiry (unix seconds).
+/// (unscoped) signing keys, with `permissions` and an optional expiry (unix seconds).
 pub fn user_jwt(
     name: &str,
     user_public_key: &str,
@@ -142,17 +201,35 @@ pub fn user_jwt(
     permissions: &Permissions,
     expires: Option<i64>,
 ) -> Result<String, JwtError> {
-    let mut nats = json!({
-        "pub": Rules { allow: &permissions.publish },
-        "sub": Rules { allow: &permissions.subscribe },
-        "subs": -1, "data": -1, "payload": -1,
-        "type": "user",
-        "version": 2,
-    });
-    if permissions.allow_responses {
-        // One reply per request received, within the request's lifetime.
-        nats["resp"] = json!({ "max": 1, "ttl": 0 });
-    }
+    let mut nats = user_permission_claims(permissions);
+    nats["type"] = json!("user");
+    nats["version"] = json!(2);
+    user_claims(name, user_public_key, account, signer, nats, expires)
+}
+
+/// A user JWT signed by a scoped signing key: it carries no permissions of its own
+/// (the server refuses one that does) and names the agent in the tag the scope's
+/// template reads (`agent:{id}`).
+pub fn scoped_user_jwt(
+    name: &str,
+    user_public_key: &str,
+    account: &str,
+    signer: &KeyPair,
+    tags: &[String],
+    expires: Option<i64>,
+) -> Result<String, JwtError> {
+    let nats = json!({ "tags": tags, "type": "user", "version": 2 });
+    user_claims(name, user_public_key, account, signer, nats, expires)
+}
+
+fn user_claims(
+    name: &str,
+    user_public_key: &str,
+    account: &str,
+    signer: &KeyPair,
+    mut nats: Value,
+    expires: Option<i64>,
+) -> Result<String, JwtError> {
     if signer.public_key() != account {
         nats["issuer_account"] = json!(account);
     }
@@ -176,6 +253,19 @@ pub fn decode_claims(jwt: &str) -> Result<Value, JwtError> {
     serde_json::from_slice(&bytes).map_err(|_| JwtError::Malformed)
 }
 
+/// The JWT and the seed of a credentials file.
+pub fn parse_creds(text: &str) -> Result<(String, String), JwtError> {
+    fn block(text: &str, begin: &str) -> Option<String> {
+        let start = text.find(begin)? + begin.len();
+        let rest = &text[start..];
+        // The block's first non-empty line, up to the closing dashes line.
+        rest.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with('-')).map(str::to_owned)
+    }
+    let jwt = block(text, "-----BEGIN NATS USER JWT-----").ok_or(JwtError::Malformed)?;
+    let seed = block(text, "-----BEGIN USER NKEY SEED-----").ok_or(JwtError::Malformed)?;
+    Ok((jwt, seed))
+}
+
 /// A credentials file: the user JWT and the NKey seed, in the format NATS clients read.
 pub fn creds_file(jwt: &str, seed: &str) -> String {
     format!(
@@ -197,8 +287,12 @@ mod tests {
         let account = KeyPair::new_account();
         let signing = KeyPair::new_account();
         let user = KeyPair::new_user();
-        let perms =
-            Permissions { publish: vec!["a.>".into()], subscribe: vec!["b".into()], allow_responses: true };
+        let perms = Permissions {
+            publish: vec!["a.>".into()],
+            subscribe: vec!["b".into()],
+            allow_responses: true,
+            ..Permissions::default()
+        };
         let jwt =
             user_jwt("u", &user.public_key(), &account.public_key(), &signing, &perms, Some(4_000_000_000))
                 .unwrap();
@@ -220,5 +314,51 @@ mod tests {
         let text = creds_file("eyJ.x.y", "SUABC");
         assert!(text.contains("BEGIN NATS USER JWT-----\neyJ.x.y\n"));
         assert!(text.contains("BEGIN USER NKEY SEED-----\nSUABC\n"));
+        assert_eq!(parse_creds(&text).unwrap(), ("eyJ.x.y".to_owned(), "SUABC".to_owned()));
+        assert!(parse_creds("not a creds file").is_err());
+    }
+
+    #[test]
+    fn scoped_user_jwts_carry_no_permissions_of_their_own() {
+        let account = KeyPair::new_account();
+        let scoped = KeyPair::new_account();
+        let user = KeyPair::new_user();
+        let jwt = scoped_user_jwt(
+            "agent-a",
+            &user.public_key(),
+            &account.public_key(),
+            &scoped,
+            &["agent:a1b2c3d4e5f6".into()],
+            Some(4_000_000_000),
+        )
+        .unwrap();
+        let claims = decode_claims(&jwt).unwrap();
+        let nats = claims["nats"].as_object().unwrap();
+        let mut keys: Vec<&str> = nats.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        // The server refuses a scoped user with any permission or limit field.
+        assert_eq!(keys, vec!["issuer_account", "tags", "type", "version"]);
+        assert_eq!(claims["nats"]["tags"][0], "agent:a1b2c3d4e5f6");
+    }
+
+    #[test]
+    fn the_account_carries_the_agent_scope_and_storage_limits() {
+        let operator = KeyPair::new_operator();
+        let spec = AccountSpec {
+            name: "A".into(),
+            public_key: KeyPair::new_account().public_key(),
+            signing_keys: vec![KeyPair::new_account().public_key()],
+            agent_signing_key: Some(KeyPair::new_account().public_key()),
+            jetstream: Some(JetStreamLimits { disk_bytes: 1 << 30, memory_bytes: 1 << 20 }),
+        };
+        let jwt = account_jwt(&spec, &Topology::default(), &operator, &BTreeMap::new()).unwrap();
+        let claims = decode_claims(&jwt).unwrap();
+        let limits = &claims["nats"]["limits"];
+        assert_eq!(limits["disk_storage"], 1i64 << 30);
+        assert_eq!(limits["max_bytes_required"], true);
+        let scope = &claims["nats"]["signing_keys"][1];
+        assert_eq!(scope["kind"], "user_scope");
+        assert_eq!(scope["template"]["pub"]["allow"][0], "ops.{{tag(agent)}}.events.>");
+        assert_eq!(scope["template"]["subs"], 8);
     }
 }

@@ -14,10 +14,16 @@ mod revoke;
 mod setup;
 
 pub use jwt::{
-    AccountSpec, JwtError, account_jwt, account_jwt_at, creds_file, decode_claims, operator_jwt,
-    operator_jwt_at, user_jwt,
+    AccountSpec, JetStreamLimits, JwtError, account_jwt, account_jwt_at, creds_file, decode_claims,
+    operator_jwt, operator_jwt_at, parse_creds, scoped_user_jwt, user_jwt,
 };
 pub use nkeys::KeyPair;
-pub use perms::{Identity, Permissions, inbox_prefix, permissions};
+pub use perms::{
+    AGENT_MAX_PAYLOAD, AGENT_MAX_SUBSCRIPTIONS, AGENT_TAG, Identity, Permissions, agent_template,
+    inbox_prefix, permissions,
+};
 pub use revoke::{RevocationPusher, push_account};
-pub use setup::{AuthSetup, IssuedCreds, Issuer, SERVICES, SYSTEM_USER, ServiceIdentity};
+pub use setup::{
+    AuthSetup, CredsInfo, DEV_IDENTITIES, GATEWAY_KEYS_FILE, GatewayKeys, IssuedCreds, Issuer, SERVICES,
+    SYSTEM_USER, ServiceIdentity, WriteOptions, WriteReport, check_user_key,
+};

@@ -5,13 +5,56 @@ use wire_models::{AgentId, Subjects};
 
 use crate::Topology;
 
-/// Publish / subscribe allow-lists, plus whether replies to received requests are
-/// allowed (NATS "allow responses": one reply per request, to its reply subject only).
+/// Publish / subscribe allow-lists, whether replies to received requests are allowed
+/// (NATS "allow responses": one reply per request, to its reply subject only), and
+/// the connection's limits (`None` = unlimited).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Permissions {
     pub publish: Vec<String>,
     pub subscribe: Vec<String>,
     pub allow_responses: bool,
+    pub max_subscriptions: Option<u64>,
+    pub max_payload: Option<u64>,
+}
+
+/// Subscriptions an agent connection may hold: its RPC subject and its inbox need
+/// two; the rest is room for a client library's own. A host cannot make the server
+/// track thousands of interests for it.
+pub const AGENT_MAX_SUBSCRIPTIONS: u64 = 8;
+
+/// The largest message an agent may publish: the protocol's largest message (an
+/// inventory report) plus room for headers. The server refuses anything larger and
+/// closes the connection, so oversize data never reaches a stream.
+pub const AGENT_MAX_PAYLOAD: u64 = 512 * 1024 + 8 * 1024;
+
+/// The user-JWT tag that names an agent (`agent:{id}`); the agent template of the
+/// scoped signing key reads it.
+pub const AGENT_TAG: &str = "agent";
+
+/// What the scoped agent signing key grants, with `{{tag(agent)}}` where the agent
+/// id goes: the server fills it in from the user JWT's `agent:{id}` tag when the
+/// agent connects.
+pub fn agent_template(topology: &Topology) -> Permissions {
+    agent_permissions(&format!("{{{{tag({AGENT_TAG})}}}}"), topology)
+}
+
+fn agent_permissions(id: &str, topology: &Topology) -> Permissions {
+    let s: &Subjects = &topology.subjects;
+    let root = s.root();
+    let bucket = &topology.agents_bucket;
+    Permissions {
+        publish: vec![
+            format!("{root}.{id}.events.>"),
+            format!("{root}.{id}.inventory"),
+            format!("$KV.{bucket}.{id}"),
+            // Binding to the bucket (`get_key_value`) reads its stream info.
+            format!("$JS.API.STREAM.INFO.KV_{bucket}"),
+        ],
+        subscribe: vec![format!("{root}.{id}.rpc"), format!("{}.>", inbox_prefix(&format!("agent-{id}")))],
+        allow_responses: true,
+        max_subscriptions: Some(AGENT_MAX_SUBSCRIPTIONS),
+        max_payload: Some(AGENT_MAX_PAYLOAD),
+    }
 }
 
 /// Who connects.
@@ -66,21 +109,12 @@ pub fn permissions(identity: &Identity, topology: &Topology) -> Permissions {
     let js_api = "$JS.API.>".to_owned();
     let ack = |stream: &str| format!("$JS.ACK.{stream}.>");
     match identity {
-        Identity::Agent(id) => Permissions {
-            publish: vec![
-                s.agent_events(id),
-                s.inventory(id),
-                Subjects::kv_key_subject(bucket, id),
-                // Binding to the bucket (`get_key_value`) reads its stream info.
-                format!("$JS.API.STREAM.INFO.KV_{bucket}"),
-            ],
-            subscribe: vec![s.rpc(id), inbox],
-            allow_responses: true,
-        },
+        Identity::Agent(id) => agent_permissions(id.as_str(), topology),
         Identity::ApiGateway => Permissions {
             publish: vec![s.all_rpc(), s.analyze()],
             subscribe: vec![inbox],
             allow_responses: false,
+            ..Permissions::default()
         },
         Identity::EventIngestor => Permissions {
             publish: vec![
@@ -92,6 +126,7 @@ pub fn permissions(identity: &Identity, topology: &Topology) -> Permissions {
             ],
             subscribe: vec![inbox, "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>".into()],
             allow_responses: false,
+            ..Permissions::default()
         },
         Identity::PresenceTracker => Permissions {
             publish: vec![
@@ -102,11 +137,13 @@ pub fn permissions(identity: &Identity, topology: &Topology) -> Permissions {
             subscribe: vec![inbox],
             // Flow-control and heartbeat replies of the KV watch's ordered consumer.
             allow_responses: true,
+            ..Permissions::default()
         },
         Identity::AiAnalyzer => Permissions {
             publish: vec![js_api, ack(&topology.incidents_stream)],
             subscribe: vec![inbox, s.analyze()],
             allow_responses: true,
+            ..Permissions::default()
         },
         Identity::SimulatorFleet => Permissions {
             publish: vec![
@@ -117,10 +154,14 @@ pub fn permissions(identity: &Identity, topology: &Topology) -> Permissions {
             ],
             subscribe: vec![s.all_rpc(), inbox],
             allow_responses: true,
+            ..Permissions::default()
         },
-        Identity::Superuser => {
-            Permissions { publish: vec![">".into()], subscribe: vec![">".into()], allow_responses: true }
-        }
+        Identity::Superuser => Permissions {
+            publish: vec![">".into()],
+            subscribe: vec![">".into()],
+            allow_responses: true,
+            ..Permissions::default()
+        },
     }
 }
 
@@ -144,6 +185,30 @@ mod tests {
         );
         assert_eq!(p.subscribe, vec!["ops.a1b2c3d4e5f6.rpc", "_INBOX_agent-a1b2c3d4e5f6.>"]);
         assert!(p.allow_responses);
+        assert_eq!(p.max_subscriptions, Some(AGENT_MAX_SUBSCRIPTIONS));
+        assert_eq!(p.max_payload, Some(AGENT_MAX_PAYLOAD));
+    }
+
+    #[test]
+    fn the_agent_template_is_the_agent_permissions_with_a_tag() {
+        let topology = Topology::default();
+        let template = agent_template(&topology);
+        assert_eq!(template.publish[0], "ops.{{tag(agent)}}.events.>");
+        assert_eq!(template.subscribe[1], "_INBOX_agent-{{tag(agent)}}.>");
+        let id = AgentId::parse("a1b2c3d4e5f6").unwrap();
+        let filled = |list: &[String]| -> Vec<String> {
+            list.iter().map(|s| s.replace("{{tag(agent)}}", id.as_str())).collect()
+        };
+        let p = permissions(&Identity::Agent(id.clone()), &topology);
+        assert_eq!(filled(&template.publish), p.publish);
+        assert_eq!(filled(&template.subscribe), p.subscribe);
+    }
+
+    #[test]
+    fn the_largest_protocol_message_fits_the_agent_payload_limit() {
+        use wire_models::WireMessage as _;
+        assert!(wire_models::InventoryReport::MAX_BYTES as u64 + 4096 <= AGENT_MAX_PAYLOAD);
+        assert!(wire_models::Event::MAX_BYTES as u64 <= AGENT_MAX_PAYLOAD);
     }
 
     #[test]

@@ -11,6 +11,8 @@ use crate::NatsError;
 /// Holds what re-signing the account needs, and a system-account connection.
 pub struct RevocationPusher {
     pub spec: AccountSpec,
+    /// Fills in the agent template of the account's scoped key.
+    pub topology: crate::Topology,
     pub operator_signer: KeyPair,
     pub system: async_nats::Client,
 }
@@ -19,7 +21,7 @@ impl RevocationPusher {
     /// Re-signs the account with `revocations` (user public key -> unix time) and
     /// pushes it.
     pub async fn push(&self, revocations: &BTreeMap<String, i64>) -> Result<(), NatsError> {
-        let jwt = account_jwt(&self.spec, &self.operator_signer, revocations)
+        let jwt = account_jwt(&self.spec, &self.topology, &self.operator_signer, revocations)
             .map_err(|e| NatsError::Config(format!("signing the account: {e}")))?;
         push_account(&self.system, &jwt).await
     }

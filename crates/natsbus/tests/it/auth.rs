@@ -4,22 +4,22 @@ use std::time::Duration;
 
 use async_nats::{ConnectOptions, Event, ServerError};
 use futures::StreamExt;
-use natsbus::auth::{AuthSetup, Identity, Issuer};
+use natsbus::auth::{AuthSetup, Identity};
 use test_support::{NatsServer, isolated_topology};
 use wire_models::{AgentId, EventKind};
 
-struct Secured {
-    server: NatsServer,
-    setup: AuthSetup,
-    topology: natsbus::Topology,
+pub(crate) struct Secured {
+    pub(crate) server: NatsServer,
+    pub(crate) setup: AuthSetup,
+    pub(crate) topology: natsbus::Topology,
 }
 
-async fn secured() -> Secured {
+pub(crate) async fn secured() -> Secured {
     test_support::init_tracing();
     let setup = AuthSetup::generate("OPSPILOT").unwrap();
     let topology = isolated_topology();
     let dir = tempfile::tempdir().unwrap().keep();
-    let auth = setup.server_config(&dir.join("resolver"), &BTreeMap::new()).unwrap();
+    let auth = setup.server_config(&dir.join("resolver"), &topology, &BTreeMap::new()).unwrap();
     let server = NatsServer::start_with_config(|port, store| {
         format!("host: 127.0.0.1\nport: {port}\njetstream {{ store_dir: \"{}\" }}\n{auth}", store.display())
     })
@@ -28,7 +28,11 @@ async fn secured() -> Secured {
 }
 
 /// A client connected with `creds`, recording the server errors it receives.
-async fn connect(s: &Secured, creds: &str, name: &str) -> (async_nats::Client, Arc<Mutex<Vec<String>>>) {
+pub(crate) async fn connect(
+    s: &Secured,
+    creds: &str,
+    name: &str,
+) -> (async_nats::Client, Arc<Mutex<Vec<String>>>) {
     let errors = Arc::new(Mutex::new(Vec::new()));
     let sink = Arc::clone(&errors);
     let client = ConnectOptions::with_credentials(creds)
@@ -54,7 +58,7 @@ async fn connect(s: &Secured, creds: &str, name: &str) -> (async_nats::Client, A
     (client, errors)
 }
 
-async fn violations(errors: &Arc<Mutex<Vec<String>>>, needle: &str) -> bool {
+pub(crate) async fn violations(errors: &Arc<Mutex<Vec<String>>>, needle: &str) -> bool {
     for _ in 0..100 {
         if errors.lock().unwrap().iter().any(|e| e.contains("Permissions Violation") && e.contains(needle)) {
             return true;
@@ -72,7 +76,7 @@ async fn an_agent_is_confined_to_its_own_subjects() {
     let js = async_nats::jetstream::new(admin.clone());
     natsbus::ensure_topology(&js, &s.topology).await.unwrap();
 
-    let issuer = s.setup.issuer(s.topology.clone(), Duration::from_secs(3600)).unwrap();
+    let issuer = s.setup.issuer(Duration::from_secs(3600)).unwrap();
     let (a, b) = (AgentId::parse("aaaaaaaaaaaa").unwrap(), AgentId::parse("bbbbbbbbbbbb").unwrap());
     let creds_a = issuer.issue(&a, None).unwrap().creds_file().unwrap();
     let name_a = Identity::Agent(a.clone()).name();
@@ -154,7 +158,7 @@ async fn unauthenticated_and_forged_connections_are_refused() {
 #[tokio::test]
 async fn a_revoked_agent_is_disconnected_and_cannot_come_back() {
     let s = secured().await;
-    let issuer = s.setup.issuer(s.topology.clone(), Duration::from_secs(3600)).unwrap();
+    let issuer = s.setup.issuer(Duration::from_secs(3600)).unwrap();
     let agent = AgentId::parse("cccccccccccc").unwrap();
     let issued = issuer.issue(&agent, None).unwrap();
     let creds = issued.creds_file().unwrap();
@@ -164,6 +168,7 @@ async fn a_revoked_agent_is_disconnected_and_cannot_come_back() {
     let (system, _) = connect(&s, &s.setup.system_creds().unwrap(), natsbus::auth::SYSTEM_USER).await;
     let pusher = natsbus::auth::RevocationPusher {
         spec: s.setup.account_spec().unwrap(),
+        topology: s.topology.clone(),
         operator_signer: s.setup.operator_signer().unwrap(),
         system,
     };
@@ -192,13 +197,7 @@ async fn a_revoked_agent_is_disconnected_and_cannot_come_back() {
 #[tokio::test]
 async fn an_agent_key_generated_by_the_agent_only_gets_a_jwt() {
     let s = secured().await;
-    let issuer = Issuer::new(
-        &s.setup.account().unwrap().public_key(),
-        &s.setup.account_signing_seed,
-        s.topology.clone(),
-        Duration::from_secs(600),
-    )
-    .unwrap();
+    let issuer = s.setup.gateway_keys().unwrap().issuer(Duration::from_secs(600)).unwrap();
     let own = natsbus::auth::KeyPair::new_user();
     let agent = AgentId::parse("eeeeeeeeeeee").unwrap();
     let issued = issuer.issue(&agent, Some(&own.public_key())).unwrap();
@@ -234,23 +233,25 @@ async fn a_regenerated_configuration_keeps_revocations() {
     let setup = AuthSetup::generate("OPSPILOT").unwrap();
     let topology = isolated_topology();
     let dir = tempfile::tempdir().unwrap().keep();
-    let config = |setup: &AuthSetup| setup.server_config(&dir.join("resolver"), &BTreeMap::new()).unwrap();
+    let config =
+        |setup: &AuthSetup| setup.server_config(&dir.join("resolver"), &topology, &BTreeMap::new()).unwrap();
     let first = config(&setup);
     let expected = first.clone();
     let mut server = NatsServer::start_with_config(|port, store| {
         format!("host: 127.0.0.1\nport: {port}\njetstream {{ store_dir: \"{}\" }}\n{first}", store.display())
     })
     .await;
-    let s = Secured { server, setup, topology };
+    let s = Secured { server, setup, topology: topology.clone() };
     let issued = s
         .setup
-        .issuer(s.topology.clone(), Duration::from_secs(3600))
+        .issuer(Duration::from_secs(3600))
         .unwrap()
         .issue(&AgentId::parse("aaaa0000aaaa").unwrap(), None)
         .unwrap();
     let (system, _) = connect(&s, &s.setup.system_creds().unwrap(), natsbus::auth::SYSTEM_USER).await;
     let pusher = natsbus::auth::RevocationPusher {
         spec: s.setup.account_spec().unwrap(),
+        topology: s.topology.clone(),
         operator_signer: s.setup.operator_signer().unwrap(),
         system,
     };

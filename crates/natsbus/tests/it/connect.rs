@@ -9,7 +9,7 @@ struct Args {
     nats: natsbus::NatsConfig,
 }
 
-fn config(args: &[&str]) -> natsbus::NatsConfig {
+pub(crate) fn config(args: &[&str]) -> natsbus::NatsConfig {
     let mut argv = vec!["test"];
     argv.extend_from_slice(args);
     Args::try_parse_from(argv).unwrap().nats

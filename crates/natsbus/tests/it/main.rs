@@ -2,6 +2,7 @@
 #![allow(unused_crate_dependencies, unreachable_pub)]
 
 mod auth;
+mod bus_limits;
 mod connect;
 mod deadletter;
 mod topology;

@@ -8,7 +8,6 @@ use serde_json::Value;
 use utoipa::IntoParams;
 
 use crate::auth::{Admin, Operator, Viewer};
-use crate::client_ip::ClientIp;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, agent_id};
 use crate::presence_view;
@@ -155,6 +154,58 @@ pub(crate) async fn revoke(
         tracing::warn!(agent_id = %id, error = %err, "revocation not yet pushed to the bus; the resync will retry");
     }
     tracing::info!(agent_id = %id, by = %user.email, "agent revoked");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct DeleteRevokedQuery {
+    /// `keep` (default): the agent's incidents, inventory and presence history stay,
+    /// under its revoked id. `purge`: they are deleted with it.
+    history: Option<String>,
+}
+
+/// Deletes a revoked agent so its machine can enroll again (as a new agent). Its
+/// revoked credentials stay revoked.
+#[utoipa::path(
+    delete, path = "/api/v1/revoked-agents/{id}", tag = "agents", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Agent id of a revoked agent"), DeleteRevokedQuery),
+    responses(
+        (status = 204, description = "Deleted; the machine may enroll again"),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No revoked agent with this id (revoke it first)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn delete_revoked(
+    State(state): State<AppState>,
+    Admin(user): Admin,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<DeleteRevokedQuery>,
+) -> ApiResult<StatusCode> {
+    let id = agent_id(&id)?;
+    let purge = match query.history.as_deref() {
+        None | Some("keep") => false,
+        Some("purge") => true,
+        Some(_) => return Err(ApiError::bad_request("invalid-query", "history must be keep or purge")),
+    };
+    let deleted = storage::agents::delete_revoked(&state.pool, &id, purge).await?;
+    let detail = serde_json::json!({"history": if purge { "purge" } else { "keep" }});
+    crate::routes::admin::audit_change(
+        &state,
+        &user,
+        "delete_agent",
+        Some(id.as_str()),
+        if deleted { "ok" } else { "not_found" },
+        detail,
+    )
+    .await?;
+    if !deleted {
+        return Err(ApiError::NotFound(format!(
+            "no revoked agent {id}; revoke it first (DELETE /api/v1/agents/{id})"
+        )));
+    }
+    tracing::info!(agent_id = %id, by = %user.email, purge, "revoked agent deleted");
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -427,113 +478,6 @@ pub(crate) async fn presence(
             .collect(),
         next_cursor,
     }))
-}
-
-/// Enrolls an agent with an enrollment token. Re-enrolling the same machine (same
-/// fingerprint) returns the same agent id.
-#[utoipa::path(
-    post, path = "/api/v1/agents/enroll", tag = "agents",
-    request_body = EnrollRequest,
-    responses(
-        (status = 201, description = "A new agent", body = EnrollResponse),
-        (status = 200, description = "A machine enrolled before", body = EnrollResponse),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Token unknown, expired, revoked or used up", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The machine's agent was revoked", body = Problem, content_type = "application/problem+json"),
-        (status = 429, body = Problem, content_type = "application/problem+json"),
-    )
-)]
-pub(crate) async fn enroll(
-    State(state): State<AppState>,
-    ClientIp(ip): ClientIp,
-    ApiJson(body): ApiJson<EnrollRequest>,
-) -> ApiResult<(StatusCode, Json<EnrollResponse>)> {
-    state.limiter.enroll(ip).await?;
-    if body.token.is_empty() || body.token.len() > 256 {
-        return Err(ApiError::bad_request("invalid-body", "token must be 1 to 256 characters"));
-    }
-    let fingerprint = body.machine_fingerprint.trim();
-    if !(8..=512).contains(&fingerprint.len()) || fingerprint.chars().any(char::is_control) {
-        return Err(ApiError::bad_request(
-            "invalid-body",
-            "machine_fingerprint must be 8 to 512 printable characters",
-        ));
-    }
-    let hostname = body.hostname.trim();
-    if hostname.is_empty()
-        || hostname.len() > 253
-        || hostname.chars().any(|c| c.is_control() || c.is_whitespace())
-    {
-        return Err(ApiError::bad_request(
-            "invalid-body",
-            "hostname must be 1 to 253 characters without spaces",
-        ));
-    }
-    let token_hash = wire_models::sha256_hex(body.token.as_bytes());
-    let bootstrap = state.bootstrap_token_hash.as_deref() == Some(token_hash.as_str());
-    let outcome = storage::agents::enroll(
-        &state.pool,
-        &wire_models::AgentId::random(),
-        &wire_models::sha256_hex(fingerprint.as_bytes()),
-        hostname,
-        (!bootstrap).then_some(token_hash.as_str()),
-    )
-    .await?;
-    let (status, agent, label) = match outcome {
-        storage::agents::Enrollment::New(id) => (StatusCode::CREATED, id, "enrolled"),
-        storage::agents::Enrollment::Existing(id) => (StatusCode::OK, id, "re-enrolled"),
-        storage::agents::Enrollment::Revoked(id) => {
-            tracing::warn!(agent_id = %id, client_ip = %ip, "revoked agent tried to enroll again");
-            return Err(ApiError::Revoked(format!(
-                "agent {id} of this machine was revoked; an admin must remove it first"
-            )));
-        }
-        storage::agents::Enrollment::TokenRefused(reason) => {
-            tracing::info!(client_ip = %ip, reason = reason.as_str(), "enrollment refused");
-            return Err(ApiError::EnrollmentRefused(reason.as_str().to_owned()));
-        }
-    };
-    if let Some(key) = &body.nats_public_key
-        && (key.len() > 128 || !key.starts_with('U'))
-    {
-        return Err(ApiError::bad_request(
-            "invalid-public-key",
-            "nats_public_key must be a user NKey (U...)",
-        ));
-    }
-    let issued = state.bus_auth.issue(&agent, body.nats_public_key.as_deref())?;
-    if let Some(creds) = &issued {
-        storage::credentials::record(&state.pool, &agent, &creds.user_public_key, creds.expires_at).await?;
-    }
-    tracing::info!(agent_id = %agent, hostname, status = label, "agent enrolled");
-    metrics::counter!("opspilot_enrollments_total", "outcome" => label).increment(1);
-    let info = &state.enrollment;
-    let subjects = &state.subjects;
-    Ok((
-        status,
-        Json(EnrollResponse {
-            agent_id: agent.to_string(),
-            status: label.to_owned(),
-            nats_urls: info.nats_urls.clone(),
-            subject_root: info.subject_root.clone(),
-            heartbeat_interval_secs: info.heartbeat_interval_secs,
-            subjects: AgentSubjects {
-                events: subjects.agent_events(&agent),
-                inventory: subjects.inventory(&agent),
-                rpc: subjects.rpc(&agent),
-                heartbeat_bucket: info.agents_bucket.clone(),
-                heartbeat_key: agent.to_string(),
-            },
-            nats_credentials: issued.map(|c| NatsCredentials {
-                creds: c.creds_file(),
-                user_public_key: c.user_public_key,
-                jwt: c.jwt,
-                seed: c.seed,
-                expires_at: c.expires_at,
-                inbox_prefix: natsbus::auth::Identity::Agent(agent.clone()).inbox_prefix(),
-            }),
-        }),
-    ))
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@ use axum::Json;
 use axum::extract::State;
 use secrecy::SecretString;
 
-use crate::auth::{CurrentUser, Role, hash_password, verify_password};
+use crate::auth::{CurrentUser, Hasher, Role};
 use crate::client_ip::ClientIp;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::ApiJson;
@@ -34,15 +34,16 @@ pub(crate) async fn login(
     state.limiter.login(ip, &body.email).await?;
     let user = storage::users::by_email(&state.pool, &body.email).await?;
     let hash = user.as_ref().filter(|u| !u.disabled).map(|u| u.password_hash.clone());
-    let valid = verify_password(SecretString::from(body.password), hash).await;
+    let valid = state.hasher.verify(SecretString::from(body.password), hash).await?;
     let Some(user) = user.filter(|_| valid) else {
+        state.limiter.login_failed(ip, &body.email).await;
         metrics::counter!("opspilot_logins_total", "outcome" => "refused").increment(1);
         tracing::info!(client_ip = %ip, "login refused");
         return Err(ApiError::Unauthenticated("wrong email or password".into()));
     };
     let role =
         Role::parse(&user.role).ok_or_else(|| ApiError::Unauthenticated("user has no valid role".into()))?;
-    let (token, expires_at) = state.jwt.issue(user.id, &user.email, role)?;
+    let (token, expires_at) = state.jwt.issue(user.id, &user.email, role, user.token_version)?;
     storage::users::touch_login(&state.pool, user.id).await?;
     metrics::counter!("opspilot_logins_total", "outcome" => "ok").increment(1);
     tracing::info!(user_id = %user.id, role = role.as_str(), "user logged in");
@@ -75,13 +76,14 @@ pub(crate) async fn me(State(state): State<AppState>, user: CurrentUser) -> ApiR
 /// environment both come through here).
 pub(crate) async fn create_user(
     pool: &storage::PgPool,
+    hasher: &Hasher,
     email: &str,
     password: SecretString,
     role: Role,
 ) -> ApiResult<storage::users::User> {
     validate_email(email)?;
     validate_password(&password)?;
-    let hash = hash_password(password).await?;
+    let hash = hasher.hash(password).await?;
     Ok(storage::users::create(pool, email.trim(), &hash, role.as_str()).await?)
 }
 

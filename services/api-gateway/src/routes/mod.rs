@@ -3,6 +3,7 @@
 pub(crate) mod admin;
 pub(crate) mod agents;
 pub(crate) mod auth;
+pub(crate) mod enrollment;
 pub(crate) mod incidents;
 
 use utoipa::OpenApi;
@@ -87,7 +88,10 @@ impl utoipa::Modify for CommonContract {
                         continue;
                     };
                     match (&parameter.parameter_in, parameter.name.as_str()) {
-                        (ParameterIn::Path, "id") if path.starts_with("/api/v1/agents/{id}") => {
+                        (ParameterIn::Path, "id")
+                            if path.starts_with("/api/v1/agents/{id}")
+                                || path.starts_with("/api/v1/revoked-agents/{id}") =>
+                        {
                             schema.pattern = Some(AGENT_ID_PATTERN.into());
                         }
                         (ParameterIn::Path, "id") if path.starts_with("/api/v1/incidents/{id}") => {
@@ -127,7 +131,9 @@ pub(crate) fn api() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
     let (router, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(auth::login))
         .routes(routes!(auth::me))
-        .routes(routes!(agents::enroll))
+        .routes(routes!(enrollment::enroll))
+        .routes(routes!(enrollment::challenge))
+        .routes(routes!(agents::delete_revoked))
         .routes(routes!(agents::list))
         .routes(routes!(agents::get, agents::revoke))
         .routes(routes!(agents::incidents))
@@ -143,6 +149,8 @@ pub(crate) fn api() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(admin::create_user, admin::list_users))
         .routes(routes!(admin::update_user))
         .routes(routes!(admin::audit))
+        .routes(routes!(admin::list_conflicts))
+        .routes(routes!(admin::resolve_conflict))
         .split_for_parts();
     utoipa::Modify::modify(&CommonContract, &mut openapi);
     (router, openapi)

@@ -57,7 +57,7 @@ async fn forged_expired_wrong_key_and_alg_none_tokens_are_refused() {
     let now = chrono::Utc::now().timestamp();
     let claims = |exp: i64, iss: &str| {
         json!({"sub": me["id"], "email": "admin@example.com", "role": "admin", "iss": iss, "iat": now, "exp": exp,
-               "jti": uuid::Uuid::new_v4()})
+               "jti": uuid::Uuid::new_v4(), "ver": 1})
     };
     // Sanity: a token built this way with the right key works.
     let good = token(Algorithm::HS256, SECRET.as_bytes(), claims(now + 600, "opspilot"));

@@ -21,6 +21,7 @@ pub struct Api {
     pub viewer: String,
     pub operator: String,
     pub admin: String,
+    admin_addr: std::net::SocketAddr,
     running: Option<Running>,
     shutdown: CancellationToken,
 }
@@ -65,7 +66,9 @@ pub async fn start_on(stack: Stack, extra: &[&str]) -> Api {
     let running = api_gateway::start(config, shutdown.clone()).await.unwrap();
     let base = format!("http://{}", running.addr);
     let http = reqwest::Client::new();
+    let admin_addr = running.admin_addr;
     let mut api = Api {
+        admin_addr,
         stack,
         base,
         http,
@@ -95,6 +98,11 @@ pub async fn add_user(stack: &Stack, email: &str, role: &str) {
 }
 
 impl Api {
+    /// The admin port (`/metrics`, probes).
+    pub fn admin_base(&self) -> String {
+        format!("http://{}", self.admin_addr)
+    }
+
     pub async fn login(&self, email: &str, password: &str) -> String {
         let (status, body) = self
             .call(

@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(unused_crate_dependencies, unreachable_pub)]
 
+mod account_security;
 mod agents;
 mod analysis;
 mod auth;
