@@ -126,3 +126,24 @@ pub async fn spawn(
     let bound = listener.local_addr()?;
     Ok((bound, tokio::spawn(serve(listener, readiness, shutdown))))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_failed_check_is_named_without_its_error_text() {
+        let readiness = Readiness::new()
+            .with_check("postgres", || async {
+                Err("password authentication failed for user \"opspilot\" at 10.1.2.3:5432".to_owned())
+            })
+            .with_check("nats", || async { Ok(()) });
+        let (ready, report) = readiness.run().await;
+        assert!(!ready);
+        assert_eq!(report["status"], "not_ready");
+        assert_eq!(report["checks"]["postgres"], "unavailable");
+        assert_eq!(report["checks"]["nats"], "ok");
+        let text = report.to_string();
+        assert!(!text.contains("10.1.2.3") && !text.contains("opspilot"), "{text}");
+    }
+}

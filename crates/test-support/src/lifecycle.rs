@@ -61,6 +61,10 @@ pub const COMMON_BAD_CONFIG: &[(&str, &str)] = &[
     ("LOG_FORMAT", "xml"),
     ("RUST_LOG", "info,[broken"),
     ("SUBJECT_ROOT", "ops.*"),
+    // A shipped placeholder never works outside OPSPILOT_DEV.
+    ("DB_PASSWORD", "REPLACE-ME-postgres-password"),
+    ("DATABASE_URL", "postgres://postgres:REPLACE-ME@db:5432/opspilot"),
+    ("NATS_TOKEN", "REPLACE-ME-token"),
 ];
 
 /// Variables every service documents in `--help`.

@@ -147,6 +147,7 @@ impl Engine {
 
         if !force && let Some(hit) = self.cache.get(&incident.fingerprint).await {
             tracing::debug!(analyzer = %hit.analyzer, "analysis cache hit");
+            let hit = crate::grounding::ground(&input, hit);
             self.store(&input, &hit).await?;
             let is_critical = hit.is_critical || input.incident.is_critical;
             let reply = AnalyzeOutcome::Analyzed { analyzer: hit.analyzer, model: hit.model, cached: true };
@@ -174,10 +175,13 @@ impl Engine {
                     metrics::counter!("opspilot_ai_dropped_actions_total", "analyzer" => name).increment(1);
                     tracing::info!(reason = %dropped.reason, "suggested action refused by the allow-list");
                 }
-                // Cached first: if recording fails, a retry does not pay again.
+                // Cached first: if recording fails, a retry does not pay again. The cache
+                // holds what the model said; what may be offered depends on this
+                // incident and agent, so it is decided after.
                 if analyzer.is_paid() {
                     self.cache.put(&input.incident.fingerprint, &record).await;
                 }
+                let record = crate::grounding::ground(&input, record);
                 self.store(&input, &record).await?;
                 tracing::info!(
                     analyzer = name,

@@ -13,6 +13,7 @@ mod answer;
 mod auto;
 mod cache;
 mod engine;
+mod grounding;
 pub mod notify;
 pub mod openrouter;
 mod prompt;

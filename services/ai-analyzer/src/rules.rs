@@ -343,7 +343,7 @@ fn one_line(s: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use chrono::Utc;
     use serde_json::json;
     use storage::analysis::{AgentForAnalysis, AnalysisStatus, IncidentForAnalysis};
@@ -351,7 +351,13 @@ mod tests {
 
     use super::*;
 
-    fn input(kind: &str, severity: &str, source: &str, raw_error: &str, services: &[&str]) -> AnalysisInput {
+    pub(crate) fn input(
+        kind: &str,
+        severity: &str,
+        source: &str,
+        raw_error: &str,
+        services: &[&str],
+    ) -> AnalysisInput {
         AnalysisInput {
             incident: IncidentForAnalysis {
                 id: 1,

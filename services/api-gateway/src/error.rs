@@ -41,6 +41,8 @@ pub(crate) enum ApiError {
     IdentityProofRequired(String),
     #[error("{0}")]
     KeyInUse(String),
+    #[error("{0}")]
+    SuggestionChanged(String),
     #[error("{what} is busy; retry in {retry_after} s")]
     Busy { what: &'static str, retry_after: u64 },
     #[error("{0}")]
@@ -92,6 +94,9 @@ impl ApiError {
                 (StatusCode::CONFLICT, "identity-proof-required", "Proof of identity required")
             }
             ApiError::KeyInUse(_) => (StatusCode::CONFLICT, "key-in-use", "Key in use"),
+            ApiError::SuggestionChanged(_) => {
+                (StatusCode::CONFLICT, "suggestion-changed", "The suggested action changed")
+            }
             ApiError::Busy { .. } => (StatusCode::SERVICE_UNAVAILABLE, "busy", "Busy"),
             ApiError::GatewayTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout", "Timed out"),
             ApiError::BadGateway(_) => (StatusCode::BAD_GATEWAY, "bad-gateway", "Invalid upstream answer"),

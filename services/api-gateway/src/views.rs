@@ -254,6 +254,16 @@ pub struct ExecuteResponse {
     pub round_trip_ms: u64,
 }
 
+/// The suggested action exactly as the operator was shown it.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ExecuteSuggested {
+    /// The suggestion's command (`restart_service`, ...).
+    pub command: String,
+    /// The suggestion's params.
+    #[serde(default)]
+    pub params: Value,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct IncidentExecuteResponse {
     pub result: ExecuteResponse,

@@ -8,7 +8,7 @@ use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{ApiJson, ApiPath};
 use crate::routes::agents::{ensure_online, find_agent};
 use crate::state::AppState;
-use crate::views::{IncidentExecuteResponse, IncidentView, PatchIncident};
+use crate::views::{ExecuteSuggested, IncidentExecuteResponse, IncidentView, PatchIncident};
 
 async fn load(state: &AppState, id: i64) -> ApiResult<storage::incidents::IncidentRow> {
     storage::incidents::get(&state.pool, id)
@@ -137,14 +137,17 @@ pub(crate) async fn analyze(
 }
 
 /// Runs the incident's suggested action (checked against the allow-list again) through
-/// the same path as a direct execute, and records the outcome on the incident.
+/// the same path as a direct execute, and records the outcome on the incident. The
+/// body repeats the command and params the operator was shown: if the incident was
+/// analyzed again in between and the suggestion changed, nothing runs (409).
 #[utoipa::path(
     post, path = "/api/v1/incidents/{id}/execute", tag = "incidents", security(("bearer" = [])),
     params(("id" = i64, Path, description = "Incident id")),
+    request_body = ExecuteSuggested,
     responses(
         (status = 200, body = IncidentExecuteResponse),
         (status = 404, description = "Unknown incident, or the agent is offline", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "No (valid) suggested action", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "No (valid) suggested action (conflict), or it is not the one in the body (suggestion-changed)", body = Problem, content_type = "application/problem+json"),
         (status = 502, body = Problem, content_type = "application/problem+json"),
         (status = 504, body = Problem, content_type = "application/problem+json"),
     )
@@ -153,8 +156,10 @@ pub(crate) async fn execute(
     State(state): State<AppState>,
     Operator(user): Operator,
     ApiPath(id): ApiPath<i64>,
+    ApiJson(expected): ApiJson<ExecuteSuggested>,
 ) -> ApiResult<Json<IncidentExecuteResponse>> {
     let id = incident_id(id)?;
+    let shown = crate::rpc::command_from(&expected.command, &expected.params)?;
     let incident = load(&state, id).await?;
     let Some(action) = &incident.suggested_action else {
         return Err(ApiError::Conflict(format!("incident {id} has no suggested action; analyze it first")));
@@ -163,6 +168,13 @@ pub(crate) async fn execute(
     let params = action.get("params").cloned().unwrap_or(serde_json::Value::Null);
     let command = crate::rpc::command_from(name, &params)
         .map_err(|e| ApiError::Conflict(format!("the suggested action is not allowed: {e}")))?;
+    if command != shown {
+        return Err(ApiError::SuggestionChanged(format!(
+            "incident {id} now suggests {} {}; review it and confirm that instead",
+            command.name().as_str(),
+            command.params()
+        )));
+    }
     let agent_id = crate::extract::agent_id(&incident.agent_id)?;
     let agent = find_agent(&state, &agent_id).await?;
     ensure_online(&state, &agent).await?;

@@ -50,8 +50,10 @@ async fn analyze_then_execute_the_suggestion_end_to_end() {
         json!({"command": "restart_service", "params": {"service": "nginx"}})
     );
 
-    let (status, executed) =
-        api.post(&format!("/api/v1/incidents/{id}/execute"), &api.operator, json!({})).await;
+    // Confirmed as shown: the command and params the operator saw.
+    let (status, executed) = api
+        .post(&format!("/api/v1/incidents/{id}/execute"), &api.operator, incident["suggested_action"].clone())
+        .await;
     assert_eq!(status, StatusCode::OK, "{executed}");
     assert_eq!(executed["result"]["output"], "restarted nginx");
     let (_, audit) = api.get(&format!("/api/v1/audit?agent_id={agent}"), &api.admin).await;

@@ -61,9 +61,13 @@ async fn executing_a_suggested_action() {
     let id = api.incident(&agent, "service_down", "nginx exited").await;
     let path = format!("/api/v1/incidents/{id}/execute");
 
+    let nginx = json!({"command": "restart_service", "params": {"service": "nginx"}});
     // Nothing suggested yet: 409.
-    let (status, body) = api.post(&path, &api.operator, json!({})).await;
+    let (status, body) = api.post(&path, &api.operator, nginx.clone()).await;
     assert_problem(status, &body, StatusCode::CONFLICT, "conflict");
+    // The body must name an allow-listed command: what it repeats is checked too.
+    let (status, body) = api.post(&path, &api.operator, json!({})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 
     // A suggestion that is not (or no longer) allowed: 409, nothing sent.
     sqlx::query("UPDATE incidents SET suggested_action = $2 WHERE id = $1")
@@ -72,17 +76,29 @@ async fn executing_a_suggested_action() {
         .execute(&api.stack.db.pool)
         .await
         .unwrap();
-    let (status, body) = api.post(&path, &api.operator, json!({})).await;
+    let (status, body) = api.post(&path, &api.operator, nginx.clone()).await;
     assert_problem(status, &body, StatusCode::CONFLICT, "conflict");
     assert!(api.audit_outcomes(&agent).await.is_empty());
 
+    // Re-analyzed between showing and confirming: what was shown does not run.
     sqlx::query("UPDATE incidents SET suggested_action = $2 WHERE id = $1")
         .bind(id)
-        .bind(json!({"command": "restart_service", "params": {"service": "nginx"}}))
+        .bind(json!({"command": "stop_service", "params": {"service": "nginx"}}))
         .execute(&api.stack.db.pool)
         .await
         .unwrap();
-    let (status, body) = api.post(&path, &api.operator, json!({})).await;
+    let (status, body) = api.post(&path, &api.operator, nginx.clone()).await;
+    assert_problem(status, &body, StatusCode::CONFLICT, "suggestion-changed");
+    assert!(body["detail"].as_str().unwrap().contains("stop_service"), "{body}");
+    assert!(api.audit_outcomes(&agent).await.is_empty(), "nothing may be sent on a mismatch");
+
+    sqlx::query("UPDATE incidents SET suggested_action = $2 WHERE id = $1")
+        .bind(id)
+        .bind(nginx.clone())
+        .execute(&api.stack.db.pool)
+        .await
+        .unwrap();
+    let (status, body) = api.post(&path, &api.operator, nginx.clone()).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["result"]["output"], "restarted nginx");
     assert_eq!(body["incident"]["action_result"]["output"], "restarted nginx");

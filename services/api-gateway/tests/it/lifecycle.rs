@@ -67,9 +67,19 @@ async fn a_bad_configuration_exits_64_naming_the_variable() {
             ("REDIS_URL", "http://not-redis"),
             ("JWT_SECRET", "change_me"),
             ("JWT_SECRET", "too-short"),
+            ("REDIS_URL", "redis://:REPLACE-ME-redis-password@redis:6379"),
+            ("JWT_SECRET", "REPLACE-ME-with-at-least-32-random-bytes-compose-demo"),
+            ("JWT_SECRET", "opspilot-local-development-secret-0123456789"),
+            ("BOOTSTRAP_TOKEN", "REPLACE-ME-compose-demo-enroll-token"),
+            ("BOOTSTRAP_TOKEN", "opspilot-local-bootstrap"),
         ],
     )
     .await;
+    let mut with_admin = base.clone();
+    with_admin.push(("ADMIN_EMAIL", "admin@example.com".to_owned()));
+    for password in ["REPLACE-ME-admin-password", "opspilot-local-admin"] {
+        lifecycle::assert_config_error(Path::new(BIN), &with_admin, "ADMIN_PASSWORD", password).await;
+    }
     // Missing entirely.
     let (code, stderr) = run_to_exit(Path::new(BIN), &[], &[]).await;
     assert_eq!(code, Some(64));
@@ -84,6 +94,15 @@ async fn a_weak_secret_is_accepted_only_in_development_mode() {
     assert!(config.validate().is_err());
     let config =
         Config::try_parse_from(["api-gateway", "--jwt-secret", "change_me", "--dev", "--insecure-bus"])
+            .unwrap();
+    config.validate().unwrap();
+    // Placeholders likewise: refused, then accepted in development mode only.
+    let placeholder = "REPLACE-ME-with-at-least-32-random-bytes-compose-demo";
+    let config =
+        Config::try_parse_from(["api-gateway", "--jwt-secret", placeholder, "--insecure-bus"]).unwrap();
+    assert!(config.validate().unwrap_err().starts_with("JWT_SECRET:"));
+    let config =
+        Config::try_parse_from(["api-gateway", "--jwt-secret", placeholder, "--dev", "--insecure-bus"])
             .unwrap();
     config.validate().unwrap();
 }

@@ -58,6 +58,15 @@ async fn each_role_gets_exactly_what_it_should() {
         (Method::POST, "/api/v1/enrollment-tokens".into(), Some(json!({"name": ""})), Min::Admin),
         (Method::DELETE, format!("/api/v1/enrollment-tokens/{unknown_token}"), None, Min::Admin),
         (Method::DELETE, "/api/v1/agents/000000000000".into(), None, Min::Admin),
+        (Method::DELETE, "/api/v1/revoked-agents/000000000000".into(), None, Min::Admin),
+        (Method::GET, "/api/v1/identity-conflicts".into(), None, Min::Admin),
+        (
+            Method::POST,
+            "/api/v1/identity-conflicts/424242/resolve".into(),
+            Some(json!({"resolution": "reject"})),
+            Min::Admin,
+        ),
+        (Method::POST, "/api/v1/agents/enroll/challenge".into(), None, Min::Public),
         (
             Method::POST,
             "/api/v1/agents/enroll".into(),

@@ -55,6 +55,7 @@ async fn a_bad_configuration_exits_64_naming_the_variable() {
             ("ADMIN_ADDR", "nowhere"),
             ("SHUTDOWN_GRACE", "soon"),
             ("REDIS_URL", "http://not-redis"),
+            ("REDIS_URL", "redis://:REPLACE-ME-redis-password@redis:6379"),
             ("PRESENCE_MISSED_HEARTBEATS", "0"),
             ("PRESENCE_OFFLINE_TIMEOUT", "soon"),
             ("PRESENCE_OFFLINE_TIMEOUT", "500ms"),
