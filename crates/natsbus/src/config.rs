@@ -72,6 +72,17 @@ pub struct NatsConfig {
     /// Bytes the heartbeat bucket may hold (per replica; about 350 bytes an agent).
     #[arg(id = "agents-bucket-max-bytes", long = "agents-bucket-max-bytes", env = "AGENTS_BUCKET_MAX_BYTES", value_name = "AGENTS_BUCKET_MAX_BYTES", default_value = "1GiB", value_parser = service_kit::config::parse_bytes)]
     pub agents_bucket_max_bytes: u64,
+    /// Payload bytes one agent may have copied into the dead-letter stream per hour;
+    /// past it, its letters carry headers only.
+    #[arg(id = "dlq-agent-bytes-per-hour", long = "dlq-agent-bytes-per-hour", env = "DLQ_AGENT_BYTES_PER_HOUR", value_name = "DLQ_AGENT_BYTES_PER_HOUR", default_value = "4MiB", value_parser = service_kit::config::parse_bytes)]
+    pub dlq_agent_bytes_per_hour: u64,
+    /// Letters one agent may have parked per hour; past it, nothing more is parked for
+    /// it (counted and logged; the message stays in its own stream).
+    #[arg(id = "dlq-agent-messages-per-hour", long = "dlq-agent-messages-per-hour", env = "DLQ_AGENT_MESSAGES_PER_HOUR", value_name = "DLQ_AGENT_MESSAGES_PER_HOUR", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub dlq_agent_messages_per_hour: u64,
+    /// The largest payload copied into one letter; a larger one is cut (its size kept).
+    #[arg(id = "dlq-max-payload", long = "dlq-max-payload", env = "DLQ_MAX_PAYLOAD", value_name = "DLQ_MAX_PAYLOAD", default_value = "64KiB", value_parser = service_kit::config::parse_bytes)]
+    pub dlq_max_payload: u64,
     /// Timeout of every NATS request (and of JetStream API calls).
     #[arg(id = "nats-request-timeout", long = "nats-request-timeout", env = "NATS_REQUEST_TIMEOUT", value_name = "NATS_REQUEST_TIMEOUT", default_value = "5s", value_parser = service_kit::config::parse_duration)]
     pub request_timeout: Duration,
@@ -132,6 +143,16 @@ impl NatsConfig {
             return Err(format!("NATS_CREDS: {} is not a readable file", creds.display()));
         }
         Ok(())
+    }
+
+    /// The per-agent dead-letter budget these settings describe.
+    pub fn dead_letter_budget(&self) -> crate::DeadLetterBudget {
+        crate::DeadLetterBudget::new(
+            self.dlq_agent_bytes_per_hour,
+            self.dlq_agent_messages_per_hour,
+            usize::try_from(self.dlq_max_payload).unwrap_or(usize::MAX),
+            std::time::Duration::from_secs(3600),
+        )
     }
 
     /// Refuses a placeholder or example token outside development mode.

@@ -101,9 +101,11 @@ impl Topology {
             // larger than the protocol's largest message before it gets here.
             max_message_size: 1024 * 1024,
             max_bytes: bytes_limit(self.max_bytes.events),
-            // A full stream refuses new events (the agent keeps them and retries)
-            // rather than dropping old ones the ingestor may not have read yet.
-            discard: stream::DiscardPolicy::New,
+            // A full stream drops its oldest messages. While the ingestor keeps up
+            // those are stored already; refusing new ones instead would let one host
+            // that fills the stream stop every other host's events for days. The
+            // bound is the backlog the stream rides out when the ingestor is down.
+            discard: stream::DiscardPolicy::Old,
             ..Default::default()
         }
     }
@@ -119,7 +121,7 @@ impl Topology {
             duplicate_window: self.dedup_window,
             num_replicas: self.replicas,
             max_bytes: bytes_limit(self.max_bytes.inventory),
-            discard: stream::DiscardPolicy::New,
+            discard: stream::DiscardPolicy::Old,
             ..Default::default()
         }
     }

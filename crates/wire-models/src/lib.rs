@@ -50,3 +50,8 @@ pub const HEADER_DLQ_DETAIL: &str = "Opspilot-Dlq-Detail";
 pub const HEADER_DLQ_SUBJECT: &str = "Opspilot-Dlq-Subject";
 /// The stream sequence of the dead-lettered message in its original stream.
 pub const HEADER_DLQ_SEQUENCE: &str = "Opspilot-Dlq-Sequence";
+/// Set when the letter does not carry the whole original payload: `truncated` (the
+/// first bytes only) or `omitted` (the agent's dead-letter budget was used up).
+pub const HEADER_DLQ_PAYLOAD: &str = "Opspilot-Dlq-Payload";
+/// The original payload's size in bytes, when the letter does not carry all of it.
+pub const HEADER_DLQ_ORIGINAL_SIZE: &str = "Opspilot-Dlq-Original-Size";

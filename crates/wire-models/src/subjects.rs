@@ -225,6 +225,18 @@ impl Subjects {
         Ok(parsed)
     }
 
+    /// The agent an agent subject belongs to, whatever follows its id (for charging
+    /// what the subject costs to that agent); `None` when there is no valid id.
+    pub fn agent_of(&self, subject: &str) -> Option<AgentId> {
+        let mut tokens = subject.split('.');
+        for expected in self.root.as_str().split('.') {
+            if tokens.next() != Some(expected) {
+                return None;
+            }
+        }
+        AgentId::parse(tokens.next()?).ok()
+    }
+
     /// The KV bucket's internal subject for one key (`$KV.{bucket}.{key}`); used when
     /// writing per-agent permissions.
     pub fn kv_key_subject(bucket: &str, agent: &AgentId) -> String {
@@ -235,6 +247,16 @@ impl Subjects {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_agent_of_a_subject() {
+        let s = Subjects::default();
+        assert_eq!(s.agent_of("ops.a1b2c3d4e5f6.events.a.b.c"), Some(id()));
+        assert_eq!(s.agent_of("ops.a1b2c3d4e5f6.inventory"), Some(id()));
+        assert_eq!(s.agent_of("ops.A1B2C3D4E5F6.inventory"), None);
+        assert_eq!(s.agent_of("other.a1b2c3d4e5f6.inventory"), None);
+        assert_eq!(s.agent_of("ops"), None);
+    }
 
     fn id() -> AgentId {
         AgentId::parse("a1b2c3d4e5f6").unwrap()

@@ -279,10 +279,14 @@ pub(crate) async fn nak_all(batch: &[Message]) {
 pub(crate) async fn dead_letter_all(
     js: &jetstream::Context,
     subjects: &Subjects,
+    budget: &natsbus::DeadLetterBudget,
     origin: DlqOrigin,
     rejected: Vec<(&Message, Rejection)>,
 ) -> u64 {
     let results = futures::future::join_all(rejected.into_iter().map(|(msg, rejection)| async move {
+        // One agent's garbage is charged to that agent; subjects without a valid id
+        // share one allowance.
+        let agent = subjects.agent_of(msg.subject.as_str()).map_or_else(|| "unidentified".to_owned(), |a| a.to_string());
         let sequence = msg.info().ok().map(|info| info.stream_sequence);
         let letter = natsbus::DeadLetter {
             origin,
@@ -292,9 +296,9 @@ pub(crate) async fn dead_letter_all(
             reason: rejection.reason,
             detail: &rejection.detail,
         };
-        match natsbus::dead_letter(js, subjects, letter).await {
-            Ok(()) => {
-                tracing::debug!(reason = rejection.reason, detail = %rejection.detail, subject = %msg.subject, "message dead-lettered");
+        match natsbus::dead_letter_within(js, subjects, budget, &agent, letter).await {
+            Ok(parked) => {
+                tracing::debug!(reason = rejection.reason, detail = %rejection.detail, subject = %msg.subject, parked, "message dead-lettered");
                 let _ = msg.ack_with(AckKind::Term).await;
                 true
             }

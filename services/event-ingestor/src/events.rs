@@ -27,6 +27,8 @@ pub(crate) struct EventsHandler {
     pub(crate) subjects: Subjects,
     pub(crate) known: Arc<KnownAgents>,
     pub(crate) stats: Arc<Stats>,
+    /// Shared by the events and inventory consumers: one allowance per agent.
+    pub(crate) dlq_budget: Arc<natsbus::DeadLetterBudget>,
     pub(crate) dedup: bool,
     pub(crate) ack_wait: Duration,
 }
@@ -197,6 +199,7 @@ impl BatchHandler for EventsHandler {
         let dead = consumer::dead_letter_all(
             &self.js,
             &self.subjects,
+            &self.dlq_budget,
             DlqOrigin::Events,
             rejected.into_iter().map(|(i, r)| (&batch[i], r)).collect(),
         )

@@ -19,6 +19,8 @@ pub(crate) struct InventoryHandler {
     pub(crate) subjects: Subjects,
     pub(crate) known: Arc<KnownAgents>,
     pub(crate) stats: Arc<Stats>,
+    /// Shared by the events and inventory consumers: one allowance per agent.
+    pub(crate) dlq_budget: Arc<natsbus::DeadLetterBudget>,
     pub(crate) ack_wait: Duration,
 }
 
@@ -142,6 +144,7 @@ impl BatchHandler for InventoryHandler {
         let dead = consumer::dead_letter_all(
             &self.js,
             &self.subjects,
+            &self.dlq_budget,
             DlqOrigin::Inventory,
             rejected.into_iter().map(|(i, r)| (&batch[i], r)).collect(),
         )

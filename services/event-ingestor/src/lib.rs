@@ -203,7 +203,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     consumer::ensure_consumer(&js, &inventory_spec).await?;
 
     let mut workers = tokio::task::JoinSet::new();
+    let dlq_budget = Arc::new(config.nats.dead_letter_budget());
     let events_handler = events::EventsHandler {
+        dlq_budget: Arc::clone(&dlq_budget),
         js: js.clone(),
         pool: pool.clone(),
         subjects: topology.subjects.clone(),
@@ -213,6 +215,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         ack_wait: config.ack_wait,
     };
     let inventory_handler = inventory::InventoryHandler {
+        dlq_budget,
         js: js.clone(),
         pool: pool.clone(),
         subjects: topology.subjects.clone(),

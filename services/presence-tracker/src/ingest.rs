@@ -32,6 +32,8 @@ pub(crate) struct Ingest {
     pub(crate) js: async_nats::jetstream::Context,
     pub(crate) subjects: Subjects,
     pub(crate) bucket: String,
+    /// How much each agent may park in the dead-letter stream.
+    pub(crate) dlq_budget: Arc<natsbus::DeadLetterBudget>,
     pub(crate) thresholds: Thresholds,
     pub(crate) health: Arc<InputHealth>,
     pub(crate) intents: mpsc::Sender<Intent>,
@@ -188,8 +190,11 @@ impl Ingest {
     }
 
     fn dead_letter(&self, raw: RawHeartbeat, rejection: Rejection) {
-        let (js, subjects) = (self.js.clone(), self.subjects.clone());
+        let (js, subjects, budget) = (self.js.clone(), self.subjects.clone(), Arc::clone(&self.dlq_budget));
         let subject = format!("$KV.{}.{}", self.bucket, raw.key);
+        // The key is the agent (its own credentials can write no other); a key that
+        // is no agent id shares one allowance.
+        let agent = AgentId::parse(&raw.key).map_or_else(|_| "unidentified".to_owned(), |id| id.to_string());
         tokio::spawn(async move {
             let letter = natsbus::DeadLetter {
                 origin: DlqOrigin::Heartbeats,
@@ -199,8 +204,8 @@ impl Ingest {
                 reason: rejection.reason,
                 detail: &rejection.detail,
             };
-            match natsbus::dead_letter(&js, &subjects, letter).await {
-                Ok(()) => tracing::debug!(
+            match natsbus::dead_letter_within(&js, &subjects, &budget, &agent, letter).await {
+                Ok(_) => tracing::debug!(
                     key = %raw.key,
                     reason = rejection.reason,
                     detail = %rejection.detail,

@@ -289,6 +289,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             js: js.clone(),
             subjects: topology.subjects.clone(),
             bucket: topology.agents_bucket.clone(),
+            dlq_budget: Arc::new(config.nats.dead_letter_budget()),
             thresholds,
             health: Arc::clone(&health),
             intents: intents_tx.clone(),

@@ -42,3 +42,52 @@ async fn dead_letters_keep_subject_payload_and_reason_and_are_idempotent() {
     assert_eq!(headers.get(HEADER_DLQ_SEQUENCE).unwrap().as_str(), "42");
     assert_eq!(headers.get(HEADER_DLQ_DETAIL).unwrap().as_str(), "agent id must be  exactly 12 characters");
 }
+
+#[tokio::test]
+async fn an_agents_budget_cuts_then_omits_then_withholds_its_letters() {
+    use wire_models::{HEADER_DLQ_ORIGINAL_SIZE, HEADER_DLQ_PAYLOAD};
+    let server = NatsServer::start().await;
+    let js = jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    let topology = isolated_topology();
+    natsbus::ensure_topology(&js, &topology).await.unwrap();
+    // 1 KiB copied at most per letter, 1.5 KiB per agent, three letters per agent.
+    let budget = natsbus::DeadLetterBudget::new(1536, 3, 1024, std::time::Duration::from_secs(3600));
+    let subject = format!("{}.a1b2c3d4e5f6.events.oom", topology.subjects.root());
+    let mut parked = Vec::new();
+    for sequence in 1..=5u64 {
+        let letter = natsbus::DeadLetter {
+            origin: DlqOrigin::Events,
+            subject: &subject,
+            payload: vec![b'x'; 4096].into(),
+            stream_sequence: Some(sequence),
+            reason: "too_large",
+            detail: "4096 bytes",
+        };
+        parked.push(
+            natsbus::dead_letter_within(&js, &topology.subjects, &budget, "a1b2c3d4e5f6", letter)
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(parked, vec![true, true, true, false, false]);
+    let stream = js.get_stream(&topology.dlq_stream).await.unwrap();
+    let consumer = stream.create_consumer(jetstream::consumer::pull::Config::default()).await.unwrap();
+    let mut batch = consumer
+        .fetch()
+        .max_messages(10)
+        .expires(std::time::Duration::from_millis(500))
+        .messages()
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    while let Some(msg) = batch.next().await {
+        let msg = msg.unwrap();
+        let headers = msg.headers.clone().unwrap();
+        let marker = headers.get(HEADER_DLQ_PAYLOAD).map(|v| v.as_str().to_owned());
+        let size = headers.get(HEADER_DLQ_ORIGINAL_SIZE).map(|v| v.as_str().to_owned());
+        seen.push((msg.payload.len(), marker, size));
+    }
+    let cut = (1024, Some("truncated".to_owned()), Some("4096".to_owned()));
+    let omitted = (0, Some("omitted".to_owned()), Some("4096".to_owned()));
+    assert_eq!(seen, vec![cut, omitted.clone(), omitted]);
+}

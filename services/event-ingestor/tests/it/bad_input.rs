@@ -78,8 +78,10 @@ async fn each_kind_of_bad_input_is_dead_lettered_with_its_reason() {
     let letters = dead_letters(&stack).await;
     assert_eq!(letters.len(), cases.len(), "{:?}", letters.iter().map(|l| (&l.0, &l.1)).collect::<Vec<_>>());
     for (subject, payload, reason) in &cases {
+        // An oversize payload is parked cut to DLQ_MAX_PAYLOAD (64 KiB by default).
+        let kept = payload.len().min(64 * 1024);
         assert!(
-            letters.iter().any(|(s, r, p)| s == subject && r == reason && p[..] == payload[..]),
+            letters.iter().any(|(s, r, p)| s == subject && r == reason && p[..] == payload[..kept]),
             "no dead letter with reason {reason} for {subject}"
         );
     }

@@ -50,7 +50,17 @@ async fn a_hostile_corpus_on_every_agent_subject_is_dead_lettered_or_deduplicate
     let subjects = &stack.topology.subjects;
     let root = subjects.root().to_string();
     let oom = EventKind::parse("oom").unwrap();
-    let (running, shutdown) = start(&stack, &[]).await;
+    // Every letter whole and none withheld: this test checks the reasons (the budget
+    // has tests of its own).
+    let unlimited = [
+        "--dlq-max-payload",
+        "4MiB",
+        "--dlq-agent-bytes-per-hour",
+        "1GiB",
+        "--dlq-agent-messages-per-hour",
+        "1000000",
+    ];
+    let (running, shutdown) = start(&stack, &unlimited).await;
 
     let event = attacker.event(oom.clone(), Severity::Error, "kernel", "hostile corpus");
     let event_subject = subjects.event(&attacker.id, &oom);
