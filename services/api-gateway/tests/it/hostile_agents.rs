@@ -99,7 +99,7 @@ async fn a_flooding_agent_leaves_the_others_ingest_and_presence_working() {
             let mut n = 0u64;
             while !stop.is_cancelled() {
                 tick.tick().await;
-                if n % 5 == 0 {
+                if n.is_multiple_of(5) {
                     bus.put_heartbeat(&agent.heartbeat(Duration::from_secs(1))).await.unwrap();
                 }
                 let event =
@@ -139,7 +139,7 @@ async fn a_flooding_agent_leaves_the_others_ingest_and_presence_working() {
                     flooded.fetch_add(1, Ordering::Relaxed);
                 }
                 rounds += 1;
-                if rounds % 2000 == 0 {
+                if rounds.is_multiple_of(2000) {
                     let mut headers = HeaderMap::new();
                     headers.insert("Nats-Rollup", "all");
                     let _ = flood_bus.js.publish_with_headers(kv_subject.clone(), headers, "x".into()).await;
