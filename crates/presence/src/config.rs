@@ -56,8 +56,14 @@ impl RedisConfig {
         Keys::new(&self.prefix)
     }
 
-    /// Refuses a placeholder or example password in the URL outside development mode.
+    /// Refuses a placeholder or example password in the URL outside development mode,
+    /// and a `rediss://` URL that turns certificate checks off (`#insecure`).
     pub fn check_secrets(&self, dev: bool) -> Result<(), String> {
+        if self.url.expose_secret().ends_with("#insecure") && !dev {
+            return Err("REDIS_URL: #insecure turns TLS certificate checks off; \
+                        only with OPSPILOT_DEV=true, for local development"
+                .into());
+        }
         match service_kit::config::url_password(self.url.expose_secret()) {
             Some(password) => service_kit::config::check_secret("REDIS_URL", &password, dev),
             None => Ok(()),

@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use crate::StorageError;
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Clone, sqlx::FromRow)]
 pub struct User {
     pub id: Uuid,
     pub email: String,
@@ -17,6 +17,20 @@ pub struct User {
     pub last_login_at: Option<DateTime<Utc>>,
     /// Access tokens name the version they were issued at; any other is refused.
     pub token_version: i32,
+}
+
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The hash is as good as the password to anyone who can run a dictionary.
+        f.debug_struct("User")
+            .field("id", &self.id)
+            .field("email", &self.email)
+            .field("password_hash", &"[REDACTED]")
+            .field("role", &self.role)
+            .field("disabled", &self.disabled)
+            .field("token_version", &self.token_version)
+            .finish_non_exhaustive()
+    }
 }
 
 const COLUMNS: &str = "id, email, password_hash, role, disabled, created_at, last_login_at, token_version";

@@ -17,11 +17,13 @@ mod nats;
 pub mod otlp;
 pub mod process;
 mod proxy;
+mod redis;
 mod stack;
 
 pub use db::TestDb;
 pub use nats::{NatsServer, nats_server_binary};
 pub use proxy::TcpProxy;
+pub use redis::RedisServer;
 pub use stack::{Stack, free_port};
 
 use std::sync::Once;

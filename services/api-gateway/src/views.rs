@@ -31,13 +31,13 @@ impl From<storage::users::User> for UserView {
     }
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Deserialize, ToSchema)]
 pub struct LoginRequest {
     pub email: String,
     pub password: String,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Serialize, ToSchema)]
 pub struct LoginResponse {
     pub access_token: String,
     /// Always `Bearer`.
@@ -270,7 +270,7 @@ pub struct IncidentExecuteResponse {
     pub incident: IncidentView,
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Deserialize, ToSchema)]
 pub struct EnrollRequest {
     /// An enrollment (bootstrap) token. Required for a machine not enrolled yet; a
     /// request with a valid `proof` needs none.
@@ -377,7 +377,7 @@ pub struct ResolveConflict {
 }
 
 /// The agent's own NATS identity.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct NatsCredentials {
     pub user_public_key: String,
     /// The user JWT (signed by the OpsPilot account).
@@ -462,7 +462,7 @@ impl From<storage::tokens::EnrollmentToken> for TokenView {
     }
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Serialize, ToSchema)]
 pub struct CreatedToken {
     /// The token itself: shown once, only its hash is stored.
     pub token: String,
@@ -470,14 +470,14 @@ pub struct CreatedToken {
     pub details: TokenView,
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Deserialize, ToSchema)]
 pub struct CreateUser {
     pub email: String,
     pub password: String,
     pub role: Role,
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Deserialize, ToSchema)]
 pub struct UpdateUser {
     pub role: Option<Role>,
     pub disabled: Option<bool>,
@@ -548,4 +548,119 @@ pub struct PresenceHistory {
     pub current: PresenceInfo,
     pub transitions: Vec<PresenceTransitionView>,
     pub next_cursor: Option<i64>,
+}
+
+// Request and response bodies that carry a password, a token, a seed or a signature
+// print "[REDACTED]" in its place: a body that ends up in a log line by `{:?}` must not
+// take its secret along.
+const REDACTED: &str = "[REDACTED]";
+
+fn redacted<T>(value: &Option<T>) -> Option<&'static str> {
+    value.as_ref().map(|_| REDACTED)
+}
+
+impl std::fmt::Debug for LoginRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginRequest").field("email", &self.email).field("password", &REDACTED).finish()
+    }
+}
+
+impl std::fmt::Debug for LoginResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginResponse")
+            .field("access_token", &REDACTED)
+            .field("expires_at", &self.expires_at)
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for NatsCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsCredentials")
+            .field("user_public_key", &self.user_public_key)
+            .field("jwt", &REDACTED)
+            .field("seed", &redacted(&self.seed))
+            .field("creds", &redacted(&self.creds))
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for CreatedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedToken").field("token", &REDACTED).field("details", &self.details).finish()
+    }
+}
+
+impl std::fmt::Debug for CreateUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateUser")
+            .field("email", &self.email)
+            .field("password", &REDACTED)
+            .field("role", &self.role)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for UpdateUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpdateUser")
+            .field("role", &self.role)
+            .field("disabled", &self.disabled)
+            .field("password", &redacted(&self.password))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for EnrollRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnrollRequest")
+            .field("token", &redacted(&self.token))
+            .field("machine_fingerprint", &self.machine_fingerprint)
+            .field("hostname", &self.hostname)
+            .field("nats_public_key", &self.nats_public_key)
+            .field("proof", &self.proof)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_in_bodies_never_reach_debug_output() {
+        let secret = "hunter2-correct-horse-battery";
+        let texts = [
+            format!("{:?}", LoginRequest { email: "a@b.c".into(), password: secret.into() }),
+            format!("{:?}", CreateUser { email: "a@b.c".into(), password: secret.into(), role: Role::Admin }),
+            format!("{:?}", UpdateUser { role: None, disabled: None, password: Some(secret.into()) }),
+            format!(
+                "{:?}",
+                EnrollRequest {
+                    token: Some(secret.into()),
+                    machine_fingerprint: "m".into(),
+                    hostname: "h".into(),
+                    nats_public_key: None,
+                    proof: None,
+                }
+            ),
+            format!(
+                "{:?}",
+                NatsCredentials {
+                    user_public_key: "U".into(),
+                    jwt: secret.into(),
+                    seed: Some(secret.into()),
+                    creds: Some(secret.into()),
+                    expires_at: Utc::now(),
+                    inbox_prefix: "_INBOX_x".into(),
+                }
+            ),
+        ];
+        for text in texts {
+            assert!(!text.contains(secret), "{text}");
+            assert!(text.contains(REDACTED), "{text}");
+        }
+    }
 }
