@@ -43,3 +43,40 @@ async fn every_endpoint_is_in_the_readme() {
     assert!(missing.is_empty(), "undocumented in README.md: {missing:?}");
     api.stop().await;
 }
+
+/// Every test docs/SECURITY.md cites as the proof of a mitigation exists: the threat
+/// model cannot point at a test that was renamed or removed.
+#[test]
+fn every_test_the_security_document_cites_exists() {
+    let root = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
+    let doc = std::fs::read_to_string(root.join("docs/SECURITY.md")).unwrap();
+    let mut sources = String::new();
+    let mut dirs = vec![root.join("crates"), root.join("services"), root.join("chaos")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                sources.push_str(&std::fs::read_to_string(&path).unwrap());
+            }
+        }
+    }
+    let mut cited = 0;
+    let mut missing = Vec::new();
+    for span in doc.split('`').skip(1).step_by(2) {
+        // `crate::it module::test`, `crate module::tests::test`, `binary test`: the
+        // last word is the test function's name.
+        let Some(name) = span.rsplit([':', ' ']).next() else { continue };
+        let snake = name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !span.contains("::") || !snake || name.len() < 12 {
+            continue;
+        }
+        cited += 1;
+        if !sources.contains(&format!("fn {name}(")) {
+            missing.push(span.to_owned());
+        }
+    }
+    assert!(cited >= 20, "only {cited} test names found; did the document's format change?");
+    assert!(missing.is_empty(), "docs/SECURITY.md cites tests that do not exist: {missing:?}");
+}
