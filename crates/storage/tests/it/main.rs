@@ -2,6 +2,7 @@
 #![allow(unused_crate_dependencies, unreachable_pub)]
 
 mod analysis;
+mod credentials;
 mod migrations;
 mod pool;
 mod presence;
