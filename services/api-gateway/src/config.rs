@@ -59,37 +59,7 @@ pub enum Command {
     /// renewed only when a third of their lifetime is left (or with --rotate), so
     /// running it again is safe. With OPSPILOT_DEV it also writes the development
     /// identities (the simulator's fleet identity and a superuser).
-    NatsInit {
-        /// Where to write keys.json, nats-auth.conf, gateway-keys.json and creds/.
-        #[arg(long)]
-        dir: std::path::PathBuf,
-        /// Lifetime of the services' credentials.
-        #[arg(long, default_value = "90d", value_parser = parse_duration)]
-        service_creds_ttl: Duration,
-        /// Write new credentials for every service now, revoke the ones they replace
-        /// and push the revocations (needs the database and NATS). Services pick up
-        /// the new files when the server drops the old credentials.
-        #[arg(long)]
-        rotate: bool,
-        /// Revoke this NATS user public key (a service's or an agent's) and push the
-        /// revocation (needs the database and NATS). Repeatable.
-        #[arg(long = "revoke-key", value_name = "USER_PUBLIC_KEY")]
-        revoke_keys: Vec<String>,
-        /// The account's JetStream disk limit (every stream together, all replicas).
-        #[arg(long, value_parser = service_kit::config::parse_bytes)]
-        account_max_disk: Option<u64>,
-        /// The account's JetStream memory limit.
-        #[arg(long, value_parser = service_kit::config::parse_bytes)]
-        account_max_memory: Option<u64>,
-        /// The resolver directory as the NATS server sees it (default: DIR/resolver).
-        #[arg(long)]
-        resolver_dir: Option<std::path::PathBuf>,
-        /// Also copy each identity's files into EXPORT_DIR/<identity>/ (the gateway's
-        /// key file with the gateway's, nats-auth.conf into nats/), so each container
-        /// can mount only its own.
-        #[arg(long)]
-        export_dir: Option<std::path::PathBuf>,
-    },
+    NatsInit(crate::nats_init::NatsInitArgs),
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
@@ -310,7 +280,7 @@ impl Config {
                 return crate::routes::auth::validate_email(email)
                     .map_err(|_| "--email: not a valid email".into());
             }
-            Some(Command::NatsInit { .. }) => return Ok(()),
+            Some(Command::NatsInit(_)) => return Ok(()),
             None | Some(Command::Serve) => {}
         }
         self.nats.validate()?;

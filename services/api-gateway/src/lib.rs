@@ -21,6 +21,7 @@ mod views;
 
 pub use auth::Role;
 pub use config::{Command, Config, ServeArgs};
+pub use nats_init::NatsInitArgs;
 pub use views::*;
 
 use std::net::SocketAddr;
@@ -64,28 +65,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             storage::migrate(&pool).await?;
             Ok(())
         }
-        Command::NatsInit {
-            dir,
-            service_creds_ttl,
-            rotate,
-            revoke_keys,
-            account_max_disk,
-            account_max_memory,
-            resolver_dir,
-            export_dir,
-        } => {
-            let request = nats_init::Request {
-                dir,
-                service_creds_ttl,
-                rotate,
-                revoke_keys,
-                account_max_disk,
-                account_max_memory,
-                resolver_dir,
-                export_dir,
-            };
-            nats_init::run(&config, request).await
-        }
+        Command::NatsInit(request) => nats_init::run(&config, request).await,
         Command::CreateUser { email, role } => {
             let password = match &config.serve.admin_password {
                 Some(password) => password.clone(),

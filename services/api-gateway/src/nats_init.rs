@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use service_kit::config::parse_duration;
+
 use anyhow::Context as _;
 use natsbus::auth::{
     AuthSetup, GATEWAY_KEYS_FILE, Identity, JetStreamLimits, RevocationPusher, WriteOptions,
@@ -12,19 +14,41 @@ use secrecy::ExposeSecret as _;
 
 use crate::config::Config;
 
-/// What the subcommand was asked to do.
-pub(crate) struct Request {
-    pub(crate) dir: PathBuf,
-    pub(crate) service_creds_ttl: Duration,
-    pub(crate) rotate: bool,
-    pub(crate) revoke_keys: Vec<String>,
-    pub(crate) account_max_disk: Option<u64>,
-    pub(crate) account_max_memory: Option<u64>,
-    pub(crate) resolver_dir: Option<PathBuf>,
-    pub(crate) export_dir: Option<PathBuf>,
+/// What the subcommand is asked to do.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NatsInitArgs {
+    /// Where to write keys.json, nats-auth.conf, gateway-keys.json and creds/.
+    #[arg(long)]
+    dir: std::path::PathBuf,
+    /// Lifetime of the services' credentials.
+    #[arg(long, default_value = "90d", value_parser = parse_duration)]
+    service_creds_ttl: Duration,
+    /// Write new credentials for every service now, revoke the ones they replace
+    /// and push the revocations (needs the database and NATS). Services pick up
+    /// the new files when the server drops the old credentials.
+    #[arg(long)]
+    rotate: bool,
+    /// Revoke this NATS user public key (a service's or an agent's) and push the
+    /// revocation (needs the database and NATS). Repeatable.
+    #[arg(long = "revoke-key", value_name = "USER_PUBLIC_KEY")]
+    revoke_keys: Vec<String>,
+    /// The account's JetStream disk limit (every stream together, all replicas).
+    #[arg(long, value_parser = service_kit::config::parse_bytes)]
+    account_max_disk: Option<u64>,
+    /// The account's JetStream memory limit.
+    #[arg(long, value_parser = service_kit::config::parse_bytes)]
+    account_max_memory: Option<u64>,
+    /// The resolver directory as the NATS server sees it (default: DIR/resolver).
+    #[arg(long)]
+    resolver_dir: Option<std::path::PathBuf>,
+    /// Also copy each identity's files into EXPORT_DIR/<identity>/ (the gateway's
+    /// key file with the gateway's, nats-auth.conf into nats/), so each container
+    /// can mount only its own.
+    #[arg(long)]
+    export_dir: Option<std::path::PathBuf>,
 }
 
-pub(crate) async fn run(config: &Config, req: Request) -> anyhow::Result<()> {
+pub(crate) async fn run(config: &Config, req: NatsInitArgs) -> anyhow::Result<()> {
     let dir = &req.dir;
     let mut setup = AuthSetup::load_or_generate(dir, "OPSPILOT")
         .with_context(|| format!("reading or writing keys in {}", dir.display()))?;

@@ -27,6 +27,17 @@ pub(crate) async fn secured() -> Secured {
     Secured { server, setup, topology }
 }
 
+/// What pushes account updates (revocations) to the test server, as the gateway does.
+pub(crate) async fn pusher(s: &Secured) -> natsbus::auth::RevocationPusher {
+    let (system, _) = connect(s, &s.setup.system_creds().unwrap(), natsbus::auth::SYSTEM_USER).await;
+    natsbus::auth::RevocationPusher {
+        spec: s.setup.account_spec().unwrap(),
+        topology: s.topology.clone(),
+        operator_signer: s.setup.operator_signer().unwrap(),
+        system,
+    }
+}
+
 /// A client connected with `creds`, recording the server errors it receives.
 pub(crate) async fn connect(
     s: &Secured,
@@ -165,13 +176,7 @@ async fn a_revoked_agent_is_disconnected_and_cannot_come_back() {
     let (client, _) = connect(&s, &creds, &Identity::Agent(agent.clone()).name()).await;
     assert_eq!(client.connection_state(), async_nats::connection::State::Connected);
 
-    let (system, _) = connect(&s, &s.setup.system_creds().unwrap(), natsbus::auth::SYSTEM_USER).await;
-    let pusher = natsbus::auth::RevocationPusher {
-        spec: s.setup.account_spec().unwrap(),
-        topology: s.topology.clone(),
-        operator_signer: s.setup.operator_signer().unwrap(),
-        system,
-    };
+    let pusher = pusher(&s).await;
     let mut revocations = BTreeMap::new();
     revocations.insert(issued.user_public_key.clone(), chrono::Utc::now().timestamp() + 1);
     pusher.push(&revocations).await.unwrap();
@@ -248,13 +253,7 @@ async fn a_regenerated_configuration_keeps_revocations() {
         .unwrap()
         .issue(&AgentId::parse("aaaa0000aaaa").unwrap(), None)
         .unwrap();
-    let (system, _) = connect(&s, &s.setup.system_creds().unwrap(), natsbus::auth::SYSTEM_USER).await;
-    let pusher = natsbus::auth::RevocationPusher {
-        spec: s.setup.account_spec().unwrap(),
-        topology: s.topology.clone(),
-        operator_signer: s.setup.operator_signer().unwrap(),
-        system,
-    };
+    let pusher = pusher(&s).await;
     // The push must be newer than the configuration's JWT (same second otherwise).
     tokio::time::sleep(Duration::from_millis(1100)).await;
     pusher

@@ -195,13 +195,7 @@ async fn rotated_service_credentials_are_picked_up_on_reconnect() {
     // Rotation: new credentials in the file, the old key revoked.
     let second = s.setup.service_creds(&Identity::EventIngestor, &s.topology).unwrap();
     std::fs::write(&path, &second.creds).unwrap();
-    let (system, _) = connect(&s, &s.setup.system_creds().unwrap(), natsbus::auth::SYSTEM_USER).await;
-    let pusher = natsbus::auth::RevocationPusher {
-        spec: s.setup.account_spec().unwrap(),
-        topology: s.topology.clone(),
-        operator_signer: s.setup.operator_signer().unwrap(),
-        system,
-    };
+    let pusher = crate::auth::pusher(&s).await;
     pusher
         .push(&BTreeMap::from([(first.user_public_key.clone(), chrono::Utc::now().timestamp() + 1)]))
         .await
