@@ -113,8 +113,8 @@ impl Observed {
             .bind(storage::presence::OFFLINE_INCIDENT_TYPE)
             .fetch_all(pool)
             .await?;
-        let announced_ids = read_all(js, incidents_stream, |payload| {
-            wire_models::decode::<wire_models::IncidentCreated>(payload).ok().map(|m| m.incident_id)
+        let announced_ids = read_all(js, incidents_stream, |msg| {
+            wire_models::decode::<wire_models::IncidentCreated>(&msg.payload).ok().map(|m| m.incident_id)
         })
         .await?
         .into_iter()
@@ -139,15 +139,15 @@ pub async fn read_dead_letter_ids(
     struct WithId {
         event_id: Uuid,
     }
-    read_all(js, dlq_stream, |payload| serde_json::from_slice::<WithId>(payload).ok().map(|w| w.event_id))
+    read_all(js, dlq_stream, |msg| serde_json::from_slice::<WithId>(&msg.payload).ok().map(|w| w.event_id))
         .await
 }
 
 /// Every message of a stream, each through `read`.
-async fn read_all<T>(
+pub(crate) async fn read_all<T>(
     js: &async_nats::jetstream::Context,
     stream_name: &str,
-    read: impl Fn(&[u8]) -> T,
+    read: impl Fn(&async_nats::jetstream::Message) -> T,
 ) -> anyhow::Result<Vec<T>> {
     let mut stream = js.get_stream(stream_name).await?;
     let total = stream.info().await?.state.messages;
@@ -166,7 +166,7 @@ async fn read_all<T>(
         let before = out.len();
         while let Some(msg) = batch.next().await {
             let msg = msg.map_err(|e| anyhow::anyhow!("reading {stream_name}: {e}"))?;
-            out.push(read(&msg.payload));
+            out.push(read(&msg));
         }
         anyhow::ensure!(out.len() > before, "{stream_name} stopped delivering");
     }

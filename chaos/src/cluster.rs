@@ -32,6 +32,14 @@ pub const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 pub const FLEET_INTERVAL: Duration = Duration::from_secs(5);
 /// How often the tracker's deadline scan runs.
 pub const RECONCILE: Duration = Duration::from_secs(1);
+/// Letters one agent may have parked per hour (`DLQ_AGENT_MESSAGES_PER_HOUR`, given to
+/// every service explicitly; the services' default).
+pub const DLQ_AGENT_MESSAGES_PER_HOUR: u64 = 1000;
+/// Payload bytes one agent may have copied into the dead-letter stream per hour
+/// (`DLQ_AGENT_BYTES_PER_HOUR`; the services' default).
+pub const DLQ_AGENT_BYTES_PER_HOUR: u64 = 4 * 1024 * 1024;
+/// The largest payload copied into one letter (`DLQ_MAX_PAYLOAD`; the default).
+pub const DLQ_MAX_PAYLOAD: u64 = 64 * 1024;
 
 /// The presence promise: no agent is in a wrong state for longer than its threshold
 /// plus the reconcile interval plus a second, once a fault is over.
@@ -108,6 +116,9 @@ struct Service {
     name: String,
     /// The admin port (the HTTP port for the gateway), the same for every incarnation.
     port: u16,
+    /// The port of `/healthz`, `/readyz` and `/metrics` (`ADMIN_ADDR`): the gateway's
+    /// is its own, the other services' is `port`.
+    admin_port: u16,
     incarnation: u32,
     proc: Option<Proc>,
     /// A signal was sent to the current incarnation: its exit is no crash.
@@ -268,23 +279,45 @@ impl Cluster {
         &self.jwt_secret
     }
 
-    /// Logs in, creates a second user and an enrollment token through the API.
+    /// Logs in and creates a second user through the API.
     async fn setup_api(&mut self) -> anyhow::Result<()> {
         self.admin_token = self.login(ADMIN_EMAIL, &self.admin_password.clone()).await?;
         self.secrets.add(format!("{} admin access token", self.name), &self.admin_token);
-        let viewer_password = random_secret("chaos-viewer-pw-");
-        self.secrets.add(format!("{} viewer password", self.name), &viewer_password);
+        self.viewer_token = self.add_user(VIEWER_EMAIL, "viewer").await?;
+        Ok(())
+    }
+
+    /// Creates a user with `role` through the API and logs in as them; returns the
+    /// access token. The password and the token are registered as secrets.
+    pub async fn add_user(&self, email: &str, role: &str) -> anyhow::Result<String> {
+        let password = random_secret(&format!("chaos-{role}-pw-"));
+        self.secrets.add(format!("{} {role} password", self.name), &password);
         let (status, body) = self
             .api_post(
                 "/api/v1/users",
-                &self.admin_token.clone(),
-                &json!({"email": VIEWER_EMAIL, "password": viewer_password, "role": "viewer"}),
+                &self.admin_token,
+                &json!({"email": email, "password": password, "role": role}),
             )
             .await?;
         anyhow::ensure!(status == StatusCode::CREATED, "creating a user: {status} {body}");
-        self.viewer_token = self.login(VIEWER_EMAIL, &viewer_password).await?;
-        self.secrets.add(format!("{} viewer access token", self.name), &self.viewer_token);
-        Ok(())
+        let token = self.login(email, &password).await?;
+        self.secrets.add(format!("{} {role} access token", self.name), &token);
+        Ok(token)
+    }
+
+    /// Creates an enrollment token through the API (registered as a secret).
+    pub async fn enrollment_token(&self, name: &str, max_uses: u32) -> anyhow::Result<String> {
+        let (status, body) = self
+            .api_post(
+                "/api/v1/enrollment-tokens",
+                &self.admin_token,
+                &json!({"name": name, "max_uses": max_uses}),
+            )
+            .await?;
+        anyhow::ensure!(status == StatusCode::CREATED, "creating an enrollment token: {status} {body}");
+        let token = body["token"].as_str().context("no token in the response")?.to_owned();
+        self.secrets.add(format!("{} enrollment token", self.name), &token);
+        Ok(token)
     }
 
     async fn login(&self, email: &str, password: &str) -> anyhow::Result<String> {
@@ -304,16 +337,7 @@ impl Cluster {
     /// connects with them), starts their heartbeats and the bulk fleet, and waits until
     /// everyone that speaks is online.
     async fn start_agents(&mut self, options: &ClusterOptions) -> anyhow::Result<()> {
-        let (status, body) = self
-            .api_post(
-                "/api/v1/enrollment-tokens",
-                &self.admin_token.clone(),
-                &json!({"name": "chaos probes", "max_uses": 100}),
-            )
-            .await?;
-        anyhow::ensure!(status == StatusCode::CREATED, "creating an enrollment token: {status} {body}");
-        let token = body["token"].as_str().context("no token in the response")?.to_owned();
-        self.secrets.add(format!("{} enrollment token", self.name), &token);
+        let token = self.enrollment_token("chaos probes", 100).await?;
 
         let wanted = Fleet::numbered(&format!("{}-{}-probe", self.name, self.token), 1 + 2 * options.probes);
         let enrolled = agent_sim::enroll::enroll(&self.api_base, &token, &wanted).await?;
@@ -382,7 +406,7 @@ impl Cluster {
         self.services.iter().map(|s| s.name.clone()).collect()
     }
 
-    fn env(&self, kind: Kind, port: u16) -> Vec<(&'static str, String)> {
+    fn env(&self, kind: Kind, port: u16, admin_port: u16) -> Vec<(&'static str, String)> {
         let mut env = self.stack.env_for(&kind.identity());
         let mut set = |key: &'static str, value: String| {
             env.retain(|(k, _)| *k != key);
@@ -401,9 +425,14 @@ impl Cluster {
                 .into(),
         );
         set("SHUTDOWN_GRACE", format!("{}s", GRACE.as_secs()));
+        // The dead-letter budgets the hostile-agents step checks, stated rather than assumed.
+        set("DLQ_AGENT_MESSAGES_PER_HOUR", DLQ_AGENT_MESSAGES_PER_HOUR.to_string());
+        set("DLQ_AGENT_BYTES_PER_HOUR", DLQ_AGENT_BYTES_PER_HOUR.to_string());
+        set("DLQ_MAX_PAYLOAD", DLQ_MAX_PAYLOAD.to_string());
         match kind {
             Kind::Gateway => {
                 set("HTTP_ADDR", format!("127.0.0.1:{port}"));
+                set("ADMIN_ADDR", format!("127.0.0.1:{admin_port}"));
                 set("JWT_SECRET", self.jwt_secret.clone());
                 set("ADMIN_EMAIL", ADMIN_EMAIL.into());
                 set("ADMIN_PASSWORD", self.admin_password.clone());
@@ -442,15 +471,15 @@ impl Cluster {
 
     /// Starts a new incarnation of a service (its log is `{name}.{n}.log`).
     pub fn spawn(&mut self, name: &str) -> anyhow::Result<()> {
-        let (kind, port) = {
+        let (kind, port, admin_port) = {
             let service = self.service(name)?;
             anyhow::ensure!(
                 service.proc.as_mut().is_none_or(|p| !p.is_running()),
                 "{name} is already running"
             );
-            (service.kind, service.port)
+            (service.kind, service.port, service.admin_port)
         };
-        let env = self.env(kind, port);
+        let env = self.env(kind, port, admin_port);
         let binary = self.bins.path(kind.binary());
         let dir = self.dir.clone();
         let service = self.service(name)?;
@@ -486,6 +515,17 @@ impl Cluster {
         let Some(service) = self.services.iter().find(|s| s.name == name) else { return false };
         let url = format!("http://127.0.0.1:{}/readyz", service.port);
         matches!(self.http.get(url).send().await, Ok(r) if r.status() == StatusCode::OK)
+    }
+
+    /// The base URL of a service's admin port (`/healthz`, `/readyz`, `/metrics`).
+    pub fn admin_base(&self, name: &str) -> Option<String> {
+        self.services.iter().find(|s| s.name == name).map(|s| format!("http://127.0.0.1:{}", s.admin_port))
+    }
+
+    /// Whether the service answers `/readyz` on its admin port with 200 right now.
+    pub async fn is_admin_ready(&self, name: &str) -> bool {
+        let Some(base) = self.admin_base(name) else { return false };
+        matches!(self.http.get(format!("{base}/readyz")).send().await, Ok(r) if r.status() == StatusCode::OK)
     }
 
     /// Sends a signal to a running service.
@@ -713,7 +753,9 @@ impl Cluster {
 
 impl Service {
     fn new(kind: Kind, name: String) -> Self {
-        Self { kind, name, port: test_support::free_port(), incarnation: 0, proc: None, signalled: false }
+        let port = test_support::free_port();
+        let admin_port = if kind == Kind::Gateway { test_support::free_port() } else { port };
+        Self { kind, name, port, admin_port, incarnation: 0, proc: None, signalled: false }
     }
 }
 

@@ -1,14 +1,17 @@
 //! Bad input over HTTP, against the api-gateway binary: a hand-written hostile set
 //! (SQL and path-traversal strings, oversized and malformed bodies, raw protocol
-//! abuse, forged tokens, privilege escalation), then schemathesis (PyPI) generating
-//! requests from the served OpenAPI document with an admin token, checking that no
-//! response is a 5xx and every response matches the schema.
+//! abuse, forged tokens, privilege escalation, enrollment without or with forged,
+//! replayed and garbage proofs, executing what was not suggested, spoofed client
+//! addresses), then schemathesis (PyPI) generating requests from the served OpenAPI
+//! document with an admin token, checking that no response is a 5xx and every
+//! response matches the schema.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use base64::Engine as _;
+use natsbus::auth::KeyPair;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -90,9 +93,13 @@ async fn body(
     )?;
     load.finish().await?;
     cluster.drain(Duration::from_secs(60)).await?;
+    // An operator (for what only admins may do) and an incident with a suggested action
+    // (for executing anything else), before the users are counted.
+    let operator = cluster.add_user(OPERATOR_EMAIL, "operator").await?;
+    let incident = analyzed_incident(cluster).await?;
     let users_before = count(cluster, "SELECT count(*) FROM users").await?;
 
-    let failures = hostile(cluster).await?;
+    let failures = hostile(cluster, &operator, incident).await?;
     report.hostile_cases = failures.1;
     report.notes.push(format!(
         "hand-written hostile set: {} requests, {} unexpected answers",
@@ -100,6 +107,18 @@ async fn body(
         failures.0.len()
     ));
     report.failures.extend(failures.0);
+    let spoofed = spoofed_logins(cluster).await;
+    report.hostile_cases += spoofed.tried;
+    report.notes.push(format!(
+        "logins with spoofed client addresses (X-Forwarded-For, X-Real-IP, Forwarded; no TRUSTED_PROXIES): \
+         {} requests, {} answered 401 then {} 429 by the real address",
+        spoofed.tried, spoofed.refused, spoofed.limited
+    ));
+    report.failures.extend(spoofed.failures);
+    match metrics_on_admin_port(cluster).await {
+        Ok(note) => report.notes.push(note),
+        Err(err) => report.failures.push(format!("{err:#}")),
+    }
     let users_after = count(cluster, "SELECT count(*) FROM users").await?;
     if users_after != users_before {
         report
@@ -134,6 +153,51 @@ async fn body(
 
 async fn count(cluster: &Cluster, sql: &'static str) -> anyhow::Result<i64> {
     Ok(sqlx::query_scalar(sql).fetch_one(&cluster.stack.db.pool).await?)
+}
+
+const OPERATOR_EMAIL: &str = "chaos-operator@example.com";
+
+/// An incident with a suggested action: the first critical one, analyzed through the
+/// API (the mock AI suggests restarting nginx); any incident when none is critical.
+async fn analyzed_incident(cluster: &Cluster) -> anyhow::Result<i64> {
+    let suggested: Option<i64> =
+        sqlx::query_scalar("SELECT id FROM incidents WHERE suggested_action IS NOT NULL ORDER BY id LIMIT 1")
+            .fetch_optional(&cluster.stack.db.pool)
+            .await?;
+    if let Some(id) = suggested {
+        return Ok(id);
+    }
+    let critical: Option<i64> =
+        sqlx::query_scalar("SELECT id FROM incidents WHERE type <> $1 AND is_critical ORDER BY id LIMIT 1")
+            .bind(storage::presence::OFFLINE_INCIDENT_TYPE)
+            .fetch_optional(&cluster.stack.db.pool)
+            .await?;
+    if let Some(id) = critical {
+        let (status, body) = cluster
+            .api_post(&format!("/api/v1/incidents/{id}/analyze"), &cluster.admin_token, &json!({}))
+            .await?;
+        anyhow::ensure!(status == StatusCode::OK, "analyzing incident {id}: {status} {body}");
+        return Ok(id);
+    }
+    sqlx::query_scalar("SELECT id FROM incidents ORDER BY id LIMIT 1")
+        .fetch_optional(&cluster.stack.db.pool)
+        .await?
+        .context("the load opened no incident")
+}
+
+/// `/metrics` is served on the gateway's admin port (and only there: the public port's
+/// 404 is a hostile case).
+async fn metrics_on_admin_port(cluster: &Cluster) -> anyhow::Result<String> {
+    let base = cluster.admin_base("api-gateway").context("no gateway")?;
+    let response = cluster.http.get(format!("{base}/metrics")).send().await?;
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    anyhow::ensure!(
+        status == StatusCode::OK && text.contains("opspilot_"),
+        "GET /metrics on the gateway's admin port answered {status}: {}",
+        short(&text)
+    );
+    Ok(format!("GET /metrics on the gateway's admin port: 200, {} lines", text.lines().count()))
 }
 
 /// Runs schemathesis against the served document; its output goes to the run directory.
@@ -199,6 +263,8 @@ enum Want {
     ClientError,
     /// Anything but a 5xx (a filter that simply matches nothing is fine).
     NotServerError,
+    /// One of these statuses.
+    OneOf(&'static [u16]),
 }
 
 struct Case {
@@ -206,6 +272,7 @@ struct Case {
     method: Method,
     path: String,
     token: Option<String>,
+    headers: Vec<(&'static str, String)>,
     content_type: Option<&'static str>,
     body: Option<Vec<u8>>,
     want: Want,
@@ -218,6 +285,7 @@ impl Case {
             method,
             path: path.into(),
             token: None,
+            headers: Vec::new(),
             content_type: None,
             body: None,
             want,
@@ -226,6 +294,11 @@ impl Case {
 
     fn token(mut self, token: &str) -> Self {
         self.token = Some(token.to_owned());
+        self
+    }
+
+    fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
         self
     }
 
@@ -264,7 +337,7 @@ fn encode(s: &str) -> String {
 }
 
 /// Runs the hand-written hostile set; returns the unexpected answers and the count.
-async fn hostile(cluster: &Cluster) -> anyhow::Result<(Vec<String>, usize)> {
+async fn hostile(cluster: &Cluster, operator: &str, incident: i64) -> anyhow::Result<(Vec<String>, usize)> {
     let admin = cluster.admin_token.as_str();
     let viewer = cluster.viewer_token.as_str();
     let agent = cluster.fleet.agents()[0].id.to_string();
@@ -448,10 +521,19 @@ async fn hostile(cluster: &Cluster) -> anyhow::Result<(Vec<String>, usize)> {
         .json(&json!({"command": "ping"})),
     );
 
+    cases.extend(enrollment_cases(cluster).await?);
+    cases.extend(identity_admin_cases(cluster, operator, &agent));
+    cases.extend(incident_execute_cases(cluster, operator, incident));
+    cases.push(Case::new("/metrics on the public port", Method::GET, "/metrics", Want::Status(404)));
+    cases.push(
+        Case::new("/metrics on the public port, as admin", Method::GET, "/metrics", Want::Status(404))
+            .token(admin),
+    );
+
     let mut failures = Vec::new();
     let total = cases.len();
     for case in cases {
-        if let Some(failure) = send(cluster, &case).await {
+        if let Err(failure) = send(cluster, &case).await {
             failures.push(failure);
         }
     }
@@ -468,10 +550,14 @@ async fn hostile(cluster: &Cluster) -> anyhow::Result<(Vec<String>, usize)> {
     Ok((failures, total + raw_total))
 }
 
-async fn send(cluster: &Cluster, case: &Case) -> Option<String> {
+/// Sends a case; returns its status, or what was wrong with the answer.
+async fn send(cluster: &Cluster, case: &Case) -> Result<u16, String> {
     let mut request = cluster.http.request(case.method.clone(), format!("{}{}", cluster.api_base, case.path));
     if let Some(token) = &case.token {
         request = request.header("Authorization", format!("Bearer {token}"));
+    }
+    for (name, value) in &case.headers {
+        request = request.header(*name, value);
     }
     if let Some(content_type) = case.content_type {
         request = request.header("Content-Type", content_type);
@@ -483,9 +569,9 @@ async fn send(cluster: &Cluster, case: &Case) -> Option<String> {
         Ok(response) => response,
         // The server may close the connection on an oversized body before reading it.
         Err(err) if matches!(case.want, Want::Status(413)) && (err.is_request() || err.is_body()) => {
-            return None;
+            return Ok(413);
         }
-        Err(err) => return Some(format!("{}: no answer: {err}", case.name)),
+        Err(err) => return Err(format!("{}: no answer: {err}", case.name)),
     };
     let status = response.status();
     let problem = response
@@ -498,9 +584,10 @@ async fn send(cluster: &Cluster, case: &Case) -> Option<String> {
         Want::Status(code) => status.as_u16() == code,
         Want::ClientError => status.is_client_error(),
         Want::NotServerError => !status.is_server_error(),
+        Want::OneOf(codes) => codes.contains(&status.as_u16()),
     };
     if !ok {
-        return Some(format!(
+        return Err(format!(
             "{}: {} {} answered {status}: {}",
             case.name,
             case.method,
@@ -509,12 +596,374 @@ async fn send(cluster: &Cluster, case: &Case) -> Option<String> {
         ));
     }
     if status.is_client_error() && status != StatusCode::NOT_FOUND && !problem {
-        return Some(format!("{}: {status} without a problem document: {}", case.name, short(&body)));
+        return Err(format!("{}: {status} without a problem document: {}", case.name, short(&body)));
     }
     if body.contains("root:x:0:0") || body.contains("$argon2") {
-        return Some(format!("{}: the answer leaks data: {}", case.name, short(&body)));
+        return Err(format!("{}: the answer leaks data: {}", case.name, short(&body)));
     }
-    None
+    if status.is_client_error() && (body.contains("\"nats_credentials\"") || body.contains("BEGIN NATS")) {
+        return Err(format!("{}: a refusal carries credentials: {}", case.name, short(&body)));
+    }
+    Ok(status.as_u16())
+}
+
+/// A proof signed by `signer` over a nonce, a fingerprint and a key.
+fn proof(signer: &KeyPair, nonce: &str, fingerprint: &str, key: Option<&str>) -> anyhow::Result<Value> {
+    let message = wire_models::enroll_proof_message(nonce, fingerprint, key);
+    let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(signer.sign(&message)?);
+    Ok(json!({"public_key": signer.public_key(), "nonce": nonce, "signature": signature}))
+}
+
+/// A fresh nonce from the challenge endpoint.
+async fn challenge(cluster: &Cluster) -> anyhow::Result<String> {
+    let response =
+        cluster.http.post(format!("{}/api/v1/agents/enroll/challenge", cluster.api_base)).send().await?;
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    anyhow::ensure!(status == StatusCode::CREATED, "asking for a challenge: {status} {body}");
+    body["nonce"].as_str().map(str::to_owned).context("no nonce in the challenge")
+}
+
+/// Enrollment of a machine that is enrolled (the steady probe) without proving its
+/// key, with forged, replayed and malformed proofs, with keys that are not user
+/// NKeys, and the challenge endpoint misused. Every request counts against the
+/// enrollment rate limit of this address (60 a minute), so the set stays small.
+async fn enrollment_cases(cluster: &Cluster) -> anyhow::Result<Vec<Case>> {
+    const ENROLL: &str = "/api/v1/agents/enroll";
+    const CHALLENGE: &str = "/api/v1/agents/enroll/challenge";
+    let token = cluster.enrollment_token("chaos hostile http", 10).await?;
+    let fingerprint = cluster.steady.machine_fingerprint();
+    let hostname = cluster.steady.hostname.clone();
+    let on_record: Option<String> = sqlx::query_scalar("SELECT identity_key FROM agents WHERE id = $1")
+        .bind(cluster.steady.id.as_str())
+        .fetch_one(&cluster.stack.db.pool)
+        .await?;
+    let on_record = on_record.context("the steady probe has no key on record")?;
+    let attacker = KeyPair::new_user();
+    cluster.secrets.add(format!("{} attacker key seed", cluster.name), attacker.seed()?);
+    let attacker_key = attacker.public_key();
+    let enroll =
+        |name: &str, want: Want, body: Value| Case::new(name, Method::POST, ENROLL, want).json(&body);
+    let mut cases = Vec::new();
+
+    // An enrolled machine without a proof: refused, whatever the token.
+    cases.push(enroll(
+        "enrolled machine, valid token, new key, no proof",
+        Want::Status(409),
+        json!({"token": token, "machine_fingerprint": fingerprint, "hostname": "evil-host",
+               "nats_public_key": attacker_key}),
+    ));
+    cases.push(enroll(
+        "enrolled machine, valid token, no key, no proof",
+        Want::Status(409),
+        json!({"token": token, "machine_fingerprint": fingerprint, "hostname": hostname}),
+    ));
+    // A proof signed with another key that claims the key on record.
+    let nonce = challenge(cluster).await?;
+    let mut forged = proof(&attacker, &nonce, &fingerprint, Some(&attacker_key))?;
+    forged["public_key"] = json!(on_record);
+    cases.push(enroll(
+        "proof forged for the key on record",
+        Want::Status(401),
+        json!({"token": token, "machine_fingerprint": fingerprint, "hostname": "evil-host",
+               "nats_public_key": attacker_key, "proof": forged}),
+    ));
+    // A well-formed nonce the API never issued.
+    let unissued = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([7u8; 32]);
+    cases.push(enroll(
+        "proof with a nonce never issued",
+        Want::Status(401),
+        json!({"machine_fingerprint": fingerprint, "hostname": hostname, "nats_public_key": attacker_key,
+               "proof": proof(&attacker, &unissued, &fingerprint, Some(&attacker_key))?}),
+    ));
+    // The same proof twice: whatever the first answer, the nonce is spent.
+    let nonce = challenge(cluster).await?;
+    let once = json!({"machine_fingerprint": fingerprint, "hostname": hostname, "nats_public_key": attacker_key,
+                      "proof": proof(&attacker, &nonce, &fingerprint, Some(&attacker_key))?});
+    cases.push(enroll("proof used the first time", Want::ClientError, once.clone()));
+    cases.push(enroll("the same proof replayed", Want::Status(401), once));
+    // Proofs that are not proofs.
+    let sig = "A".repeat(86);
+    for (name, garbage) in [
+        (
+            "proof signature too short",
+            json!({"public_key": attacker_key, "nonce": unissued, "signature": "c2hvcnQ"}),
+        ),
+        (
+            "proof signature not base64url",
+            json!({"public_key": attacker_key, "nonce": unissued, "signature": "!".repeat(86)}),
+        ),
+        ("proof nonce with a space", json!({"public_key": attacker_key, "nonce": "a b", "signature": sig})),
+        ("proof nonce too short", json!({"public_key": attacker_key, "nonce": "abc", "signature": sig})),
+        (
+            "proof nonce of 4 KiB",
+            json!({"public_key": attacker_key, "nonce": "n".repeat(4096), "signature": sig}),
+        ),
+        (
+            "proof key an account key",
+            json!({"public_key": KeyPair::new_account().public_key(), "nonce": unissued, "signature": sig}),
+        ),
+        ("proof key garbage", json!({"public_key": "U' OR '1'='1", "nonce": unissued, "signature": sig})),
+    ] {
+        cases.push(enroll(
+            name,
+            Want::Status(400),
+            json!({"machine_fingerprint": fingerprint, "hostname": hostname, "proof": garbage}),
+        ));
+    }
+    cases.push(enroll(
+        "proof without fields",
+        Want::ClientError,
+        json!({"machine_fingerprint": fingerprint, "hostname": hostname, "proof": {}}),
+    ));
+    // Keys that are not user NKeys; a seed sent by mistake must not reach a log either.
+    let seed = KeyPair::new_user().seed()?;
+    cases.push(enroll(
+        "nats_public_key is a user seed",
+        Want::Status(400),
+        json!({"token": token, "machine_fingerprint": "chaos-http-machine-seed", "hostname": "h", "nats_public_key": seed}),
+    ));
+    cluster.secrets.add(format!("{} seed sent as a public key", cluster.name), seed);
+    for (name, key) in [
+        ("an account key", KeyPair::new_account().public_key()),
+        ("an operator key", KeyPair::new_operator().public_key()),
+        ("not a key", "Unot-a-key".to_owned()),
+        ("empty", String::new()),
+    ] {
+        cases.push(enroll(
+            &format!("nats_public_key {name}"),
+            Want::Status(400),
+            json!({"token": token, "machine_fingerprint": "chaos-http-machine-key", "hostname": "h",
+                   "nats_public_key": key}),
+        ));
+    }
+    // The challenge endpoint: a body is ignored, other methods are not allowed.
+    cases.push(
+        Case::new("challenge with a JSON body", Method::POST, CHALLENGE, Want::NotServerError)
+            .json(&json!({"nonce": "chosen-by-the-client-0000"})),
+    );
+    cases.push(
+        Case::new("challenge with a text body", Method::POST, CHALLENGE, Want::NotServerError)
+            .raw("text/plain", b"hello".to_vec()),
+    );
+    for method in [Method::GET, Method::PUT, Method::DELETE, Method::PATCH] {
+        cases.push(Case::new(format!("challenge by {method}"), method, CHALLENGE, Want::Status(405)));
+    }
+    Ok(cases)
+}
+
+/// What only admins may do about agent identity, asked by others and asked wrongly.
+fn identity_admin_cases(cluster: &Cluster, operator: &str, agent: &str) -> Vec<Case> {
+    let (admin, viewer) = (cluster.admin_token.as_str(), cluster.viewer_token.as_str());
+    let revoked = format!("/api/v1/revoked-agents/{agent}");
+    let resolve = "/api/v1/identity-conflicts/1/resolve";
+    let reject = json!({"resolution": "reject"});
+    vec![
+        Case::new("viewer deletes a revoked agent", Method::DELETE, revoked.clone(), Want::Status(403))
+            .token(viewer),
+        Case::new("operator deletes a revoked agent", Method::DELETE, revoked.clone(), Want::Status(403))
+            .token(operator),
+        Case::new("anonymous deletes a revoked agent", Method::DELETE, revoked.clone(), Want::Status(401)),
+        Case::new(
+            "delete a revoked agent, history=bogus",
+            Method::DELETE,
+            format!("{revoked}?history=bogus"),
+            Want::Status(400),
+        )
+        .token(admin),
+        // The agent is not revoked: nothing to delete.
+        Case::new("delete an agent that is not revoked", Method::DELETE, revoked, Want::Status(404))
+            .token(admin),
+        Case::new(
+            "delete a revoked agent with a bad id",
+            Method::DELETE,
+            "/api/v1/revoked-agents/..%2F..%2Fetc",
+            Want::ClientError,
+        )
+        .token(admin),
+        Case::new(
+            "viewer lists identity conflicts",
+            Method::GET,
+            "/api/v1/identity-conflicts",
+            Want::Status(403),
+        )
+        .token(viewer),
+        Case::new(
+            "operator lists identity conflicts",
+            Method::GET,
+            "/api/v1/identity-conflicts",
+            Want::Status(403),
+        )
+        .token(operator),
+        Case::new(
+            "anonymous lists identity conflicts",
+            Method::GET,
+            "/api/v1/identity-conflicts",
+            Want::Status(401),
+        ),
+        Case::new(
+            "identity conflicts, status=bogus",
+            Method::GET,
+            "/api/v1/identity-conflicts?status=bogus",
+            Want::Status(400),
+        )
+        .token(admin),
+        Case::new("viewer resolves a conflict", Method::POST, resolve, Want::Status(403))
+            .token(viewer)
+            .json(&reject),
+        Case::new("operator resolves a conflict", Method::POST, resolve, Want::Status(403))
+            .token(operator)
+            .json(&reject),
+        Case::new(
+            "resolve a conflict that does not exist",
+            Method::POST,
+            "/api/v1/identity-conflicts/9000000000000/resolve",
+            Want::Status(404),
+        )
+        .token(admin)
+        .json(&reject),
+        Case::new("resolve a conflict as \"bogus\"", Method::POST, resolve, Want::ClientError)
+            .token(admin)
+            .json(&json!({"resolution": "bogus"})),
+        Case::new(
+            "resolve a conflict with a bad id",
+            Method::POST,
+            "/api/v1/identity-conflicts/abc/resolve",
+            Want::ClientError,
+        )
+        .token(admin)
+        .json(&reject),
+    ]
+}
+
+/// Executing an incident's suggestion without repeating it, or repeating something
+/// else: refused before anything runs (the real suggestion is never sent).
+fn incident_execute_cases(cluster: &Cluster, operator: &str, incident: i64) -> Vec<Case> {
+    let (admin, viewer) = (cluster.admin_token.as_str(), cluster.viewer_token.as_str());
+    let path = format!("/api/v1/incidents/{incident}/execute");
+    let other = json!({"command": "ping", "params": {}});
+    vec![
+        Case::new("execute a suggestion without a body", Method::POST, path.clone(), Want::ClientError)
+            .token(admin),
+        Case::new("execute a suggestion with an empty object", Method::POST, path.clone(), Want::ClientError)
+            .token(admin)
+            .json(&json!({})),
+        Case::new("execute a suggestion with a JSON null", Method::POST, path.clone(), Want::ClientError)
+            .token(admin)
+            .raw("application/json", b"null".to_vec()),
+        Case::new("execute other than suggested (ping)", Method::POST, path.clone(), Want::ClientError)
+            .token(operator)
+            .json(&other),
+        Case::new(
+            "execute other than suggested (another service)",
+            Method::POST,
+            path.clone(),
+            Want::ClientError,
+        )
+        .token(admin)
+        .json(&json!({"command": "restart_service", "params": {"service": "sshd"}})),
+        Case::new(
+            "execute a command off the allow-list as suggested",
+            Method::POST,
+            path.clone(),
+            Want::Status(400),
+        )
+        .token(admin)
+        .json(&json!({"command": "rm_rf", "params": {"path": "/"}})),
+        Case::new("viewer executes a suggestion", Method::POST, path, Want::Status(403))
+            .token(viewer)
+            .json(&other),
+        Case::new(
+            "execute the suggestion of an incident that does not exist",
+            Method::POST,
+            "/api/v1/incidents/9000000000000/execute",
+            Want::Status(404),
+        )
+        .token(admin)
+        .json(&other),
+    ]
+}
+
+/// What the spoofed-address logins got.
+struct Spoofed {
+    tried: usize,
+    refused: usize,
+    limited: usize,
+    failures: Vec<String>,
+}
+
+/// Wrong-password logins, each claiming a different client address in the headers
+/// proxies set. The gateway runs without TRUSTED_PROXIES, so it must count them all
+/// against the real address: answered 401 until that address's login limit is used
+/// up, then 429 (with Retry-After), whatever address the headers claim.
+async fn spoofed_logins(cluster: &Cluster) -> Spoofed {
+    /// More than the login limit per address and minute (10), twice over, so a minute
+    /// window that turns over in between still fills.
+    const ATTEMPTS: usize = 24;
+    /// Attempts after the first 429, each from a new claimed address.
+    const AFTER_LIMIT: usize = 4;
+    let mut out = Spoofed { tried: 0, refused: 0, limited: 0, failures: Vec::new() };
+    let body = json!({"email": "chaos-spoofed@example.com", "password": "not the password, surely"});
+    for i in 0..ATTEMPTS + AFTER_LIMIT {
+        if out.limited == 0 && i >= ATTEMPTS {
+            break;
+        }
+        if out.limited > AFTER_LIMIT {
+            break;
+        }
+        let claimed = format!("203.0.113.{}", i + 1);
+        let (header, value) = match i % 4 {
+            0 => ("X-Forwarded-For", claimed.clone()),
+            1 => ("X-Forwarded-For", format!("{claimed}, 198.51.100.{}", i + 1)),
+            2 => ("X-Real-IP", claimed.clone()),
+            _ => ("Forwarded", format!("for={claimed}")),
+        };
+        let want = if out.limited > 0 { Want::Status(429) } else { Want::OneOf(&[401, 429]) };
+        let case =
+            Case::new(format!("login claiming {header}: {value}"), Method::POST, "/api/v1/auth/login", want)
+                .header(header, value)
+                .json(&body);
+        out.tried += 1;
+        let mut request = cluster.http.post(format!("{}{}", cluster.api_base, case.path)).json(&body);
+        for (name, value) in &case.headers {
+            request = request.header(*name, value);
+        }
+        match request.send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let retry_after = response.headers().contains_key("retry-after");
+                let ok = match case.want {
+                    Want::Status(code) => status == code,
+                    Want::OneOf(codes) => codes.contains(&status),
+                    Want::ClientError | Want::NotServerError => false,
+                };
+                if !ok {
+                    out.failures.push(format!(
+                        "{}: answered {status} (the claimed address was believed, or the login was not refused)",
+                        case.name
+                    ));
+                }
+                match status {
+                    401 => out.refused += 1,
+                    429 => {
+                        out.limited += 1;
+                        if !retry_after {
+                            out.failures.push(format!("{}: 429 without Retry-After", case.name));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Err(err) => out.failures.push(format!("{}: no answer: {err}", case.name)),
+        }
+    }
+    if out.limited == 0 {
+        out.failures.push(format!(
+            "{} wrong-password logins from one address, each claiming another, were never rate limited",
+            out.tried
+        ));
+    }
+    out
 }
 
 fn short(s: &str) -> String {

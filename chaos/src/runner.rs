@@ -1,5 +1,5 @@
-//! The command line and the order of a run: scenarios, HTTP, fuzzing, then the
-//! secrets check over everything the run wrote; one summary at the end.
+//! The command line and the order of a run: scenarios, hostile agents, HTTP, fuzzing,
+//! then the secrets check over everything the run wrote; one summary at the end.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -11,7 +11,7 @@ use crate::accounting::{self, Accounting};
 use crate::binaries::Binaries;
 use crate::scenarios::{self, Ctx, Scenario, Sizes};
 use crate::secrets::Secrets;
-use crate::{fuzz, http};
+use crate::{fuzz, hostile, http};
 
 /// What a run covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -26,6 +26,8 @@ pub enum Step {
     Sigterm,
     /// Scenario 5: the ai-analyzer gone.
     Analyzer,
+    /// Hostile agents on the bus: a flooder and identity takeover attempts.
+    Hostile,
     /// The hostile HTTP set and schemathesis.
     Http,
     /// Fuzzing every wire-models parser.
@@ -37,7 +39,7 @@ pub enum Step {
 #[command(name = "opspilot-chaos", version, about)]
 pub struct Args {
     /// A short run (about a minute): 10,000 events in the kill scenario, 2,000 in the
-    /// others, shorter outages, 5 s of fuzzing, fewer schemathesis examples.
+    /// others, shorter outages, a 5 s flood, 5 s of fuzzing, fewer schemathesis examples.
     #[arg(long)]
     pub quick: bool,
     /// Events in the SIGKILL scenario [default: 100000, quick 10000].
@@ -69,9 +71,12 @@ pub struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "kill,nats,deps,sigterm,analyzer,http,fuzz"
+        default_value = "kill,nats,deps,sigterm,analyzer,hostile,http,fuzz"
     )]
     pub only: Vec<Step>,
+    /// Seconds the hostile agent floods the bus [default: 30, quick 5].
+    #[arg(long)]
+    pub hostile_seconds: Option<u64>,
     /// Seconds of fuzzing [default: 40, quick 5].
     #[arg(long)]
     pub fuzz_seconds: Option<u64>,
@@ -127,6 +132,7 @@ impl Args {
 #[derive(Debug, Default)]
 pub struct Report {
     pub scenarios: Vec<Accounting>,
+    pub hostile: Option<hostile::HostileReport>,
     pub http: Option<http::HttpReport>,
     pub fuzz: Option<fuzz::FuzzReport>,
     pub secrets: Option<crate::secrets::ScanReport>,
@@ -141,17 +147,30 @@ impl Report {
     pub fn pass(&self) -> bool {
         self.errors.is_empty()
             && self.scenarios.iter().all(Accounting::pass)
+            && self.hostile.as_ref().is_none_or(hostile::HostileReport::pass)
             && self.http.as_ref().is_none_or(http::HttpReport::pass)
             && self.fuzz.as_ref().is_none_or(fuzz::FuzzReport::pass)
             && self.secrets.as_ref().is_some_and(|s| s.leaks.is_empty())
     }
 
-    /// The whole summary: the accounting table, HTTP, fuzzing, secrets, the verdict.
+    /// The whole summary: the accounting table, hostile agents, HTTP, fuzzing, secrets,
+    /// the verdict.
     pub fn render(&self) -> String {
         let mut out = String::new();
         if !self.scenarios.is_empty() {
             out.push_str("== accounting ==\n");
             out.push_str(&accounting::table(&self.scenarios));
+            out.push('\n');
+        }
+        if let Some(hostile) = &self.hostile {
+            let _ = writeln!(out, "== hostile agents on the bus ({:.0}s) ==", hostile.elapsed.as_secs_f64());
+            for note in &hostile.notes {
+                let _ = writeln!(out, "  - {note}");
+            }
+            for failure in &hostile.failures {
+                let _ = writeln!(out, "  FAIL {failure}");
+            }
+            let _ = writeln!(out, "  {}", if hostile.pass() { "PASS" } else { "FAIL" });
             out.push('\n');
         }
         if let Some(http) = &self.http {
@@ -252,6 +271,17 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
                 accounting.elapsed.as_secs_f64()
             );
             report.scenarios.push(accounting);
+        }
+        if args.only.contains(&Step::Hostile) {
+            let flood = Duration::from_secs(args.hostile_seconds.unwrap_or(if args.quick { 5 } else { 30 }));
+            println!("chaos: hostile agents on the bus ({flood:?} of flood) ...");
+            let hostile = hostile::run(&ctx, flood).await;
+            println!(
+                "chaos: hostile agents: {} in {:.1}s",
+                if hostile.pass() { "PASS" } else { "FAIL" },
+                hostile.elapsed.as_secs_f64()
+            );
+            report.hostile = Some(hostile);
         }
         if args.only.contains(&Step::Http) {
             println!("chaos: hostile HTTP and schemathesis ...");
