@@ -151,7 +151,6 @@ impl NatsConfig {
             self.dlq_agent_bytes_per_hour,
             self.dlq_agent_messages_per_hour,
             usize::try_from(self.dlq_max_payload).unwrap_or(usize::MAX),
-            std::time::Duration::from_secs(3600),
         )
     }
 

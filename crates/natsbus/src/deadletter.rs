@@ -1,6 +1,5 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
@@ -19,50 +18,57 @@ pub enum Parked {
     HeadersOnly,
 }
 
-/// How much one agent may put into the dead-letter stream, per window, so one hostile
+/// How much one agent may put into the dead-letter stream per hour, so one hostile
 /// host cannot fill it (or push everyone else's out) with copies of its garbage.
 ///
-/// Within `bytes` per window a letter carries its payload (at most `max_payload` of
-/// it; the rest is cut and the original size kept in a header). Past `bytes`, letters
+/// Within `bytes` an hour a letter carries its payload (at most `max_payload` of it;
+/// the rest is cut and the original size kept in a header). Past `bytes`, letters
 /// carry headers only. Past `messages`, nothing more is parked for that agent in the
-/// window: the message stays in its own stream until that stream's retention ends,
-/// and the suppression is counted (`opspilot_dead_letters_suppressed_total`) and
-/// logged once per agent and window.
+/// hour: the message stays in its own stream until that stream's retention ends, and
+/// the suppression is counted (`opspilot_dead_letters_suppressed_total`) and logged
+/// once. The count itself is kept where every replica shares it (see
+/// [`dead_letter_within`]); this holds the limits and remembers, for the rest of the
+/// hour, which agents are over, so a flood costs no round trip per message.
 pub struct DeadLetterBudget {
     bytes: u64,
     messages: u64,
     max_payload: usize,
-    window: Duration,
-    // Locked only to update one agent's counters; never held across an await.
-    used: Mutex<HashMap<String, Usage>>,
+    // Agent -> the hour it went over its letter budget. Locked only to read or write
+    // one entry; never held across an await.
+    exhausted: Mutex<HashMap<String, i64>>,
 }
 
-struct Usage {
-    since: Instant,
-    bytes: u64,
-    messages: u64,
-    suppressed: u64,
+/// What an agent has used of its budget this hour, the letter being charged included,
+/// as the shared counter says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub letters: u64,
+    pub bytes: u64,
 }
 
 /// What the budget allows for one letter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
     Park(Parked),
-    /// Over the agent's message budget; `first` is true for the first one suppressed in
-    /// this window (log it then).
+    /// Over the agent's letter budget; `first` is true for the first one over in the
+    /// hour, across every replica (log it then).
     Suppress {
         first: bool,
     },
 }
 
+fn this_hour() -> i64 {
+    chrono::Utc::now().timestamp().div_euclid(3600)
+}
+
 impl DeadLetterBudget {
-    pub fn new(bytes: u64, messages: u64, max_payload: usize, window: Duration) -> Self {
-        Self { bytes, messages, max_payload, window, used: Mutex::new(HashMap::new()) }
+    pub fn new(bytes: u64, messages: u64, max_payload: usize) -> Self {
+        Self { bytes, messages, max_payload, exhausted: Mutex::new(HashMap::new()) }
     }
 
     /// No limits (tests that count every letter).
     pub fn unlimited() -> Self {
-        Self::new(u64::MAX, u64::MAX, usize::MAX, Duration::from_secs(3600))
+        Self::new(u64::MAX, u64::MAX, usize::MAX)
     }
 
     /// The largest payload copied into a letter.
@@ -70,34 +76,34 @@ impl DeadLetterBudget {
         self.max_payload
     }
 
-    /// Charges one letter of `size` payload bytes to `agent` (the subject's agent
-    /// token, or a shared key for subjects without one).
-    pub fn admit(&self, agent: &str, size: usize) -> Admission {
-        let now = Instant::now();
-        let mut used = self.used.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if used.len() > 100_000 {
-            used.retain(|_, u| now.duration_since(u.since) < self.window);
+    /// What a letter of `size` payload bytes is charged: the part that would be kept.
+    pub fn charged_bytes(&self, size: usize) -> u64 {
+        size.min(self.max_payload) as u64
+    }
+
+    /// The decision for a letter, given the totals the shared counter returned for it.
+    pub fn decide(&self, usage: Usage) -> Admission {
+        if usage.letters > self.messages {
+            return Admission::Suppress { first: usage.letters == self.messages.saturating_add(1) };
         }
-        let usage = used.entry(agent.to_owned()).or_insert(Usage {
-            since: now,
-            bytes: 0,
-            messages: 0,
-            suppressed: 0,
-        });
-        if now.duration_since(usage.since) >= self.window {
-            *usage = Usage { since: now, bytes: 0, messages: 0, suppressed: 0 };
-        }
-        if usage.messages >= self.messages {
-            usage.suppressed += 1;
-            return Admission::Suppress { first: usage.suppressed == 1 };
-        }
-        usage.messages += 1;
-        let copied = size.min(self.max_payload) as u64;
-        if usage.bytes.saturating_add(copied) > self.bytes {
+        if usage.bytes > self.bytes {
             return Admission::Park(Parked::HeadersOnly);
         }
-        usage.bytes += copied;
         Admission::Park(Parked::Payload)
+    }
+
+    fn known_exhausted(&self, agent: &str) -> bool {
+        let exhausted = self.exhausted.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        exhausted.get(agent).is_some_and(|hour| *hour == this_hour())
+    }
+
+    fn mark_exhausted(&self, agent: &str) {
+        let hour = this_hour();
+        let mut exhausted = self.exhausted.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if exhausted.len() > 100_000 {
+            exhausted.retain(|_, h| *h == hour);
+        }
+        exhausted.insert(agent.to_owned(), hour);
     }
 }
 
@@ -115,21 +121,39 @@ pub struct DeadLetter<'a> {
     pub detail: &'a str,
 }
 
-/// Parks a letter within `budget` (charged to `agent`): returns whether it was
-/// parked. A suppressed letter is counted and, the first time in a window, logged.
-pub async fn dead_letter_within(
+/// Parks a letter within `agent`'s budget and returns whether it was parked.
+/// `charge` adds the letter (and the bytes it would keep) to the agent's count for the
+/// hour where every replica shares it, and returns the new totals; when it fails the
+/// letter is not parked and the error returned, so the caller leaves the message to
+/// come back. A suppressed letter is counted, and the first over the budget logged.
+pub async fn dead_letter_within<F, Fut, E>(
     js: &async_nats::jetstream::Context,
     subjects: &Subjects,
     budget: &DeadLetterBudget,
     agent: &str,
     letter: DeadLetter<'_>,
-) -> Result<bool, NatsError> {
-    match budget.admit(agent, letter.payload.len()) {
+    charge: F,
+) -> Result<bool, NatsError>
+where
+    F: FnOnce(u64) -> Fut,
+    Fut: std::future::Future<Output = Result<Usage, E>>,
+    E: std::fmt::Display,
+{
+    let admission = if budget.known_exhausted(agent) {
+        Admission::Suppress { first: false }
+    } else {
+        let usage = charge(budget.charged_bytes(letter.payload.len()))
+            .await
+            .map_err(|e| NatsError::Publish(format!("charging the dead-letter budget: {e}")))?;
+        budget.decide(usage)
+    };
+    match admission {
         Admission::Park(parked) => {
             park(js, subjects, letter, parked, budget.max_payload).await?;
             Ok(true)
         }
         Admission::Suppress { first } => {
+            budget.mark_exhausted(agent);
             metrics::counter!("opspilot_dead_letters_suppressed_total", "origin" => letter.origin.as_str(), "reason" => letter.reason.to_owned())
                 .increment(1);
             if first {
@@ -138,7 +162,7 @@ pub async fn dead_letter_within(
                     origin = letter.origin.as_str(),
                     reason = letter.reason,
                     sequence = letter.stream_sequence,
-                    "dead-letter budget of this agent used up; further messages stay only in their stream"
+                    "dead-letter budget of this agent used up for the hour; further messages stay only in their stream"
                 );
             }
             Ok(false)
@@ -218,27 +242,27 @@ mod tests {
 
     #[test]
     fn the_budget_copies_then_omits_then_suppresses() {
-        let budget = DeadLetterBudget::new(100, 4, 60, Duration::from_secs(3600));
-        // 60 of 80 bytes copied (cut), then 40 more fits exactly...
-        assert_eq!(budget.admit("a", 80), Admission::Park(Parked::Payload));
-        assert_eq!(budget.admit("a", 40), Admission::Park(Parked::Payload));
-        // ...then the bytes are used up: headers only.
-        assert_eq!(budget.admit("a", 10), Admission::Park(Parked::HeadersOnly));
-        assert_eq!(budget.admit("a", 10), Admission::Park(Parked::HeadersOnly));
-        // The message budget: nothing more, the first suppression flagged.
-        assert_eq!(budget.admit("a", 10), Admission::Suppress { first: true });
-        assert_eq!(budget.admit("a", 10), Admission::Suppress { first: false });
-        // Another agent has a budget of its own.
-        assert_eq!(budget.admit("b", 10), Admission::Park(Parked::Payload));
+        let budget = DeadLetterBudget::new(100, 4, 60);
+        let usage = |letters, bytes| Usage { letters, bytes };
+        assert_eq!(budget.charged_bytes(80), 60, "a payload is charged what would be kept");
+        assert_eq!(budget.decide(usage(1, 60)), Admission::Park(Parked::Payload));
+        assert_eq!(budget.decide(usage(2, 100)), Admission::Park(Parked::Payload));
+        assert_eq!(budget.decide(usage(3, 110)), Admission::Park(Parked::HeadersOnly));
+        assert_eq!(budget.decide(usage(4, 120)), Admission::Park(Parked::HeadersOnly));
+        assert_eq!(budget.decide(usage(5, 130)), Admission::Suppress { first: true });
+        assert_eq!(budget.decide(usage(6, 140)), Admission::Suppress { first: false });
     }
 
     #[test]
-    fn the_budget_renews_every_window() {
-        let budget = DeadLetterBudget::new(10, 1, 10, Duration::from_millis(20));
-        assert_eq!(budget.admit("a", 5), Admission::Park(Parked::Payload));
-        assert_eq!(budget.admit("a", 5), Admission::Suppress { first: true });
-        std::thread::sleep(Duration::from_millis(30));
-        assert_eq!(budget.admit("a", 5), Admission::Park(Parked::Payload));
+    fn an_agent_over_its_budget_is_remembered_for_the_hour() {
+        let budget = DeadLetterBudget::new(100, 4, 60);
+        assert!(!budget.known_exhausted("a"));
+        budget.mark_exhausted("a");
+        assert!(budget.known_exhausted("a"));
+        assert!(!budget.known_exhausted("b"));
+        // A mark from another hour is stale.
+        budget.exhausted.lock().unwrap().insert("c".into(), this_hour() - 1);
+        assert!(!budget.known_exhausted("c"));
     }
 
     #[test]

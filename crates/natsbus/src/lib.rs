@@ -16,7 +16,9 @@ pub use config::NatsConfig;
 pub use connect::{
     MIN_SERVER_VERSION, check_server_version, connect, connect_until, connect_with, creds_file_options,
 };
-pub use deadletter::{Admission, DeadLetter, DeadLetterBudget, Parked, dead_letter, dead_letter_within};
+pub use deadletter::{
+    Admission, DeadLetter, DeadLetterBudget, Parked, Usage, dead_letter, dead_letter_within,
+};
 pub use error::NatsError;
 pub use topology::{StreamBytes, Topology, ensure_topology};
 

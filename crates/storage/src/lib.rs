@@ -9,6 +9,7 @@ pub mod audit;
 mod config;
 pub mod conflicts;
 pub mod credentials;
+pub mod dead_letters;
 mod error;
 pub mod incidents;
 pub mod inventory;

@@ -278,6 +278,7 @@ pub(crate) async fn nak_all(batch: &[Message]) {
 /// is left unacknowledged: it comes back and is dead-lettered then.
 pub(crate) async fn dead_letter_all(
     js: &jetstream::Context,
+    pool: &storage::PgPool,
     subjects: &Subjects,
     budget: &natsbus::DeadLetterBudget,
     origin: DlqOrigin,
@@ -296,7 +297,14 @@ pub(crate) async fn dead_letter_all(
             reason: rejection.reason,
             detail: &rejection.detail,
         };
-        match natsbus::dead_letter_within(js, subjects, budget, &agent, letter).await {
+        let charge = |bytes| {
+            let agent = agent.as_str();
+            async move {
+                let usage = storage::dead_letters::charge(pool, agent, bytes).await?;
+                Ok::<_, storage::StorageError>(natsbus::Usage { letters: usage.letters, bytes: usage.bytes })
+            }
+        };
+        match natsbus::dead_letter_within(js, subjects, budget, &agent, letter, charge).await {
             Ok(parked) => {
                 tracing::debug!(reason = rejection.reason, detail = %rejection.detail, subject = %msg.subject, parked, "message dead-lettered");
                 let _ = msg.ack_with(AckKind::Term).await;

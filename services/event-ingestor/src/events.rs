@@ -198,6 +198,7 @@ impl BatchHandler for EventsHandler {
         }
         let dead = consumer::dead_letter_all(
             &self.js,
+            &self.pool,
             &self.subjects,
             &self.dlq_budget,
             DlqOrigin::Events,

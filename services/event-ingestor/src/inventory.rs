@@ -143,6 +143,7 @@ impl BatchHandler for InventoryHandler {
         }
         let dead = consumer::dead_letter_all(
             &self.js,
+            &self.pool,
             &self.subjects,
             &self.dlq_budget,
             DlqOrigin::Inventory,

@@ -191,6 +191,7 @@ impl Ingest {
 
     fn dead_letter(&self, raw: RawHeartbeat, rejection: Rejection) {
         let (js, subjects, budget) = (self.js.clone(), self.subjects.clone(), Arc::clone(&self.dlq_budget));
+        let pool = self.pool.clone();
         let subject = format!("$KV.{}.{}", self.bucket, raw.key);
         // The key is the agent (its own credentials can write no other); a key that
         // is no agent id shares one allowance.
@@ -204,7 +205,17 @@ impl Ingest {
                 reason: rejection.reason,
                 detail: &rejection.detail,
             };
-            match natsbus::dead_letter_within(&js, &subjects, &budget, &agent, letter).await {
+            let charge = |bytes| {
+                let (pool, agent) = (&pool, agent.as_str());
+                async move {
+                    let usage = storage::dead_letters::charge(pool, agent, bytes).await?;
+                    Ok::<_, storage::StorageError>(natsbus::Usage {
+                        letters: usage.letters,
+                        bytes: usage.bytes,
+                    })
+                }
+            };
+            match natsbus::dead_letter_within(&js, &subjects, &budget, &agent, letter, charge).await {
                 Ok(_) => tracing::debug!(
                     key = %raw.key,
                     reason = rejection.reason,

@@ -50,8 +50,11 @@ async fn an_agents_budget_cuts_then_omits_then_withholds_its_letters() {
     let js = jetstream::new(async_nats::connect(server.url()).await.unwrap());
     let topology = isolated_topology();
     natsbus::ensure_topology(&js, &topology).await.unwrap();
-    // 1 KiB copied at most per letter, 1.5 KiB per agent, three letters per agent.
-    let budget = natsbus::DeadLetterBudget::new(1536, 3, 1024, std::time::Duration::from_secs(3600));
+    // 1 KiB copied at most per letter, 1.5 KiB per agent, three letters per agent; the
+    // shared count is a pair of counters here (Postgres in the services).
+    let budget = natsbus::DeadLetterBudget::new(1536, 3, 1024);
+    let (letters, bytes) = (std::sync::atomic::AtomicU64::new(0), std::sync::atomic::AtomicU64::new(0));
+    let charged = std::sync::atomic::AtomicU64::new(0);
     let subject = format!("{}.a1b2c3d4e5f6.events.oom", topology.subjects.root());
     let mut parked = Vec::new();
     for sequence in 1..=5u64 {
@@ -63,13 +66,24 @@ async fn an_agents_budget_cuts_then_omits_then_withholds_its_letters() {
             reason: "too_large",
             detail: "4096 bytes",
         };
+        let charge = |size: u64| {
+            use std::sync::atomic::Ordering::SeqCst;
+            charged.fetch_add(1, SeqCst);
+            let usage = natsbus::Usage {
+                letters: letters.fetch_add(1, SeqCst) + 1,
+                bytes: bytes.fetch_add(size, SeqCst) + size,
+            };
+            async move { Ok::<_, std::convert::Infallible>(usage) }
+        };
         parked.push(
-            natsbus::dead_letter_within(&js, &topology.subjects, &budget, "a1b2c3d4e5f6", letter)
+            natsbus::dead_letter_within(&js, &topology.subjects, &budget, "a1b2c3d4e5f6", letter, charge)
                 .await
                 .unwrap(),
         );
     }
     assert_eq!(parked, vec![true, true, true, false, false]);
+    // Once over, the agent is remembered for the hour: no more round trips to the count.
+    assert_eq!(charged.load(std::sync::atomic::Ordering::SeqCst), 4);
     let stream = js.get_stream(&topology.dlq_stream).await.unwrap();
     let consumer = stream.create_consumer(jetstream::consumer::pull::Config::default()).await.unwrap();
     let mut batch = consumer

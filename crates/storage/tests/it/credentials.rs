@@ -64,3 +64,27 @@ async fn revocations_outlive_a_purged_agent() {
     .unwrap();
     assert!(storage::credentials::revocations(&db.pool).await.unwrap().contains_key("USERVICE"));
 }
+
+/// The dead-letter budget's count is shared: replicas charging at once each get a
+/// distinct total, and the totals add up.
+#[tokio::test]
+async fn the_dead_letter_count_is_shared_by_every_replica() {
+    let db = TestDb::create().await;
+    let mut charges = tokio::task::JoinSet::new();
+    for _ in 0..40 {
+        let pool = db.pool.clone();
+        charges
+            .spawn(async move { storage::dead_letters::charge(&pool, "a1b2c3d4e5f6", 100).await.unwrap() });
+    }
+    let mut seen: Vec<u64> = Vec::new();
+    while let Some(usage) = charges.join_next().await {
+        let usage = usage.unwrap();
+        assert_eq!(usage.bytes, usage.letters * 100);
+        seen.push(usage.letters);
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (1..=40).collect::<Vec<u64>>());
+    // Another agent starts from nothing.
+    let other = storage::dead_letters::charge(&db.pool, "bbbbbbbbbbbb", 7).await.unwrap();
+    assert_eq!((other.letters, other.bytes), (1, 7));
+}
