@@ -74,6 +74,9 @@ impl Secrets {
         self.add(format!("{label} system account seed"), &setup.system_account_seed);
         self.add(format!("{label} account seed"), &setup.account_seed);
         self.add(format!("{label} account signing seed"), &setup.account_signing_seed);
+        if let Some(seed) = &setup.agent_signing_seed {
+            self.add(format!("{label} agent signing seed"), seed);
+        }
     }
 
     pub fn len(&self) -> usize {

@@ -5,9 +5,11 @@
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
 pub mod admin;
+pub mod backoff;
 pub mod config;
 pub mod metrics;
 pub mod runtime;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 
