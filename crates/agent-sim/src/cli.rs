@@ -50,7 +50,7 @@ pub struct Args {
     #[arg(long = "api-url", env = "SIM_API_URL", value_name = "SIM_API_URL")]
     api_url: Option<String>,
     /// Enrollment token used with SIM_API_URL (never logged).
-    #[arg(long = "enroll-token", env = "SIM_ENROLL_TOKEN", value_name = "SIM_ENROLL_TOKEN", hide_env_values = true, value_parser = secret)]
+    #[arg(long = "enroll-token", env = "SIM_ENROLL_TOKEN", value_name = "SIM_ENROLL_TOKEN", hide_env_values = true, value_parser = service_kit::config::secret)]
     enroll_token: Option<secrecy::SecretString>,
     /// Where the agents keep their NKeys between runs (`agent-keys.json`), so a
     /// restart proves the same identities instead of being refused as unknown keys.
@@ -59,10 +59,6 @@ pub struct Args {
     /// Stop after this long (default: run until Ctrl-C).
     #[arg(long, env = "SIM_DURATION", value_name = "SIM_DURATION", value_parser = service_kit::config::parse_duration)]
     duration: Option<Duration>,
-}
-
-fn secret(s: &str) -> Result<secrecy::SecretString, std::convert::Infallible> {
-    Ok(secrecy::SecretString::from(s.to_owned()))
 }
 
 impl Args {

@@ -27,7 +27,7 @@ pub struct NatsConfig {
     #[arg(id = "nats-creds", long = "nats-creds", env = "NATS_CREDS", value_name = "NATS_CREDS")]
     pub creds: Option<PathBuf>,
     /// Token for servers that authenticate with a token (never logged).
-    #[arg(id = "nats-token", long = "nats-token", env = "NATS_TOKEN", value_name = "NATS_TOKEN", hide_env_values = true, value_parser = secret)]
+    #[arg(id = "nats-token", long = "nats-token", env = "NATS_TOKEN", value_name = "NATS_TOKEN", hide_env_values = true, value_parser = service_kit::config::secret)]
     pub token: Option<SecretString>,
     /// First subject token(s); every subject lives under it.
     #[arg(id = "subject-root", long = "subject-root", env = "SUBJECT_ROOT", value_name = "SUBJECT_ROOT", default_value = SubjectRoot::DEFAULT, value_parser = parse_root)]
@@ -86,10 +86,6 @@ pub struct NatsConfig {
     /// Timeout of every NATS request (and of JetStream API calls).
     #[arg(id = "nats-request-timeout", long = "nats-request-timeout", env = "NATS_REQUEST_TIMEOUT", value_name = "NATS_REQUEST_TIMEOUT", default_value = "5s", value_parser = service_kit::config::parse_duration)]
     pub request_timeout: Duration,
-}
-
-fn secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
-    Ok(SecretString::from(s.to_owned()))
 }
 
 fn parse_root(s: &str) -> Result<SubjectRoot, String> {

@@ -10,7 +10,7 @@ use crate::{Keys, PresenceError};
 #[derive(Clone, clap::Args)]
 pub struct RedisConfig {
     /// Redis URL (`redis://[:password@]host:port/db`); never logged, it may hold a password.
-    #[arg(id = "redis-url", long = "redis-url", env = "REDIS_URL", value_name = "REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true, value_parser = secret)]
+    #[arg(id = "redis-url", long = "redis-url", env = "REDIS_URL", value_name = "REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true, value_parser = service_kit::config::secret)]
     pub url: SecretString,
     /// Prefix of every key OpsPilot writes, so several deployments (or tests) can share
     /// one Redis.
@@ -34,10 +34,6 @@ pub struct RedisConfig {
     /// Timeout for getting a connection and for each command.
     #[arg(id = "redis-timeout", long = "redis-timeout", env = "REDIS_TIMEOUT", value_name = "REDIS_TIMEOUT", default_value = "2s", value_parser = service_kit::config::parse_duration)]
     pub timeout: Duration,
-}
-
-fn secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
-    Ok(SecretString::from(s.to_owned()))
 }
 
 impl fmt::Debug for RedisConfig {

@@ -13,6 +13,13 @@ use tokio_util::sync::CancellationToken;
 
 type Closer = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 
+/// Whether a stopping step's failure makes the service's stop a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    Fails,
+    Logged,
+}
+
 /// The admin HTTP address and the shutdown grace period, flattened into every
 /// service's configuration.
 #[derive(Debug, Clone, clap::Args)]
@@ -46,7 +53,7 @@ pub struct Service {
     name: &'static str,
     workers: JoinSet<anyhow::Result<()>>,
     background: JoinSet<()>,
-    closers: Vec<(&'static str, Closer)>,
+    closers: Vec<(&'static str, Failure, Closer)>,
 }
 
 impl Service {
@@ -79,7 +86,16 @@ impl Service {
     where
         F: Future<Output = anyhow::Result<()>> + Send + 'static,
     {
-        self.closers.push((what, Box::pin(task)));
+        self.closers.push((what, Failure::Fails, Box::pin(task)));
+    }
+
+    /// Like [`Service::on_stop`], but a failure is only logged: what it would have
+    /// done cannot be done any more (flushing NATS while NATS is down).
+    pub fn on_stop_best_effort<F>(&mut self, what: &'static str, task: F)
+    where
+        F: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        self.closers.push((what, Failure::Logged, Box::pin(task)));
     }
 
     /// Starts supervising: the returned handle ends when the service has stopped.
@@ -90,10 +106,10 @@ impl Service {
             shutdown.cancel();
             background.shutdown().await;
             let mut closed = Ok(());
-            for (what, closer) in closers {
+            for (what, failure, closer) in closers {
                 if let Err(err) = closer.await {
                     tracing::warn!(service = name, what, error = format!("{err:#}"), "stopping step failed");
-                    if closed.is_ok() {
+                    if closed.is_ok() && failure == Failure::Fails {
                         closed = Err(err.context(what));
                     }
                 }
@@ -252,10 +268,12 @@ mod tests {
             watch.cancelled().await;
             Ok(())
         });
-        service.on_stop("flushing nats", async { anyhow::bail!("connection gone") });
+        service.on_stop_best_effort("flushing nats", async { anyhow::bail!("connection gone") });
+        service.on_stop("the admin server", async { anyhow::bail!("address in use") });
         shutdown.cancel();
         let outcome = service.start(addr(), shutdown, Duration::from_secs(1)).wait().await;
-        assert!(format!("{:#}", outcome.unwrap_err()).contains("flushing nats"));
+        let message = format!("{:#}", outcome.unwrap_err());
+        assert!(message.contains("the admin server") && !message.contains("flushing nats"), "{message}");
     }
 
     #[test]

@@ -36,7 +36,7 @@ impl From<SslMode> for PgSslMode {
 pub struct DbConfig {
     /// Full connection URL (`postgres://user:pass@host:port/db?sslmode=...`); when set
     /// it replaces the DB_* settings.
-    #[arg(id = "database-url", long = "database-url", env = "DATABASE_URL", value_name = "DATABASE_URL", hide_env_values = true, value_parser = secret)]
+    #[arg(id = "database-url", long = "database-url", env = "DATABASE_URL", value_name = "DATABASE_URL", hide_env_values = true, value_parser = service_kit::config::secret)]
     pub database_url: Option<SecretString>,
     /// Database host.
     #[arg(
@@ -60,7 +60,7 @@ pub struct DbConfig {
     )]
     pub user: String,
     /// Database password (never logged).
-    #[arg(id = "db-password", long = "db-password", env = "DB_PASSWORD", value_name = "DB_PASSWORD", hide_env_values = true, value_parser = secret)]
+    #[arg(id = "db-password", long = "db-password", env = "DB_PASSWORD", value_name = "DB_PASSWORD", hide_env_values = true, value_parser = service_kit::config::secret)]
     pub password: Option<SecretString>,
     /// Database name.
     #[arg(
@@ -97,10 +97,6 @@ pub struct DbConfig {
     /// Longest any single statement may run (Postgres `statement_timeout`).
     #[arg(id = "db-statement-timeout", long = "db-statement-timeout", env = "DB_STATEMENT_TIMEOUT", value_name = "DB_STATEMENT_TIMEOUT", default_value = "30s", value_parser = service_kit::config::parse_duration)]
     pub statement_timeout: Duration,
-}
-
-fn secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
-    Ok(SecretString::from(s.to_owned()))
 }
 
 impl fmt::Debug for DbConfig {

@@ -30,10 +30,11 @@ use presence::RedisConfig;
 use reqwest::Url;
 use secrecy::{ExposeSecret, SecretString};
 use service_kit::admin::Readiness;
+use service_kit::config::secret;
+use service_kit::service::{AdminArgs, Service};
 use service_kit::telemetry::TelemetryArgs;
 use storage::DbConfig;
 use tokio::sync::Semaphore;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::analyzer::Analyzer;
@@ -111,17 +112,8 @@ pub struct Config {
     /// The agent's other incidents put in the prompt (newest first).
     #[arg(long = "recent-incidents", env = "RECENT_INCIDENTS", value_name = "RECENT_INCIDENTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=50))]
     pub recent_incidents: u32,
-    /// Address of the admin HTTP server (`/healthz`, `/readyz`, `/metrics`).
-    #[arg(
-        long = "admin-addr",
-        env = "ADMIN_ADDR",
-        value_name = "ADMIN_ADDR",
-        default_value = "0.0.0.0:9093"
-    )]
-    pub admin_addr: SocketAddr,
-    /// How long a shutdown may take to finish analyses in flight.
-    #[arg(long = "shutdown-grace", env = "SHUTDOWN_GRACE", value_name = "SHUTDOWN_GRACE", default_value = "20s", value_parser = service_kit::config::parse_duration)]
-    pub shutdown_grace: Duration,
+    #[command(flatten)]
+    pub admin: AdminArgs,
 }
 
 impl Config {
@@ -189,10 +181,6 @@ impl Config {
     }
 }
 
-fn secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
-    Ok(SecretString::from(s.to_owned()))
-}
-
 fn parse_base_url(s: &str) -> Result<Url, String> {
     let url = Url::parse(s).map_err(|e| format!("not a URL: {e}"))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
@@ -214,10 +202,13 @@ fn parse_model(s: &str) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
+/// The admin port when ADMIN_ADDR is not set.
+pub const ADMIN_PORT: u16 = 9093;
+
 /// A started analyzer.
 pub struct Running {
     pub admin_addr: SocketAddr,
-    task: JoinHandle<anyhow::Result<()>>,
+    service: service_kit::service::Running,
     handled: Arc<AtomicU64>,
 }
 
@@ -229,7 +220,7 @@ impl Running {
 
     /// Waits until the analyzer stops (after `shutdown` is cancelled, or on a fatal error).
     pub async fn wait(self) -> anyhow::Result<()> {
-        self.task.await?
+        self.service.wait().await
     }
 }
 
@@ -282,9 +273,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .with_check("nats", natsbus::ready_check(client.clone()))
         .with_check("redis", presence::ready_check(redis.clone()));
     let (admin_addr, admin) =
-        service_kit::admin::spawn(config.admin_addr, readiness, shutdown.clone()).await?;
+        service_kit::admin::spawn(config.admin.admin_addr(ADMIN_PORT), readiness, shutdown.clone()).await?;
 
-    let mut workers = tokio::task::JoinSet::new();
+    let mut service = Service::new("ai-analyzer");
     let handled = Arc::new(AtomicU64::new(0));
     if config.auto_analyze {
         let spec = auto::AutoSpec {
@@ -296,13 +287,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         };
         // Created before reporting ready, so a ready replica is part of the consumer.
         auto::ensure_consumer(&js, &spec).await.context("creating the auto-analysis consumer")?;
-        workers.spawn(auto::run(js.clone(), spec, Arc::clone(&engine), notifier, shutdown.clone()));
+        service.worker(auto::run(js.clone(), spec, Arc::clone(&engine), notifier, shutdown.clone()));
     } else {
         tracing::info!("automatic analysis of critical incidents is off (AUTO_ANALYZE=false)");
     }
     // Subscribed before reporting ready, so a ready replica answers requests.
     let subscriber = requests::subscribe(&client, &topology.subjects).await?;
-    workers.spawn(requests::serve(
+    service.worker(requests::serve(
         client.clone(),
         subscriber,
         engine,
@@ -311,50 +302,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     ));
     tracing::info!(%admin_addr, auto_analyze = config.auto_analyze, concurrency, "ai-analyzer ready");
 
-    let grace = config.shutdown_grace;
-    let task = tokio::spawn(async move {
-        let outcome = supervise(&mut workers, &shutdown, grace).await;
-        shutdown.cancel();
-        if let Err(err) = client.flush().await {
-            tracing::warn!(error = %err, "flushing nats on shutdown failed");
-        }
-        admin.await??;
-        outcome
-    });
-    Ok(Running { admin_addr, task, handled })
-}
-
-/// Waits for shutdown (then gives the workers `grace` to finish what is in flight) or
-/// for a worker to fail, which stops the service so its orchestrator restarts it.
-async fn supervise(
-    workers: &mut tokio::task::JoinSet<anyhow::Result<()>>,
-    shutdown: &CancellationToken,
-    grace: Duration,
-) -> anyhow::Result<()> {
-    tokio::select! {
-        biased;
-        _ = shutdown.cancelled() => {}
-        Some(result) = workers.join_next() => {
-            if !shutdown.is_cancelled() {
-                shutdown.cancel();
-                result??;
-                anyhow::bail!("a worker stopped unexpectedly");
-            }
-        }
-    }
-    let drained = tokio::time::timeout(grace, async {
-        while let Some(result) = workers.join_next().await {
-            if let Ok(Err(err)) = result {
-                tracing::warn!(error = %err, "worker stopped with an error during shutdown");
-            }
-        }
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!(grace = ?grace, "shutdown grace period over; abandoning analyses in flight");
-        workers.shutdown().await;
-    }
-    Ok(())
+    service.on_stop_best_effort("flushing nats", async move { Ok(client.flush().await?) });
+    service.on_stop("the admin server", async move { Ok(admin.await??) });
+    let service = service.start(admin_addr, shutdown, config.admin.shutdown_grace);
+    Ok(Running { admin_addr, service, handled })
 }
 
 #[cfg(test)]

@@ -310,12 +310,8 @@ impl Failure {
 /// `min(backoff * 2^(attempt-1), backoff_max)`, with up to half of it random so that
 /// replicas do not retry in lockstep.
 fn backoff(settings: &Settings, attempt: u32) -> Duration {
-    let exp = attempt.saturating_sub(1).min(16);
-    let full = settings.backoff.saturating_mul(1u32 << exp).min(settings.backoff_max);
-    let half = full / 2;
-    let jitter_ms = u64::try_from(half.as_millis()).unwrap_or(u64::MAX);
-    let jitter = if jitter_ms == 0 { 0 } else { rand::random_range(0..=jitter_ms) };
-    half + Duration::from_millis(jitter)
+    service_kit::backoff::Backoff::new(settings.backoff, settings.backoff_max)
+        .delay(attempt.saturating_sub(1))
 }
 
 /// `Retry-After`: delay-seconds (integer or decimal) or an HTTP date.

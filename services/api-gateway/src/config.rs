@@ -24,6 +24,8 @@ pub struct Config {
     #[command(flatten)]
     pub serve: ServeArgs,
     #[command(flatten)]
+    pub admin: service_kit::service::AdminArgs,
+    #[command(flatten)]
     pub telemetry: TelemetryArgs,
     #[command(flatten)]
     pub nats: NatsConfig,
@@ -80,7 +82,7 @@ pub struct ServeArgs {
     )]
     pub http_addr: SocketAddr,
     /// Secret that signs access tokens (HS256); at least 32 bytes. Never logged.
-    #[arg(id = "jwt-secret", long = "jwt-secret", env = "JWT_SECRET", value_name = "JWT_SECRET", hide_env_values = true, value_parser = secret, global = true)]
+    #[arg(id = "jwt-secret", long = "jwt-secret", env = "JWT_SECRET", value_name = "JWT_SECRET", hide_env_values = true, value_parser = service_kit::config::secret, global = true)]
     pub jwt_secret: Option<SecretString>,
     /// `iss` claim of issued tokens; tokens from any other issuer are refused.
     #[arg(
@@ -108,10 +110,10 @@ pub struct ServeArgs {
     )]
     pub admin_email: Option<String>,
     /// Password of that first admin (never logged).
-    #[arg(id = "admin-password", long = "admin-password", env = "ADMIN_PASSWORD", value_name = "ADMIN_PASSWORD", hide_env_values = true, value_parser = secret, global = true)]
+    #[arg(id = "admin-password", long = "admin-password", env = "ADMIN_PASSWORD", value_name = "ADMIN_PASSWORD", hide_env_values = true, value_parser = service_kit::config::secret, global = true)]
     pub admin_password: Option<SecretString>,
     /// An enrollment token accepted without a database entry (local development).
-    #[arg(id = "bootstrap-token", long = "bootstrap-token", env = "BOOTSTRAP_TOKEN", value_name = "BOOTSTRAP_TOKEN", hide_env_values = true, value_parser = secret, global = true)]
+    #[arg(id = "bootstrap-token", long = "bootstrap-token", env = "BOOTSTRAP_TOKEN", value_name = "BOOTSTRAP_TOKEN", hide_env_values = true, value_parser = service_kit::config::secret, global = true)]
     pub bootstrap_token: Option<SecretString>,
     /// NATS URLs handed to enrolling agents (default: the gateway's own NATS_URLS).
     #[arg(
@@ -221,23 +223,9 @@ pub struct ServeArgs {
         global = true
     )]
     pub max_concurrent_hashes: u16,
-    /// Address of the admin HTTP server (`/healthz`, `/readyz`, `/metrics`); metrics
-    /// are not served on the public port.
-    #[arg(
-        id = "admin-addr",
-        long = "admin-addr",
-        env = "ADMIN_ADDR",
-        value_name = "ADMIN_ADDR",
-        default_value = "0.0.0.0:9090",
-        global = true
-    )]
-    pub admin_addr: SocketAddr,
     /// How long cached reads (agent lists) are reused; 0 disables the cache.
     #[arg(id = "cache-ttl", long = "cache-ttl", env = "API_CACHE_TTL", value_name = "API_CACHE_TTL", default_value = "2s", value_parser = parse_duration, global = true)]
     pub cache_ttl: Duration,
-    /// How long a shutdown may take to finish requests in flight.
-    #[arg(id = "shutdown-grace", long = "shutdown-grace", env = "SHUTDOWN_GRACE", value_name = "SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration, global = true)]
-    pub shutdown_grace: Duration,
 }
 
 impl std::fmt::Debug for ServeArgs {
@@ -250,10 +238,6 @@ impl std::fmt::Debug for ServeArgs {
             .field("dev", &self.dev)
             .finish_non_exhaustive()
     }
-}
-
-fn secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
-    Ok(SecretString::from(s.to_owned()))
 }
 
 /// Parsed TRUSTED_PROXIES.

@@ -31,7 +31,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use secrecy::{ExposeSecret, SecretString};
 use service_kit::admin::Readiness;
-use tokio::task::JoinHandle;
+use service_kit::service::Service;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
@@ -40,18 +40,21 @@ use utoipa_swagger_ui::SwaggerUi;
 /// Largest request body accepted (413 beyond).
 pub const BODY_LIMIT: usize = 64 * 1024;
 
+/// The admin port when ADMIN_ADDR is not set.
+pub const ADMIN_PORT: u16 = 9090;
+
 /// A started gateway.
 pub struct Running {
     pub addr: SocketAddr,
     /// Where `/metrics` (and the probes) are served.
     pub admin_addr: SocketAddr,
-    task: JoinHandle<anyhow::Result<()>>,
+    service: service_kit::service::Running,
 }
 
 impl Running {
     /// Waits until the gateway stops (after `shutdown` is cancelled, or on a fatal error).
     pub async fn wait(self) -> anyhow::Result<()> {
-        self.task.await?
+        self.service.wait().await
     }
 }
 
@@ -157,39 +160,34 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         networks: serve.trusted_proxies.as_ref().map(|n| n.0.clone()).unwrap_or_default(),
         one_hop: serve.trust_proxy,
     };
-    let (admin_addr, _admin) =
-        service_kit::admin::spawn(serve.admin_addr, readiness.clone(), shutdown.clone()).await?;
+    let (admin_addr, admin) =
+        service_kit::admin::spawn(config.admin.admin_addr(ADMIN_PORT), readiness.clone(), shutdown.clone())
+            .await?;
     let app = router(state, readiness, trust, serve.body_timeout);
-    tokio::spawn(bus_auth::resync_forever(
-        bus_auth,
-        pool.clone(),
-        std::time::Duration::from_secs(60),
-        shutdown.clone(),
-    ));
 
     let listener = tokio::net::TcpListener::bind(serve.http_addr)
         .await
         .with_context(|| format!("binding {}", serve.http_addr))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, %admin_addr, "api-gateway ready");
-    let grace = serve.shutdown_grace;
-    let task = tokio::spawn(async move {
-        let stopping = shutdown.clone();
-        let server = std::future::IntoFuture::into_future(
-            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-                .with_graceful_shutdown(shutdown.cancelled_owned()),
-        );
-        tokio::pin!(server);
-        tokio::select! {
-            result = &mut server => result.context("serving http")?,
-            _ = async { stopping.cancelled().await; tokio::time::sleep(grace).await } => {
-                tracing::warn!(?grace, "requests still in flight after the grace period; stopping anyway");
-            }
-        }
-        client.flush().await.context("flushing nats")?;
-        Ok(())
+    let mut service = Service::new("api-gateway");
+    let stopping = shutdown.clone();
+    service.worker(async move {
+        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(stopping.cancelled_owned())
+            .await
+            .context("serving http")
     });
-    Ok(Running { addr, admin_addr, task })
+    service.background(bus_auth::resync_forever(
+        bus_auth,
+        pool.clone(),
+        std::time::Duration::from_secs(60),
+        shutdown.clone(),
+    ));
+    service.on_stop_best_effort("flushing nats", async move { Ok(client.flush().await?) });
+    service.on_stop("the admin server", async move { Ok(admin.await??) });
+    let service = service.start(admin_addr, shutdown, config.admin.shutdown_grace);
+    Ok(Running { addr, admin_addr, service })
 }
 
 fn router(

@@ -8,6 +8,8 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
 use async_nats::jetstream::{self, AckKind, Message};
 use futures::{FutureExt, StreamExt};
+use service_kit::backoff::Backoff;
+use service_kit::service::sleep_or_shutdown;
 use tokio_util::sync::CancellationToken;
 use wire_models::{DlqOrigin, Subjects};
 
@@ -100,7 +102,7 @@ pub(crate) async fn run<H: BatchHandler>(
             Err(err) => {
                 attempt += 1;
                 tracing::warn!(consumer = spec.label, attempt, error = %err, "cannot start consumer; retrying");
-                if sleep_or_shutdown(backoff(attempt), &shutdown).await {
+                if sleep_or_shutdown(Backoff::RECONNECT.delay(attempt), &shutdown).await {
                     break;
                 }
                 continue;
@@ -207,19 +209,6 @@ where
     }
 }
 
-/// Sleeps, or returns `true` early when shutdown is requested.
-pub(crate) async fn sleep_or_shutdown(duration: Duration, shutdown: &CancellationToken) -> bool {
-    tokio::select! {
-        _ = shutdown.cancelled() => true,
-        _ = tokio::time::sleep(duration) => false,
-    }
-}
-
-/// 100 ms doubling to 5 s.
-pub(crate) fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(100u64.saturating_mul(1 << attempt.min(6))).min(Duration::from_secs(5))
-}
-
 /// Runs `op` until it succeeds or fails permanently. Transient failures (database down,
 /// deadlock, timeout) are retried with backoff while the batch's ack deadline is
 /// extended, so no other replica receives it meanwhile. Returns `None` when shutdown
@@ -248,7 +237,7 @@ where
             Err(err) if err.is_transient() => {
                 attempt += 1;
                 metrics::counter!("opspilot_ingest_retries_total", "what" => what).increment(1);
-                if attempt == 1 || attempt.is_power_of_two() {
+                if service_kit::backoff::worth_logging(attempt) {
                     tracing::warn!(what, attempt, error = %err, "transient failure; retrying the batch");
                 }
                 if last_progress.elapsed() >= ack_wait / 3 {
@@ -257,7 +246,7 @@ where
                     }
                     last_progress = tokio::time::Instant::now();
                 }
-                if sleep_or_shutdown(backoff(attempt), shutdown).await {
+                if sleep_or_shutdown(Backoff::RECONNECT.delay(attempt), shutdown).await {
                     return None;
                 }
             }

@@ -19,9 +19,9 @@ use std::time::Duration;
 
 use natsbus::NatsConfig;
 use service_kit::admin::Readiness;
+use service_kit::service::{AdminArgs, Service};
 use service_kit::telemetry::TelemetryArgs;
 use storage::DbConfig;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// Configuration of the event-ingestor.
@@ -41,17 +41,8 @@ pub struct Config {
     pub nats: NatsConfig,
     #[command(flatten)]
     pub db: DbConfig,
-    /// Address of the admin HTTP server (`/healthz`, `/readyz`, `/metrics`).
-    #[arg(
-        long = "admin-addr",
-        env = "ADMIN_ADDR",
-        value_name = "ADMIN_ADDR",
-        default_value = "0.0.0.0:9091"
-    )]
-    pub admin_addr: SocketAddr,
-    /// How long a shutdown may take to finish the batch in flight.
-    #[arg(long = "shutdown-grace", env = "SHUTDOWN_GRACE", value_name = "SHUTDOWN_GRACE", default_value = "20s", value_parser = service_kit::config::parse_duration)]
-    pub shutdown_grace: Duration,
+    #[command(flatten)]
+    pub admin: AdminArgs,
     /// Largest batch fetched and written at once, in messages.
     #[arg(long = "batch-size", env = "INGEST_BATCH_SIZE", value_name = "INGEST_BATCH_SIZE", default_value_t = 8000, value_parser = clap::value_parser!(u16).range(1..=10_000))]
     pub batch_size: u16,
@@ -119,10 +110,13 @@ impl Config {
     }
 }
 
+/// The admin port when ADMIN_ADDR is not set.
+pub const ADMIN_PORT: u16 = 9091;
+
 /// A started ingestor.
 pub struct Running {
     pub admin_addr: SocketAddr,
-    task: JoinHandle<anyhow::Result<()>>,
+    service: service_kit::service::Running,
     event_stats: Arc<stats::Stats>,
 }
 
@@ -139,7 +133,7 @@ impl Running {
 
     /// Waits until the ingestor stops (after `shutdown` is cancelled, or on a fatal error).
     pub async fn wait(self) -> anyhow::Result<()> {
-        self.task.await?
+        self.service.wait().await
     }
 }
 
@@ -161,7 +155,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .with_check("postgres", storage::ready_check(pool.clone()))
         .with_check("nats", natsbus::ready_check(client.clone()));
     let (admin_addr, admin) =
-        service_kit::admin::spawn(config.admin_addr, readiness, shutdown.clone()).await?;
+        service_kit::admin::spawn(config.admin.admin_addr(ADMIN_PORT), readiness, shutdown.clone()).await?;
 
     let known = Arc::new(known::KnownAgents::default());
     let (event_stats, inventory_stats) =
@@ -202,7 +196,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     consumer::ensure_consumer(&js, &events_spec).await?;
     consumer::ensure_consumer(&js, &inventory_spec).await?;
 
-    let mut workers = tokio::task::JoinSet::new();
+    let mut service = Service::new("event-ingestor");
     let dlq_budget = Arc::new(config.nats.dead_letter_budget());
     let events_handler = events::EventsHandler {
         dlq_budget: Arc::clone(&dlq_budget),
@@ -223,10 +217,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         stats: Arc::clone(&inventory_stats),
         ack_wait: config.ack_wait,
     };
-    workers.spawn(consumer::run(js.clone(), events_spec.clone(), events_handler, shutdown.clone()));
-    workers.spawn(consumer::run(js.clone(), inventory_spec.clone(), inventory_handler, shutdown.clone()));
+    service.worker(consumer::run(js.clone(), events_spec.clone(), events_handler, shutdown.clone()));
+    service.worker(consumer::run(js.clone(), inventory_spec.clone(), inventory_handler, shutdown.clone()));
     for spec in [events_spec.clone(), inventory_spec.clone()] {
-        workers.spawn(consumer::watch_max_deliveries(
+        service.worker(consumer::watch_max_deliveries(
             client.clone(),
             js.clone(),
             topology.subjects.clone(),
@@ -234,65 +228,23 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             shutdown.clone(),
         ));
     }
-    let mut background = tokio::task::JoinSet::new();
-    background.spawn(stats::summarise(
+    service.background(stats::summarise(
         "events",
         Arc::clone(&event_stats),
         config.summary_interval,
         shutdown.clone(),
     ));
-    background.spawn(stats::summarise(
+    service.background(stats::summarise(
         "inventory",
         inventory_stats,
         config.summary_interval,
         shutdown.clone(),
     ));
-    background.spawn(stats::watch_lag(js.clone(), vec![events_spec, inventory_spec], shutdown.clone()));
+    service.background(stats::watch_lag(js.clone(), vec![events_spec, inventory_spec], shutdown.clone()));
     tracing::info!(%admin_addr, dedup = config.dedup, batch_size, "event-ingestor ready");
 
-    let grace = config.shutdown_grace;
-    let task = tokio::spawn(async move {
-        let outcome = supervise(&mut workers, &shutdown, grace).await;
-        shutdown.cancel();
-        background.shutdown().await;
-        if let Err(err) = client.flush().await {
-            tracing::warn!(error = %err, "flushing nats on shutdown failed");
-        }
-        admin.await??;
-        outcome
-    });
-    Ok(Running { admin_addr, task, event_stats })
-}
-
-/// Waits for shutdown (then gives the workers `grace` to finish) or for a worker to
-/// fail, which stops the service so its orchestrator restarts it.
-async fn supervise(
-    workers: &mut tokio::task::JoinSet<anyhow::Result<()>>,
-    shutdown: &CancellationToken,
-    grace: Duration,
-) -> anyhow::Result<()> {
-    tokio::select! {
-        biased;
-        _ = shutdown.cancelled() => {}
-        Some(result) = workers.join_next() => {
-            if !shutdown.is_cancelled() {
-                shutdown.cancel();
-                result??;
-                anyhow::bail!("a consumer stopped unexpectedly");
-            }
-        }
-    }
-    let drained = tokio::time::timeout(grace, async {
-        while let Some(result) = workers.join_next().await {
-            if let Ok(Err(err)) = result {
-                tracing::warn!(error = %err, "worker stopped with an error during shutdown");
-            }
-        }
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!(grace = ?grace, "shutdown grace period over; abandoning work in flight (it will be redelivered)");
-        workers.shutdown().await;
-    }
-    Ok(())
+    service.on_stop_best_effort("flushing nats", async move { Ok(client.flush().await?) });
+    service.on_stop("the admin server", async move { Ok(admin.await??) });
+    let service = service.start(admin_addr, shutdown, config.admin.shutdown_grace);
+    Ok(Running { admin_addr, service, event_stats })
 }

@@ -70,7 +70,7 @@ pub(crate) async fn run(
                 }
                 Err(err) if err.is_transient() => {
                     attempt += 1;
-                    if crate::worth_logging(attempt) {
+                    if service_kit::backoff::worth_logging(attempt) {
                         tracing::warn!(attempt, agents = held.len(), error = %err, "cannot write last_seen_at; keeping it for the next flush");
                     }
                 }

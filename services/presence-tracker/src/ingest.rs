@@ -120,10 +120,10 @@ impl Ingest {
                 Err(err) => {
                     attempt += 1;
                     self.health.set(Pause::Redis, true);
-                    if crate::worth_logging(attempt) {
+                    if service_kit::backoff::worth_logging(attempt) {
                         tracing::warn!(attempt, error = %err, held = pending.len(), "cannot record heartbeats in redis; holding them and retrying");
                     }
-                    retry_at = Some(Instant::now() + crate::retry_backoff(attempt));
+                    retry_at = Some(Instant::now() + crate::RETRY.delay(attempt));
                 }
             }
         }

@@ -3,6 +3,7 @@
 //! re-checked, like every candidate). Events are lost while the subscription is down,
 //! so every (re)subscription asks the reconciler for a scan.
 
+use service_kit::backoff::Backoff;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,10 +64,11 @@ pub(crate) async fn run(
             Ok(subscription) => subscription,
             Err(err) => {
                 attempt += 1;
-                if crate::worth_logging(attempt) {
+                if service_kit::backoff::worth_logging(attempt) {
                     tracing::warn!(attempt, error = %err, "cannot subscribe to keyspace events; the reconciler covers meanwhile");
                 }
-                if crate::sleep_or_shutdown(crate::backoff(attempt), &shutdown).await {
+                if service_kit::service::sleep_or_shutdown(Backoff::RECONNECT.delay(attempt), &shutdown).await
+                {
                     return Ok(());
                 }
                 continue;
@@ -114,7 +116,7 @@ pub(crate) async fn run(
                 }
             }
         }
-        if crate::sleep_or_shutdown(Duration::from_millis(100), &shutdown).await {
+        if service_kit::service::sleep_or_shutdown(Duration::from_millis(100), &shutdown).await {
             return Ok(());
         }
     }

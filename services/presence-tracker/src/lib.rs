@@ -30,17 +30,17 @@ mod reconcile;
 mod transitions;
 mod watch;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use natsbus::NatsConfig;
 use presence::RedisConfig;
 use service_kit::admin::Readiness;
+use service_kit::backoff::Backoff;
+use service_kit::service::{AdminArgs, Service};
 use service_kit::telemetry::TelemetryArgs;
 use storage::DbConfig;
 use tokio::sync::{Notify, mpsc};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// Configuration of the presence-tracker.
@@ -62,17 +62,8 @@ pub struct Config {
     pub db: DbConfig,
     #[command(flatten)]
     pub redis: RedisConfig,
-    /// Address of the admin HTTP server (`/healthz`, `/readyz`, `/metrics`).
-    #[arg(
-        long = "admin-addr",
-        env = "ADMIN_ADDR",
-        value_name = "ADMIN_ADDR",
-        default_value = "0.0.0.0:9092"
-    )]
-    pub admin_addr: SocketAddr,
-    /// How long a shutdown may take to flush pending writes.
-    #[arg(long = "shutdown-grace", env = "SHUTDOWN_GRACE", value_name = "SHUTDOWN_GRACE", default_value = "20s", value_parser = service_kit::config::parse_duration)]
-    pub shutdown_grace: Duration,
+    #[command(flatten)]
+    pub admin: AdminArgs,
     /// Heartbeats an agent may miss before it counts as offline: its threshold is this
     /// many of its own heartbeat intervals.
     #[arg(long = "missed-heartbeats", env = "PRESENCE_MISSED_HEARTBEATS", value_name = "PRESENCE_MISSED_HEARTBEATS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
@@ -197,42 +188,15 @@ pub(crate) fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-/// 100 ms doubling to 5 s: reconnecting.
-pub(crate) fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(100u64.saturating_mul(1 << attempt.min(6))).min(Duration::from_secs(5))
-}
-
 /// 50 ms doubling to 1 s: retrying held work (heartbeats, transitions). Short, because
 /// every second of waiting after an outage ends is a second an agent's state is wrong.
-pub(crate) fn retry_backoff(attempt: u32) -> Duration {
-    Duration::from_millis(50u64.saturating_mul(1 << attempt.min(5))).min(Duration::from_secs(1))
-}
+pub(crate) const RETRY: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
 
-/// Sleeps, or returns `true` early when shutdown is requested.
-pub(crate) async fn sleep_or_shutdown(duration: Duration, shutdown: &CancellationToken) -> bool {
-    tokio::select! {
-        _ = shutdown.cancelled() => true,
-        _ = tokio::time::sleep(duration) => false,
-    }
-}
-
-/// Whether to log the `attempt`-th consecutive failure (the first, then powers of two).
-pub(crate) fn worth_logging(attempt: u32) -> bool {
-    attempt <= 1 || attempt.is_power_of_two()
-}
+/// The admin port when ADMIN_ADDR is not set.
+pub const ADMIN_PORT: u16 = 9092;
 
 /// A started tracker.
-pub struct Running {
-    pub admin_addr: SocketAddr,
-    task: JoinHandle<anyhow::Result<()>>,
-}
-
-impl Running {
-    /// Waits until the tracker stops (after `shutdown` is cancelled, or on a fatal error).
-    pub async fn wait(self) -> anyhow::Result<()> {
-        self.task.await?
-    }
-}
+pub type Running = service_kit::service::Running;
 
 /// Connects to everything, then serves until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -257,7 +221,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .with_check("nats", natsbus::ready_check(client.clone()))
         .with_check("redis", presence::ready_check(redis.clone()));
     let (admin_addr, admin) =
-        service_kit::admin::spawn(config.admin_addr, readiness, shutdown.clone()).await?;
+        service_kit::admin::spawn(config.admin.admin_addr(ADMIN_PORT), readiness, shutdown.clone()).await?;
 
     let thresholds = config.thresholds();
     let health = Arc::new(health::InputHealth::new(now_ms()));
@@ -268,8 +232,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
 
     // On shutdown every task stops taking new work; the ingest records the heartbeats
     // it holds and the flusher writes the last `last_seen_at` batch, within the grace.
-    let mut workers = tokio::task::JoinSet::new();
-    workers.spawn(watch::run(
+    let mut service = Service::new("presence-tracker");
+    service.worker(watch::run(
         watch::WatchSpec {
             client: client.clone(),
             js: js.clone(),
@@ -281,7 +245,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         Arc::clone(&signals),
         shutdown.clone(),
     ));
-    workers.spawn(
+    service.worker(
         ingest::Ingest {
             store: store.clone(),
             pool: pool.clone(),
@@ -299,7 +263,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         }
         .run(heartbeats_rx, shutdown.clone()),
     );
-    workers.spawn(
+    service.worker(
         transitions::Transitions {
             store: store.clone(),
             pool: pool.clone(),
@@ -311,7 +275,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         }
         .run(intents_rx, shutdown.clone()),
     );
-    workers.spawn(
+    service.worker(
         reconcile::Reconciler {
             store: store.clone(),
             pool: pool.clone(),
@@ -324,14 +288,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .run(shutdown.clone()),
     );
     if config.keyspace_events {
-        workers.spawn(keyspace::run(
+        service.worker(keyspace::run(
             config.redis.clone(),
             intents_tx,
             Arc::clone(&signals),
             shutdown.clone(),
         ));
     }
-    workers.spawn(flush::run(pool.clone(), Arc::clone(&last_seen), config.flush_interval, shutdown.clone()));
+    service.worker(flush::run(pool.clone(), Arc::clone(&last_seen), config.flush_interval, shutdown.clone()));
     tracing::info!(
         %admin_addr,
         bucket = %topology.agents_bucket,
@@ -343,17 +307,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         "presence-tracker ready"
     );
 
-    let grace = config.shutdown_grace;
-    let task = tokio::spawn(async move {
-        let outcome = supervise(&mut workers, &shutdown, grace).await;
-        shutdown.cancel();
-        if let Err(err) = client.flush().await {
-            tracing::warn!(error = %err, "flushing nats on shutdown failed");
-        }
-        admin.await??;
-        outcome
-    });
-    Ok(Running { admin_addr, task })
+    service.on_stop_best_effort("flushing nats", async move { Ok(client.flush().await?) });
+    service.on_stop("the admin server", async move { Ok(admin.await??) });
+    Ok(service.start(admin_addr, shutdown, config.admin.shutdown_grace))
 }
 
 /// Nudges between the tasks.
@@ -366,39 +322,6 @@ pub(crate) struct Signals {
     pub(crate) caught_up: Notify,
     /// Scan deadlines now (keyspace events may have been lost).
     pub(crate) scan_now: Notify,
-}
-
-/// Waits for shutdown (then gives the workers `grace` to finish) or for a worker to
-/// stop, which stops the service so its orchestrator restarts it.
-async fn supervise(
-    workers: &mut tokio::task::JoinSet<anyhow::Result<()>>,
-    shutdown: &CancellationToken,
-    grace: Duration,
-) -> anyhow::Result<()> {
-    tokio::select! {
-        biased;
-        _ = shutdown.cancelled() => {}
-        Some(result) = workers.join_next() => {
-            if !shutdown.is_cancelled() {
-                shutdown.cancel();
-                result??;
-                anyhow::bail!("a presence task stopped unexpectedly");
-            }
-        }
-    }
-    let drained = tokio::time::timeout(grace, async {
-        while let Some(result) = workers.join_next().await {
-            if let Ok(Err(err)) = result {
-                tracing::warn!(error = %err, "task stopped with an error during shutdown");
-            }
-        }
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!(grace = ?grace, "shutdown grace period over; abandoning pending presence writes");
-        workers.shutdown().await;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -414,14 +337,5 @@ mod tests {
         let fixed = Thresholds { missed: 3, fixed: Some(Duration::from_secs(45)) };
         assert_eq!(fixed.for_interval(1), 45_000);
         assert_eq!(fixed.fallback(), 45_000);
-    }
-
-    #[test]
-    fn backoff_is_bounded() {
-        assert_eq!(backoff(0), Duration::from_millis(100));
-        assert_eq!(backoff(3), Duration::from_millis(800));
-        assert_eq!(backoff(40), Duration::from_secs(5));
-        assert_eq!(retry_backoff(1), Duration::from_millis(100));
-        assert_eq!(retry_backoff(40), Duration::from_secs(1));
     }
 }

@@ -61,7 +61,7 @@ impl Reconciler {
                 }
                 Err(err) => {
                     attempt += 1;
-                    if crate::worth_logging(attempt) {
+                    if service_kit::backoff::worth_logging(attempt) {
                         tracing::warn!(
                             attempt,
                             error = format!("{err:#}"),

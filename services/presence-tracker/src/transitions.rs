@@ -119,7 +119,7 @@ impl Transitions {
                 Round::Done => attempt = 0,
                 Round::Retry => {
                     attempt += 1;
-                    retry_at = Some(Instant::now() + crate::retry_backoff(attempt));
+                    retry_at = Some(Instant::now() + crate::RETRY.delay(attempt));
                 }
             }
             if shutdown.is_cancelled() {

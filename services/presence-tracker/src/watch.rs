@@ -12,6 +12,7 @@
 //!   fleet, so the timeout can be short without false alarms;
 //! - Redis lost the presence data (the reconciler asks for a re-sync).
 
+use service_kit::backoff::Backoff;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -94,10 +95,11 @@ pub(crate) async fn run(
             Ok(watch) => watch,
             Err(err) => {
                 attempt += 1;
-                if crate::worth_logging(attempt) {
+                if service_kit::backoff::worth_logging(attempt) {
                     tracing::warn!(attempt, error = %err, bucket = %spec.bucket, "cannot start the kv watch; retrying");
                 }
-                if crate::sleep_or_shutdown(crate::backoff(attempt), &shutdown).await {
+                if service_kit::service::sleep_or_shutdown(Backoff::RECONNECT.delay(attempt), &shutdown).await
+                {
                     return Ok(());
                 }
                 continue;
