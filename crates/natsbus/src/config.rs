@@ -101,6 +101,28 @@ fn parse_name(s: &str) -> Result<String, String> {
     }
 }
 
+fn split_urls(raw: &str) -> Vec<String> {
+    raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+}
+
+/// Comma-separated NATS server URLs, each of which parses; the one parser of
+/// `NATS_URLS` and of the URLs handed to agents (`AGENT_NATS_URLS`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerUrls(pub Vec<String>);
+
+/// Parses [`ServerUrls`] (a clap `value_parser`).
+pub fn parse_server_urls(raw: &str) -> Result<ServerUrls, String> {
+    let urls = split_urls(raw);
+    if urls.is_empty() {
+        return Err("no server URL given".into());
+    }
+    for url in &urls {
+        url.parse::<async_nats::ServerAddr>()
+            .map_err(|e| format!("{url:?} is not a valid server URL: {e}"))?;
+    }
+    Ok(ServerUrls(urls))
+}
+
 impl fmt::Debug for NatsConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NatsConfig")
@@ -119,20 +141,13 @@ impl fmt::Debug for NatsConfig {
 impl NatsConfig {
     /// The server URLs: NATS_URLS split on commas, else NATS_URL.
     pub fn server_urls(&self) -> Vec<String> {
-        let raw = self.urls.as_deref().filter(|s| !s.trim().is_empty()).unwrap_or(&self.url);
-        raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+        split_urls(self.urls.as_deref().filter(|s| !s.trim().is_empty()).unwrap_or(&self.url))
     }
 
     /// Checks the URLs parse, before anything connects.
     pub fn validate(&self) -> Result<(), String> {
-        let urls = self.server_urls();
-        if urls.is_empty() {
-            return Err("NATS_URLS: no server URL given".into());
-        }
-        for url in &urls {
-            url.parse::<async_nats::ServerAddr>()
-                .map_err(|e| format!("NATS_URLS: {url:?} is not a valid server URL: {e}"))?;
-        }
+        let raw = self.urls.as_deref().filter(|s| !s.trim().is_empty()).unwrap_or(&self.url);
+        parse_server_urls(raw).map_err(|e| format!("NATS_URLS: {e}"))?;
         if let Some(creds) = &self.creds
             && !creds.is_file()
         {

@@ -7,19 +7,23 @@
 pub mod auth;
 mod config;
 mod connect;
+mod consumer;
 mod deadletter;
 mod error;
+mod request;
 mod topology;
 pub mod trace;
 
-pub use config::NatsConfig;
+pub use config::{NatsConfig, ServerUrls, parse_server_urls};
 pub use connect::{
     MIN_SERVER_VERSION, check_server_version, connect, connect_until, connect_with, creds_file_options,
 };
+pub use consumer::{DurableSpec, ensure_durable};
 pub use deadletter::{
     Admission, DeadLetter, DeadLetterBudget, Parked, Usage, dead_letter, dead_letter_within,
 };
 pub use error::NatsError;
+pub use request::{RequestError, request};
 pub use topology::{StreamBytes, Topology, ensure_topology};
 
 use async_nats::HeaderMap;

@@ -31,7 +31,7 @@ pub use messages::{
     InventoryReport, OsInfo, PackageInfo, PresenceChanged, PresenceState, RpcError, RpcReply, RpcRequest,
     RpcStatus, ServiceInfo, Severity,
 };
-pub use subjects::{AgentSubject, DlqOrigin, SubjectError, SubjectRoot, Subjects};
+pub use subjects::{AgentPatterns, AgentSubject, DlqOrigin, SubjectError, SubjectRoot, Subjects};
 
 /// The protocol version this backend speaks. Every message carries it in `v`.
 pub const PROTOCOL_VERSION: u16 = 1;

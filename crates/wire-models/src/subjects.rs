@@ -165,6 +165,17 @@ impl Subjects {
         format!("{}.*.rpc", self.root)
     }
 
+    /// The subjects of the agent named by `token`, which is an agent id, the wildcard
+    /// `*` (every agent) or a permission template such as `{{tag(agent)}}` that the
+    /// server fills in: never a value from outside the backend.
+    pub fn agent_patterns(&self, token: &str) -> AgentPatterns {
+        AgentPatterns {
+            events: format!("{}.{token}.events.>", self.root),
+            inventory: format!("{}.{token}.inventory", self.root),
+            rpc: format!("{}.{token}.rpc", self.root),
+        }
+    }
+
     // --- backend subjects -----------------------------------------------------------
 
     /// Published by the ingestor after an incident was committed.
@@ -237,16 +248,48 @@ impl Subjects {
         AgentId::parse(tokens.next()?).ok()
     }
 
+    /// The KV bucket's internal subject for a key as it arrived (valid or not: it names
+    /// where a refused heartbeat came from), or a pattern (`*`, a permission template).
+    pub fn kv_subject(bucket: &str, key: &str) -> String {
+        format!("$KV.{bucket}.{key}")
+    }
+
+    /// The JetStream API subject an agent binding to the bucket calls (its stream info).
+    pub fn kv_stream_info(bucket: &str) -> String {
+        format!("$JS.API.STREAM.INFO.KV_{bucket}")
+    }
+
     /// The KV bucket's internal subject for one key (`$KV.{bucket}.{key}`); used when
     /// writing per-agent permissions.
     pub fn kv_key_subject(bucket: &str, agent: &AgentId) -> String {
-        format!("$KV.{bucket}.{agent}")
+        Self::kv_subject(bucket, agent.as_str())
     }
+}
+
+/// One agent's (or a pattern's) subjects, from [`Subjects::agent_patterns`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentPatterns {
+    pub events: String,
+    pub inventory: String,
+    pub rpc: String,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn patterns_for_an_agent_a_wildcard_or_a_template() {
+        let s = Subjects::default();
+        let one = s.agent_patterns(id().as_str());
+        assert_eq!(one.events, s.agent_events(&id()));
+        assert_eq!(one.inventory, s.inventory(&id()));
+        assert_eq!(one.rpc, s.rpc(&id()));
+        assert_eq!(s.agent_patterns("*").events, "ops.*.events.>");
+        assert_eq!(s.agent_patterns("*").rpc, s.all_rpc());
+        assert_eq!(Subjects::kv_subject("AGENTS", "*"), "$KV.AGENTS.*");
+        assert_eq!(Subjects::kv_key_subject("AGENTS", &id()), "$KV.AGENTS.a1b2c3d4e5f6");
+    }
 
     #[test]
     fn the_agent_of_a_subject() {

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
+use async_nats::jetstream::consumer::{PullConsumer, pull};
 use async_nats::jetstream::{self, AckKind, Message};
 use futures::{FutureExt, StreamExt};
 use tokio::sync::Semaphore;
@@ -42,21 +42,17 @@ pub(crate) async fn ensure_consumer(
     js: &jetstream::Context,
     spec: &AutoSpec,
 ) -> anyhow::Result<PullConsumer> {
-    let stream = js.get_stream(&spec.stream).await?;
-    let config = pull::Config {
-        durable_name: Some(spec.durable.clone()),
-        description: Some(
-            "OpsPilot automatic analysis of critical incidents (shared by every analyzer replica)".into(),
-        ),
-        filter_subject: spec.filter.clone(),
-        ack_policy: AckPolicy::Explicit,
-        deliver_policy: DeliverPolicy::All,
+    let durable = natsbus::DurableSpec {
+        stream: spec.stream.clone(),
+        durable: spec.durable.clone(),
+        description: "OpsPilot automatic analysis of critical incidents (shared by every analyzer replica)"
+            .into(),
+        filter: spec.filter.clone(),
         ack_wait: ACK_WAIT,
         max_deliver: MAX_DELIVER,
         max_ack_pending: 1000,
-        ..Default::default()
     };
-    Ok(stream.create_consumer(config).await?)
+    Ok(natsbus::ensure_durable(js, &durable).await?)
 }
 
 /// Runs until `shutdown`: the analyses in flight finish (and are acknowledged);

@@ -121,9 +121,10 @@ pub struct ServeArgs {
         long = "agent-nats-urls",
         env = "AGENT_NATS_URLS",
         value_name = "AGENT_NATS_URLS",
+        value_parser = natsbus::parse_server_urls,
         global = true
     )]
-    pub agent_nats_urls: Option<String>,
+    pub agent_nats_urls: Option<natsbus::ServerUrls>,
     /// Heartbeat interval handed to enrolling agents, in seconds.
     #[arg(
         id = "agent-heartbeat-interval",

@@ -184,3 +184,27 @@ impl From<storage::StorageError> for ApiError {
 }
 
 pub(crate) type ApiResult<T> = Result<T, ApiError>;
+
+/// A request-reply over NATS that got no usable answer from `who` (the agent, the
+/// analyzer); `nobody` is the answer when nobody listens.
+pub(crate) fn bus_error(
+    err: natsbus::RequestError,
+    who: &str,
+    nobody: impl FnOnce() -> ApiError,
+) -> ApiError {
+    match err {
+        natsbus::RequestError::NoResponders { .. } => nobody(),
+        natsbus::RequestError::TimedOut { timeout, .. } => {
+            ApiError::GatewayTimeout(format!("{who} did not answer within {timeout:?}"))
+        }
+        natsbus::RequestError::InvalidReply { detail, .. } => {
+            ApiError::BadGateway(format!("{who} sent an invalid reply: {detail}"))
+        }
+        natsbus::RequestError::Unavailable(detail) => {
+            ApiError::Unavailable(format!("the message bus is unavailable: {detail}"))
+        }
+        natsbus::RequestError::Invalid(detail) => {
+            ApiError::Internal(anyhow::anyhow!("sending a request to {who}: {detail}"))
+        }
+    }
+}

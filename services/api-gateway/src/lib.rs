@@ -118,7 +118,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         enroll_per_ip_per_minute: serve.rate_limit_enroll,
     };
     let nats_urls = match &serve.agent_nats_urls {
-        Some(urls) => urls.split(',').map(str::trim).filter(|u| !u.is_empty()).map(str::to_owned).collect(),
+        Some(urls) => urls.0.clone(),
         None => config.nats.server_urls(),
     };
     let state = state::AppState::new(state::Inner {

@@ -4,8 +4,6 @@
 
 use std::time::Instant;
 
-use async_nats::{HeaderMap, RequestErrorKind};
-use bytes::Bytes;
 use serde_json::{Value, json};
 use uuid::Uuid;
 use wire_models::{AgentId, Command, PROTOCOL_VERSION, RpcReply, RpcRequest, RpcStatus};
@@ -101,30 +99,14 @@ async fn send(
         issued_at: chrono::Utc::now(),
         timeout_ms: u32::try_from(state.rpc_timeout.as_millis()).unwrap_or(u32::MAX),
     };
-    let payload = Bytes::from(wire_models::encode(&request).map_err(|e| ApiError::Internal(e.into()))?);
-    let mut headers = HeaderMap::new();
-    natsbus::trace::inject_current(&mut headers);
-    let nats_request =
-        async_nats::Request::new().payload(payload).headers(headers).timeout(Some(state.rpc_timeout));
-    let message = state.nats.send_request(state.subjects.rpc(agent), nats_request).await.map_err(|err| {
-        match err.kind() {
-            RequestErrorKind::NoResponders => {
-                ApiError::AgentOffline(format!("agent {agent} is not connected"))
-            }
-            RequestErrorKind::TimedOut => ApiError::GatewayTimeout(format!(
-                "agent {agent} did not answer within {:?}",
-                state.rpc_timeout
-            )),
-            RequestErrorKind::Other => {
-                ApiError::Unavailable(format!("the message bus is unavailable: {err}"))
-            }
-            RequestErrorKind::InvalidSubject | RequestErrorKind::MaxPayloadExceeded => {
-                ApiError::Internal(anyhow::anyhow!("sending the request: {err}"))
-            }
-        }
-    })?;
-    let reply: RpcReply = wire_models::decode(&message.payload)
-        .map_err(|e| ApiError::BadGateway(format!("agent {agent} sent an invalid reply: {e}")))?;
+    let reply: RpcReply =
+        natsbus::request(&state.nats, state.subjects.rpc(agent), &request, state.rpc_timeout).await.map_err(
+            |err| {
+                crate::error::bus_error(err, &format!("agent {agent}"), || {
+                    ApiError::AgentOffline(format!("agent {agent} is not connected"))
+                })
+            },
+        )?;
     if reply.request_id != request_id {
         return Err(ApiError::BadGateway(format!(
             "agent {agent} answered request {} instead of {request_id}",

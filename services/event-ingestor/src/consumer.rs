@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
+use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{self, AckKind, Message};
 use futures::{FutureExt, StreamExt};
 use service_kit::backoff::Backoff;
@@ -54,20 +54,17 @@ pub(crate) async fn ensure_consumer(
     js: &jetstream::Context,
     spec: &ConsumerSpec,
 ) -> anyhow::Result<PullConsumer> {
-    let stream = js.get_stream(&spec.stream).await?;
-    let config = pull::Config {
-        durable_name: Some(spec.durable.clone()),
-        description: Some(format!("OpsPilot {} (shared by every ingestor replica)", spec.label)),
-        filter_subject: spec.filter.clone(),
-        ack_policy: AckPolicy::Explicit,
-        deliver_policy: DeliverPolicy::All,
+    let durable = natsbus::DurableSpec {
+        stream: spec.stream.clone(),
+        durable: spec.durable.clone(),
+        description: format!("OpsPilot {} (shared by every ingestor replica)", spec.label),
+        filter: spec.filter.clone(),
         ack_wait: spec.ack_wait,
         max_deliver: spec.max_deliver,
         // Enough for several replicas each holding a few batches.
         max_ack_pending: i64::try_from(spec.batch_size * 64).unwrap_or(i64::MAX).max(10_000),
-        ..Default::default()
     };
-    Ok(stream.create_consumer(config).await?)
+    Ok(natsbus::ensure_durable(js, &durable).await?)
 }
 
 /// Runs one consumer until `shutdown`: the batch in flight finishes (and is acked),

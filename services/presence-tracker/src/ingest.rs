@@ -192,7 +192,7 @@ impl Ingest {
     fn dead_letter(&self, raw: RawHeartbeat, rejection: Rejection) {
         let (js, subjects, budget) = (self.js.clone(), self.subjects.clone(), Arc::clone(&self.dlq_budget));
         let pool = self.pool.clone();
-        let subject = format!("$KV.{}.{}", self.bucket, raw.key);
+        let subject = Subjects::kv_subject(&self.bucket, &raw.key);
         // The key is the agent (its own credentials can write no other); a key that
         // is no agent id shares one allowance.
         let agent = AgentId::parse(&raw.key).map_or_else(|_| "unidentified".to_owned(), |id| id.to_string());

@@ -39,18 +39,17 @@ pub fn agent_template(topology: &Topology) -> Permissions {
 }
 
 fn agent_permissions(id: &str, topology: &Topology) -> Permissions {
-    let s: &Subjects = &topology.subjects;
-    let root = s.root();
+    let own = topology.subjects.agent_patterns(id);
     let bucket = &topology.agents_bucket;
     Permissions {
         publish: vec![
-            format!("{root}.{id}.events.>"),
-            format!("{root}.{id}.inventory"),
-            format!("$KV.{bucket}.{id}"),
+            own.events,
+            own.inventory,
+            Subjects::kv_subject(bucket, id),
             // Binding to the bucket (`get_key_value`) reads its stream info.
-            format!("$JS.API.STREAM.INFO.KV_{bucket}"),
+            Subjects::kv_stream_info(bucket),
         ],
-        subscribe: vec![format!("{root}.{id}.rpc"), format!("{}.>", inbox_prefix(&format!("agent-{id}")))],
+        subscribe: vec![own.rpc, format!("{}.>", inbox_prefix(&format!("agent-{id}")))],
         allow_responses: true,
         max_subscriptions: Some(AGENT_MAX_SUBSCRIPTIONS),
         max_payload: Some(AGENT_MAX_PAYLOAD),
@@ -101,7 +100,6 @@ pub fn inbox_prefix(name: &str) -> String {
 /// The permissions of `identity` on `topology`.
 pub fn permissions(identity: &Identity, topology: &Topology) -> Permissions {
     let s: &Subjects = &topology.subjects;
-    let root = s.root();
     let bucket = &topology.agents_bucket;
     let inbox = format!("{}.>", identity.inbox_prefix());
     // Every backend service creates or updates the streams at start and uses
@@ -147,10 +145,10 @@ pub fn permissions(identity: &Identity, topology: &Topology) -> Permissions {
         },
         Identity::SimulatorFleet => Permissions {
             publish: vec![
-                format!("{root}.*.events.>"),
+                s.agent_patterns("*").events,
                 s.all_inventory(),
-                format!("$KV.{bucket}.*"),
-                format!("$JS.API.STREAM.INFO.KV_{bucket}"),
+                Subjects::kv_subject(bucket, "*"),
+                Subjects::kv_stream_info(bucket),
             ],
             subscribe: vec![s.all_rpc(), inbox],
             allow_responses: true,

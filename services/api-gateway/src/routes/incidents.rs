@@ -1,6 +1,5 @@
 use axum::Json;
 use axum::extract::State;
-use bytes::Bytes;
 use wire_models::{AnalyzeOutcome, AnalyzeReply, AnalyzeRequest, PROTOCOL_VERSION};
 
 use crate::auth::{Operator, Viewer};
@@ -104,31 +103,14 @@ pub(crate) async fn analyze(
         force: true,
         requested_by: Some(user.email.clone()),
     };
-    let payload = Bytes::from(wire_models::encode(&request).map_err(|e| ApiError::Internal(e.into()))?);
-    let mut headers = async_nats::HeaderMap::new();
-    natsbus::trace::inject_current(&mut headers);
-    let nats_request =
-        async_nats::Request::new().payload(payload).headers(headers).timeout(Some(state.analyze_timeout));
-    let message = state.nats.send_request(state.subjects.analyze(), nats_request).await.map_err(|err| {
-        match err.kind() {
-            async_nats::RequestErrorKind::NoResponders => {
-                ApiError::Unavailable("no ai-analyzer is running; start one or retry later".into())
-            }
-            async_nats::RequestErrorKind::TimedOut => ApiError::GatewayTimeout(format!(
-                "the analysis did not finish within {:?}",
-                state.analyze_timeout
-            )),
-            async_nats::RequestErrorKind::Other => {
-                ApiError::Unavailable(format!("the message bus is unavailable: {err}"))
-            }
-            async_nats::RequestErrorKind::InvalidSubject
-            | async_nats::RequestErrorKind::MaxPayloadExceeded => {
-                ApiError::Internal(anyhow::anyhow!("sending the analyze request: {err}"))
-            }
-        }
-    })?;
-    let reply: AnalyzeReply = wire_models::decode(&message.payload)
-        .map_err(|e| ApiError::BadGateway(format!("the analyzer sent an invalid reply: {e}")))?;
+    let reply: AnalyzeReply =
+        natsbus::request(&state.nats, state.subjects.analyze(), &request, state.analyze_timeout)
+            .await
+            .map_err(|err| {
+                crate::error::bus_error(err, "the analyzer", || {
+                    ApiError::Unavailable("no ai-analyzer is running; start one or retry later".into())
+                })
+            })?;
     match reply.outcome {
         AnalyzeOutcome::Analyzed { .. } => Ok(Json(load(&state, id).await?.into())),
         AnalyzeOutcome::NotFound => Err(ApiError::NotFound(format!("incident {id} not found"))),

@@ -64,6 +64,7 @@ async fn a_bad_configuration_exits_64_naming_the_variable() {
         &base,
         &[
             ("HTTP_ADDR", "port-eighty"),
+            ("AGENT_NATS_URLS", "nats://ok:4222,::nope::"),
             ("REDIS_URL", "http://not-redis"),
             ("JWT_SECRET", "change_me"),
             ("JWT_SECRET", "too-short"),

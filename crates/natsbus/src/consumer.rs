@@ -1,0 +1,48 @@
+//! The durable pull consumers the backend shares between replicas: one definition, so
+//! every shared consumer acknowledges explicitly and starts from the stream's start.
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
+use async_nats::jetstream::{self};
+
+use crate::NatsError;
+
+/// A durable consumer every replica of a service pulls from.
+#[derive(Debug, Clone)]
+pub struct DurableSpec {
+    pub stream: String,
+    pub durable: String,
+    /// Who shares it, for operators reading the consumer list.
+    pub description: String,
+    pub filter: String,
+    /// Redelivery deadline of an unacknowledged message.
+    pub ack_wait: Duration,
+    /// Deliveries after which JetStream gives up on a message (and sends an advisory).
+    pub max_deliver: i64,
+    /// Messages delivered and not yet acknowledged, over every replica.
+    pub max_ack_pending: i64,
+}
+
+/// Creates the consumer, or updates it to `spec` (idempotent, from every replica).
+pub async fn ensure_durable(js: &jetstream::Context, spec: &DurableSpec) -> Result<PullConsumer, NatsError> {
+    let stream = js
+        .get_stream(&spec.stream)
+        .await
+        .map_err(|e| NatsError::Stream { name: spec.stream.clone(), detail: e.to_string() })?;
+    let config = pull::Config {
+        durable_name: Some(spec.durable.clone()),
+        description: Some(spec.description.clone()),
+        filter_subject: spec.filter.clone(),
+        ack_policy: AckPolicy::Explicit,
+        deliver_policy: DeliverPolicy::All,
+        ack_wait: spec.ack_wait,
+        max_deliver: spec.max_deliver,
+        max_ack_pending: spec.max_ack_pending,
+        ..Default::default()
+    };
+    stream.create_consumer(config).await.map_err(|e| NatsError::Stream {
+        name: format!("{} consumer {}", spec.stream, spec.durable),
+        detail: e.to_string(),
+    })
+}
