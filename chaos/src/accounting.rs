@@ -105,12 +105,12 @@ impl Observed {
         let occurrences: i64 = sqlx::query_scalar(
             "SELECT COALESCE(sum(occurrences), 0)::bigint FROM incidents WHERE type <> $1",
         )
-        .bind(storage::presence::OFFLINE_INCIDENT_TYPE)
+        .bind(storage::incidents::OFFLINE_INCIDENT_TYPE)
         .fetch_one(pool)
         .await?;
         let dead_letter_ids = read_dead_letter_ids(js, dlq_stream).await?;
         let incident_ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM incidents WHERE type <> $1")
-            .bind(storage::presence::OFFLINE_INCIDENT_TYPE)
+            .bind(storage::incidents::OFFLINE_INCIDENT_TYPE)
             .fetch_all(pool)
             .await?;
         let announced_ids = read_all(js, incidents_stream, |msg| {

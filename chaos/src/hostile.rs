@@ -716,7 +716,7 @@ async fn wait_stored(
             "SELECT COALESCE(sum(occurrences), 0)::bigint FROM incidents WHERE agent_id = ANY($1) AND type <> $2",
         )
         .bind(ids)
-        .bind(storage::presence::OFFLINE_INCIDENT_TYPE)
+        .bind(storage::incidents::OFFLINE_INCIDENT_TYPE)
         .fetch_one(&cluster.stack.db.pool)
         .await?;
         let stored = u64::try_from(stored).unwrap_or(0);

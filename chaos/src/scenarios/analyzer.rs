@@ -91,7 +91,7 @@ async fn first_critical_incident(cluster: &Cluster) -> anyhow::Result<i64> {
         let id: Option<i64> = sqlx::query_scalar(
             "SELECT id FROM incidents WHERE type <> $1 AND is_critical ORDER BY id LIMIT 1",
         )
-        .bind(storage::presence::OFFLINE_INCIDENT_TYPE)
+        .bind(storage::incidents::OFFLINE_INCIDENT_TYPE)
         .fetch_optional(&cluster.stack.db.pool)
         .await?;
         if let Some(id) = id {

@@ -11,9 +11,10 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgPool;
-use wire_models::{OsInfo, ServiceInfo};
+use wire_models::{OsInfo, ServiceInfo, Severity};
 
 use crate::StorageError;
+use crate::incidents::IncidentStatus;
 
 /// `incidents.analysis_status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,12 +57,12 @@ pub struct IncidentForAnalysis {
     pub agent_id: String,
     /// The event kind (`incidents.type`).
     pub kind: String,
-    pub severity: String,
+    pub severity: Severity,
     pub source: String,
     pub raw_error: String,
     pub context: Value,
     pub is_critical: bool,
-    pub status: String,
+    pub status: IncidentStatus,
     pub fingerprint: String,
     pub occurrences: i64,
     pub first_seen_at: DateTime<Utc>,
@@ -87,9 +88,9 @@ pub struct AgentForAnalysis {
 pub struct RecentIncident {
     pub id: i64,
     pub kind: String,
-    pub severity: String,
+    pub severity: Severity,
     pub source: String,
-    pub status: String,
+    pub status: IncidentStatus,
     pub occurrences: i64,
     /// The first [`RECENT_RAW_ERROR_CHARS`] characters of the error.
     pub raw_error: String,
@@ -113,12 +114,14 @@ struct InputRow {
     agent_id: String,
     #[sqlx(rename = "type")]
     kind: String,
-    severity: String,
+    #[sqlx(try_from = "String")]
+    severity: Severity,
     source: String,
     raw_error: String,
     context: Value,
     is_critical: bool,
-    status: String,
+    #[sqlx(try_from = "String")]
+    status: IncidentStatus,
     fingerprint: String,
     occurrences: i64,
     first_seen_at: DateTime<Utc>,
@@ -137,9 +140,11 @@ struct RecentRow {
     id: i64,
     #[sqlx(rename = "type")]
     kind: String,
-    severity: String,
+    #[sqlx(try_from = "String")]
+    severity: Severity,
     source: String,
-    status: String,
+    #[sqlx(try_from = "String")]
+    status: IncidentStatus,
     occurrences: i64,
     raw_error: String,
     created_at: DateTime<Utc>,
@@ -268,7 +273,7 @@ pub async fn record_success(
     pool: &PgPool,
     incident_id: i64,
     analysis: &NewAnalysis<'_>,
-) -> Result<String, StorageError> {
+) -> Result<IncidentStatus, StorageError> {
     let status: Option<String> = sqlx::query_scalar(
         "UPDATE incidents
          SET ai_analysis = $2,
@@ -294,7 +299,7 @@ pub async fn record_success(
     .bind(analysis.model)
     .fetch_optional(pool)
     .await?;
-    status.ok_or(StorageError::NotFound)
+    IncidentStatus::try_from(status.ok_or(StorageError::NotFound)?).map_err(StorageError::Data)
 }
 
 /// Records a failed analysis in one statement: `analysis_status = 'failed'`, the reason,

@@ -11,6 +11,9 @@ pub enum StorageError {
     NotFound,
     #[error("conflict: {0}")]
     Conflict(String),
+    /// A stored value the code cannot read (a constraint the schema does not enforce).
+    #[error("stored data is not valid: {0}")]
+    Data(String),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
@@ -25,7 +28,8 @@ impl StorageError {
             StorageError::Config(_)
             | StorageError::Migrate(_)
             | StorageError::NotFound
-            | StorageError::Conflict(_) => false,
+            | StorageError::Conflict(_)
+            | StorageError::Data(_) => false,
         }
     }
 }

@@ -13,22 +13,6 @@ use wire_models::{AgentId, PresenceState};
 
 use crate::StorageError;
 
-/// Incidents raised by the tracker carry this type (and this source).
-pub const OFFLINE_INCIDENT_TYPE: &str = "agent_offline";
-/// Who resolves `agent_offline` incidents when the agent comes back.
-pub const TRACKER: &str = "presence-tracker";
-
-/// The key that keeps one `agent_offline` incident open per agent.
-pub fn offline_dedup_key(agent_id: &AgentId) -> String {
-    format!("presence:{agent_id}")
-}
-
-/// The fingerprint of an agent's `agent_offline` incidents: SHA-256 (hex) of
-/// `agent_offline ␟ {agent_id}`, the separator the event fingerprints use.
-pub fn offline_fingerprint(agent_id: &AgentId) -> String {
-    wire_models::sha256_hex(format!("{OFFLINE_INCIDENT_TYPE}\u{1f}{agent_id}").as_bytes())
-}
-
 /// A transition the tracker believes happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transition {
@@ -94,7 +78,9 @@ impl Default for TransitionOptions {
     }
 }
 
-const GO_OFFLINE: &str = r#"
+static GO_OFFLINE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        r#"
 WITH input AS (
     SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[], $4::int[], $5::text[], $6::text[])
         AS t(id, changed_at, last_seen_at, threshold_secs, reason, fingerprint)
@@ -120,30 +106,21 @@ history AS (
     SELECT id, 'offline', changed_at, last_seen_at, threshold_secs, reason FROM changed
     RETURNING id, agent_id
 ),
-opened AS (
-    INSERT INTO incidents AS inc (agent_id, type, source, raw_error, context, is_critical, severity, status,
-                                  event_id, fingerprint, dedup_key, occurrences, first_seen_at, last_seen_at)
-    SELECT c.id, 'agent_offline', 'presence-tracker',
-           format('no heartbeat for %s s', c.threshold_secs),
-           jsonb_build_object('last_seen_at', c.last_seen_at, 'threshold_secs', c.threshold_secs,
-                              'reason', c.reason),
-           true, 'critical', 'new', gen_random_uuid(), c.fingerprint, 'presence:' || c.id, 1,
-           c.changed_at, c.changed_at
-    FROM changed c
-    WHERE $7
-    ORDER BY c.id
-    ON CONFLICT (dedup_key) WHERE status <> 'resolved' DO NOTHING
-    RETURNING inc.id, inc.agent_id
-)
+{opened}
 SELECT c.id AS agent_id, c.changed_at, c.last_seen_at, c.threshold_secs, c.reason, h.id AS transition_id,
        o.id AS incident_id
 FROM changed c
 JOIN history h ON h.agent_id = c.id
 LEFT JOIN opened o ON o.agent_id = c.id
 ORDER BY c.id
-"#;
+"#,
+        opened = crate::incidents::open_offline_cte("changed", "$7"),
+    )
+});
 
-const GO_ONLINE: &str = r#"
+static GO_ONLINE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        r#"
 WITH input AS (
     SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[], $4::int[], $5::text[], $6::text[])
         AS t(id, changed_at, last_seen_at, threshold_secs, reason, fingerprint)
@@ -169,20 +146,17 @@ history AS (
     SELECT id, 'online', changed_at, last_seen_at, threshold_secs, reason FROM changed
     RETURNING id, agent_id
 ),
-resolved AS (
-    UPDATE incidents inc
-    SET status = 'resolved', resolved_at = c.changed_at, resolved_by = 'presence-tracker', updated_at = now()
-    FROM changed c
-    WHERE inc.dedup_key = 'presence:' || c.id AND inc.status <> 'resolved'
-    RETURNING inc.id, inc.agent_id
-)
+{resolved}
 SELECT c.id AS agent_id, c.changed_at, c.last_seen_at, c.threshold_secs, c.reason, h.id AS transition_id,
        r.id AS incident_id
 FROM changed c
 JOIN history h ON h.agent_id = c.id
 LEFT JOIN resolved r ON r.agent_id = c.id
 ORDER BY c.id
-"#;
+"#,
+        resolved = crate::incidents::resolve_offline_cte("changed"),
+    )
+});
 
 #[derive(sqlx::FromRow)]
 struct AppliedRow {
@@ -222,11 +196,12 @@ pub async fn apply_transitions(
     let thresholds: Vec<i32> =
         transitions.iter().map(|t| i32::try_from(t.threshold_secs).unwrap_or(i32::MAX)).collect();
     let reasons: Vec<&str> = transitions.iter().map(|t| t.reason.as_str()).collect();
-    let fingerprints: Vec<String> = transitions.iter().map(|t| offline_fingerprint(&t.agent_id)).collect();
+    let fingerprints: Vec<String> =
+        transitions.iter().map(|t| crate::incidents::offline_fingerprint(&t.agent_id)).collect();
 
     let query = match state {
-        PresenceState::Offline => sqlx::query_as(GO_OFFLINE),
-        PresenceState::Online => sqlx::query_as(GO_ONLINE),
+        PresenceState::Offline => sqlx::query_as(sqlx::AssertSqlSafe(GO_OFFLINE.as_str())),
+        PresenceState::Online => sqlx::query_as(sqlx::AssertSqlSafe(GO_ONLINE.as_str())),
     }
     .bind(&ids)
     .bind(&changed_at)

@@ -79,6 +79,12 @@ impl Severity {
         self == Severity::Critical
     }
 
+    pub const ALL: [Severity; 4] = [Severity::Info, Severity::Warning, Severity::Error, Severity::Critical];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|severity| severity.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Severity::Info => "info",
@@ -86,6 +92,13 @@ impl Severity {
             Severity::Error => "error",
             Severity::Critical => "critical",
         }
+    }
+}
+
+impl TryFrom<String> for Severity {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        Self::parse(&s).ok_or_else(|| format!("unknown severity {s:?}"))
     }
 }
 

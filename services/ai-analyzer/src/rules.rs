@@ -270,7 +270,7 @@ impl RulesAnalyzer {
         );
         Analysis {
             text,
-            is_critical: critical || incident.is_critical || incident.severity == "critical",
+            is_critical: critical || incident.is_critical || incident.severity.is_critical(),
             action,
             dropped: None,
             model: None,
@@ -363,12 +363,12 @@ pub(crate) mod tests {
                 id: 1,
                 agent_id: "a1b2c3d4e5f6".into(),
                 kind: kind.into(),
-                severity: severity.into(),
+                severity: wire_models::Severity::parse(severity).unwrap(),
                 source: source.into(),
                 raw_error: raw_error.into(),
                 context: json!({}),
                 is_critical: severity == "critical",
-                status: "new".into(),
+                status: storage::incidents::IncidentStatus::New,
                 fingerprint: "f".repeat(64),
                 occurrences: 2,
                 first_seen_at: Utc::now(),

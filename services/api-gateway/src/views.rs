@@ -141,8 +141,8 @@ impl From<storage::incidents::IncidentRow> for IncidentView {
             raw_error: r.raw_error,
             context: r.context,
             is_critical: r.is_critical,
-            severity: r.severity,
-            status: r.status,
+            severity: r.severity.as_str().to_owned(),
+            status: r.status.as_str().to_owned(),
             fingerprint: r.fingerprint,
             occurrences: r.occurrences,
             first_seen_at: r.first_seen_at,
@@ -178,8 +178,24 @@ pub struct IncidentPage {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct PatchIncident {
-    /// `acknowledged` or `resolved`.
-    pub status: String,
+    pub status: TargetStatus,
+}
+
+/// What an operator may move an incident to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetStatus {
+    Acknowledged,
+    Resolved,
+}
+
+impl From<TargetStatus> for storage::incidents::IncidentStatus {
+    fn from(target: TargetStatus) -> Self {
+        match target {
+            TargetStatus::Acknowledged => storage::incidents::IncidentStatus::Acknowledged,
+            TargetStatus::Resolved => storage::incidents::IncidentStatus::Resolved,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -9,12 +9,10 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use wire_models::{
-    AgentSubject, DlqOrigin, Event, EventKind, HEADER_TRACEPARENT, IncidentCreated, PROTOCOL_VERSION,
-    Severity, Subjects,
+    AgentSubject, DlqOrigin, Event, HEADER_TRACEPARENT, IncidentCreated, PROTOCOL_VERSION, Subjects,
 };
 
 use crate::consumer::{self, BatchHandler, Rejection};
-use crate::fingerprint::fingerprint;
 use crate::known::KnownAgents;
 use crate::stats::Stats;
 
@@ -46,21 +44,7 @@ pub(crate) fn decode(
     };
     let event: Event = wire_models::decode(payload).map_err(|e| Rejection::new(e.code(), e.to_string()))?;
     event.check_subject(&agent_id, &kind).map_err(|e| Rejection::new(e.code(), e.to_string()))?;
-    let fingerprint =
-        fingerprint(event.agent_id.as_str(), event.kind.as_str(), &event.source, &event.raw_error);
-    let dedup_key = if dedup { fingerprint.clone() } else { event.event_id.to_string() };
-    Ok(storage::incidents::NewEvent {
-        event_id: event.event_id,
-        agent_id: event.agent_id,
-        kind: event.kind.as_str().to_owned(),
-        severity: event.severity,
-        source: event.source,
-        raw_error: event.raw_error,
-        context: serde_json::Value::Object(event.context),
-        occurred_at: event.occurred_at,
-        fingerprint,
-        dedup_key,
-    })
+    Ok(storage::incidents::new_event(event, dedup))
 }
 
 impl BatchHandler for EventsHandler {
@@ -255,24 +239,12 @@ impl EventsHandler {
 
     /// Publishes one incident-created message; false when JetStream did not take it.
     async fn announce(&self, incident: &storage::incidents::CreatedIncident) -> bool {
-        let (Ok(agent_id), Ok(kind)) =
-            (wire_models::AgentId::parse(&incident.agent_id), EventKind::parse(&incident.kind))
-        else {
-            // Stored from a validated event, so this cannot happen; nothing to retry.
-            return true;
-        };
-        let severity = match incident.severity.as_str() {
-            "critical" => Severity::Critical,
-            "warning" => Severity::Warning,
-            "info" => Severity::Info,
-            _ => Severity::Error,
-        };
         let msg = IncidentCreated {
             v: PROTOCOL_VERSION,
             incident_id: incident.id,
-            agent_id,
-            kind,
-            severity,
+            agent_id: incident.agent_id.clone(),
+            kind: incident.kind.clone(),
+            severity: incident.severity,
             is_critical: incident.is_critical,
             fingerprint: incident.fingerprint.clone(),
             created_at: incident.created_at,

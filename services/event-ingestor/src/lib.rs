@@ -8,7 +8,6 @@ use mimalloc as _;
 
 mod consumer;
 mod events;
-pub mod fingerprint;
 mod inventory;
 mod known;
 mod stats;

@@ -36,7 +36,7 @@ async fn incident(db: &TestDb, agent: &AgentId, kind: &str, severity: Severity, 
     let event = NewEvent {
         event_id,
         agent_id: agent.clone(),
-        kind: kind.into(),
+        kind: wire_models::EventKind::parse(kind).unwrap(),
         severity,
         source: "nginx".into(),
         raw_error: raw_error.into(),
@@ -118,7 +118,7 @@ async fn a_success_moves_new_to_analyzed_and_never_reopens_acknowledged_or_resol
     let id = incident(&db, &web, "service_down", Severity::Error, "exited").await;
     let mut new = analysis(true, Some(&action));
     new.dropped_action = Some(&dropped);
-    assert_eq!(analysis::record_success(&db.pool, id, &new).await.unwrap(), "analyzed");
+    assert_eq!(analysis::record_success(&db.pool, id, &new).await.unwrap().as_str(), "analyzed");
     let row: (String, serde_json::Value, serde_json::Value, String, String, bool) = sqlx::query_as(
         "SELECT ai_analysis, suggested_action, dropped_action, analyzer, analyzer_model, analyzed_at IS NOT NULL
          FROM incidents WHERE id = $1",
@@ -148,7 +148,10 @@ async fn a_success_moves_new_to_analyzed_and_never_reopens_acknowledged_or_resol
             .execute(&db.pool)
             .await
             .unwrap();
-        assert_eq!(analysis::record_success(&db.pool, id, &analysis(false, None)).await.unwrap(), target);
+        assert_eq!(
+            analysis::record_success(&db.pool, id, &analysis(false, None)).await.unwrap().as_str(),
+            target
+        );
         // The analysis may not lower what the host reported.
         assert_eq!(status(&db, id).await, (target.to_owned(), "ok".into(), true, None));
     }

@@ -100,8 +100,8 @@ async fn going_offline_opens_one_incident_and_coming_back_resolves_it() {
         .await
         .unwrap();
     assert_eq!((kind.as_str(), status.as_str(), critical), ("agent_offline", "new", true));
-    assert_eq!(dedup_key, p::offline_dedup_key(agent));
-    assert_eq!(fingerprint, p::offline_fingerprint(agent));
+    assert_eq!(dedup_key, storage::incidents::offline_dedup_key(agent));
+    assert_eq!(fingerprint, storage::incidents::offline_fingerprint(agent));
 
     let on = p::apply_transitions(
         &db.pool,

@@ -237,17 +237,19 @@ pub(crate) async fn incidents(
 ) -> ApiResult<Json<IncidentPage>> {
     let id = agent_id(&id)?;
     let limit = page_size(query.limit)?;
-    if let Some(status) = &query.status
-        && !["new", "analyzed", "acknowledged", "resolved"].contains(&status.as_str())
-    {
-        return Err(ApiError::bad_request(
-            "invalid-query",
-            "status must be new, analyzed, acknowledged or resolved",
-        ));
-    }
-    let rows =
-        storage::incidents::list_for_agent(&state.pool, &id, query.status.as_deref(), query.before, limit)
-            .await?;
+    let status = query
+        .status
+        .as_deref()
+        .map(|s| {
+            storage::incidents::IncidentStatus::parse(s).ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid-query",
+                    "status must be new, analyzed, acknowledged or resolved",
+                )
+            })
+        })
+        .transpose()?;
+    let rows = storage::incidents::list_for_agent(&state.pool, &id, status, query.before, limit).await?;
     // One query answers the common case; only an empty page needs to know whether the
     // agent exists at all (404) or simply has nothing to show.
     if rows.is_empty() {

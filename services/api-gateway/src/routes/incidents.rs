@@ -60,19 +60,17 @@ pub(crate) async fn patch(
     ApiJson(body): ApiJson<PatchIncident>,
 ) -> ApiResult<Json<IncidentView>> {
     let id = incident_id(id)?;
-    if body.status != "acknowledged" && body.status != "resolved" {
-        return Err(ApiError::bad_request("invalid-body", "status must be acknowledged or resolved"));
-    }
-    match storage::incidents::change_status(&state.pool, id, &body.status, &user.email).await? {
+    let target = storage::incidents::IncidentStatus::from(body.status);
+    match storage::incidents::change_status(&state.pool, id, target, &user.email).await? {
         storage::incidents::StatusChange::Changed(row) => {
-            tracing::info!(incident_id = id, status = %body.status, by = %user.email, "incident status changed");
+            tracing::info!(incident_id = id, status = %target, by = %user.email, "incident status changed");
             Ok(Json((*row).into()))
         }
         storage::incidents::StatusChange::NotFound => {
             Err(ApiError::NotFound(format!("incident {id} not found")))
         }
         storage::incidents::StatusChange::Refused { current } => {
-            Err(ApiError::Conflict(format!("incident {id} is {current}; it cannot become {}", body.status)))
+            Err(ApiError::Conflict(format!("incident {id} is {current}; it cannot become {target}")))
         }
     }
 }

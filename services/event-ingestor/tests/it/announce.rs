@@ -20,7 +20,7 @@ async fn stored_but_unannounced(stack: &test_support::Stack, event: &Event) -> i
         &[storage::incidents::NewEvent {
             event_id: event.event_id,
             agent_id: event.agent_id.clone(),
-            kind: event.kind.as_str().to_owned(),
+            kind: event.kind.clone(),
             severity: event.severity,
             source: event.source.clone(),
             raw_error: event.raw_error.clone(),

@@ -3,7 +3,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent_sim::Fleet;
-use event_ingestor::fingerprint::fingerprint;
+use storage::incidents::fingerprint;
 
 use crate::helpers::*;
 

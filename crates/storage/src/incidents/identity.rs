@@ -1,4 +1,5 @@
-//! The incident fingerprint: what makes two events "the same problem".
+//! What makes an incident: its fingerprint (what makes two events "the same
+//! problem"), its de-duplication key, and the `agent_offline` incidents' own.
 //!
 //! `fingerprint = sha256(agent_id ␟ kind ␟ source ␟ normalise(raw_error))`, hex.
 //!
@@ -84,6 +85,43 @@ pub fn fingerprint(agent_id: &str, kind: &str, source: &str, raw_error: &str) ->
         hasher.update(part.as_bytes());
     }
     hex::encode(hasher.finalize())
+}
+
+/// Incidents raised by the presence tracker carry this type.
+pub const OFFLINE_INCIDENT_TYPE: &str = "agent_offline";
+/// Who raises and resolves `agent_offline` incidents (their `source`).
+pub const TRACKER: &str = "presence-tracker";
+
+/// The key that keeps one `agent_offline` incident open per agent.
+pub fn offline_dedup_key(agent_id: &wire_models::AgentId) -> String {
+    format!("presence:{agent_id}")
+}
+
+/// The fingerprint of an agent's `agent_offline` incidents: SHA-256 (hex) of
+/// `agent_offline ␟ {agent_id}`, the separator the event fingerprints use.
+pub fn offline_fingerprint(agent_id: &wire_models::AgentId) -> String {
+    wire_models::sha256_hex(format!("{OFFLINE_INCIDENT_TYPE}\u{1f}{agent_id}").as_bytes())
+}
+
+/// An event on its way to becoming (or counting toward) an incident, with its identity:
+/// the fingerprint, and the key of "the same incident" (the fingerprint with
+/// de-duplication on, the event id with it off).
+pub fn new_event(event: wire_models::Event, dedup: bool) -> super::NewEvent {
+    let fingerprint =
+        fingerprint(event.agent_id.as_str(), event.kind.as_str(), &event.source, &event.raw_error);
+    let dedup_key = if dedup { fingerprint.clone() } else { event.event_id.to_string() };
+    super::NewEvent {
+        event_id: event.event_id,
+        agent_id: event.agent_id,
+        kind: event.kind,
+        severity: event.severity,
+        source: event.source,
+        raw_error: event.raw_error,
+        context: serde_json::Value::Object(event.context),
+        occurred_at: event.occurred_at,
+        fingerprint,
+        dedup_key,
+    }
 }
 
 #[cfg(test)]

@@ -1,20 +1,92 @@
-//! Incidents: written in bulk by the event-ingestor, read and updated by the API and
-//! the analyzer.
+//! Incidents, and their one owner: every write (the event-ingestor's bulk upsert, the
+//! presence tracker's `agent_offline` incidents, status changes, analyses' outcomes go
+//! through `analysis`), every read, and what identifies an incident ([`identity`]).
+
+pub mod identity;
+
+use std::fmt;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
-use wire_models::{AgentId, Severity};
+use wire_models::{AgentId, EventKind, Severity};
+
+pub use identity::{
+    OFFLINE_INCIDENT_TYPE, TRACKER, fingerprint, new_event, normalise, offline_dedup_key, offline_fingerprint,
+};
 
 use crate::StorageError;
 
-/// An event on its way to becoming (or counting toward) an incident.
+/// Where an incident is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IncidentStatus {
+    New,
+    Analyzed,
+    Acknowledged,
+    Resolved,
+}
+
+impl IncidentStatus {
+    pub const ALL: [IncidentStatus; 4] = [
+        IncidentStatus::New,
+        IncidentStatus::Analyzed,
+        IncidentStatus::Acknowledged,
+        IncidentStatus::Resolved,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IncidentStatus::New => "new",
+            IncidentStatus::Analyzed => "analyzed",
+            IncidentStatus::Acknowledged => "acknowledged",
+            IncidentStatus::Resolved => "resolved",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|status| status.as_str() == s)
+    }
+
+    /// The statuses an operator may move an incident from to `self` (acknowledge or
+    /// resolve); `None` for a status an operator does not set.
+    pub fn reachable_from(self) -> Option<&'static [IncidentStatus]> {
+        match self {
+            IncidentStatus::Acknowledged => Some(&[IncidentStatus::New, IncidentStatus::Analyzed]),
+            IncidentStatus::Resolved => {
+                Some(&[IncidentStatus::New, IncidentStatus::Analyzed, IncidentStatus::Acknowledged])
+            }
+            IncidentStatus::New | IncidentStatus::Analyzed => None,
+        }
+    }
+}
+
+impl fmt::Display for IncidentStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl TryFrom<String> for IncidentStatus {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        Self::parse(&s).ok_or_else(|| format!("unknown incident status {s:?}"))
+    }
+}
+
+/// Reads a stored severity (the column's CHECK allows exactly these).
+fn severity(s: &str) -> Result<Severity, StorageError> {
+    Severity::parse(s).ok_or_else(|| StorageError::Data(format!("unknown severity {s:?}")))
+}
+
+/// An event on its way to becoming (or counting toward) an incident; made by
+/// [`identity::new_event`], which gives it its fingerprint and dedup key.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
     pub event_id: Uuid,
     pub agent_id: AgentId,
-    pub kind: String,
+    pub kind: EventKind,
     pub severity: Severity,
     pub source: String,
     pub raw_error: String,
@@ -31,9 +103,9 @@ pub struct NewEvent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CreatedIncident {
     pub id: i64,
-    pub agent_id: String,
-    pub kind: String,
-    pub severity: String,
+    pub agent_id: AgentId,
+    pub kind: EventKind,
+    pub severity: Severity,
     pub is_critical: bool,
     pub fingerprint: String,
     pub created_at: DateTime<Utc>,
@@ -93,70 +165,28 @@ pub async fn ingest_events(pool: &PgPool, events: &[NewEvent]) -> Result<IngestO
     let dedup_keys: Vec<&str> = groups.iter().map(|e| e.dedup_key.as_str()).collect();
 
     let mut tx = pool.begin().await?;
-    let rows: Vec<UpsertRow> = sqlx::query_as(
-        r#"
-        WITH ev AS (
-            SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::timestamptz[]) AS t(event_id, grp, occurred_at)
-        ),
-        new_events AS (
-            INSERT INTO ingested_events (event_id)
-            SELECT event_id FROM ev
-            ON CONFLICT (event_id) DO NOTHING
-            RETURNING event_id
-        ),
-        counted AS (
-            SELECT ev.grp,
-                   count(*) AS n,
-                   min(ev.occurred_at) AS first_seen,
-                   max(ev.occurred_at) AS last_seen,
-                   (array_agg(ev.event_id ORDER BY ev.occurred_at, ev.event_id))[1] AS first_event
-            FROM new_events JOIN ev USING (event_id)
-            GROUP BY ev.grp
-        ),
-        grp AS (
-            SELECT * FROM UNNEST($4::text[], $5::text[], $6::text[], $7::text[], $8::jsonb[], $9::bool[],
-                                 $10::text[], $11::text[], $12::text[]) WITH ORDINALITY
-                AS g(agent_id, type, source, raw_error, context, is_critical, severity, fingerprint, dedup_key, grp)
-        )
-        INSERT INTO incidents AS inc (agent_id, type, source, raw_error, context, is_critical, severity,
-                                      status, event_id, fingerprint, dedup_key, occurrences,
-                                      first_seen_at, last_seen_at)
-        SELECT g.agent_id, g.type, g.source, g.raw_error, g.context, g.is_critical, g.severity,
-               'new', c.first_event, g.fingerprint, g.dedup_key, c.n, c.first_seen, c.last_seen
-        FROM counted c
-        JOIN grp g ON g.grp = c.grp
-        ORDER BY g.dedup_key
-        ON CONFLICT (dedup_key) WHERE status <> 'resolved'
-        DO UPDATE SET occurrences = inc.occurrences + EXCLUDED.occurrences,
-                      last_seen_at = GREATEST(inc.last_seen_at, EXCLUDED.last_seen_at),
-                      is_critical = inc.is_critical OR EXCLUDED.is_critical,
-                      updated_at = now()
-        RETURNING inc.id, inc.agent_id, inc.type, inc.severity, inc.is_critical, inc.fingerprint,
-                  inc.created_at, (inc.xmax = 0) AS inserted,
-                  (SELECT count(*) FROM new_events) AS new_events
-        "#,
-    )
-    .bind(&event_ids)
-    .bind(&event_groups)
-    .bind(&occurred)
-    .bind(&agent_ids)
-    .bind(&kinds)
-    .bind(&sources)
-    .bind(&raw_errors)
-    .bind(&contexts)
-    .bind(&criticals)
-    .bind(&severities)
-    .bind(&fingerprints)
-    .bind(&dedup_keys)
-    .fetch_all(&mut *tx)
-    .await?;
+    let rows: Vec<UpsertRow> = sqlx::query_as(sqlx::AssertSqlSafe(INGEST_SQL.as_str()))
+        .bind(&event_ids)
+        .bind(&event_groups)
+        .bind(&occurred)
+        .bind(&agent_ids)
+        .bind(&kinds)
+        .bind(&sources)
+        .bind(&raw_errors)
+        .bind(&contexts)
+        .bind(&criticals)
+        .bind(&severities)
+        .bind(&fingerprints)
+        .bind(&dedup_keys)
+        .fetch_all(&mut *tx)
+        .await?;
     tx.commit().await?;
 
     let mut outcome = IngestOutcome::default();
     for row in rows {
         outcome.new_events = u64::try_from(row.new_events).unwrap_or(0);
         if row.inserted {
-            outcome.created.push(row.into());
+            outcome.created.push(row.try_into()?);
         } else {
             outcome.updated += 1;
         }
@@ -186,7 +216,7 @@ pub async fn unannounced_by_events(
     .bind(event_ids)
     .fetch_all(pool)
     .await?;
-    Ok(rows.into_iter().map(Into::into).collect())
+    rows.into_iter().map(TryInto::try_into).collect()
 }
 
 #[derive(sqlx::FromRow)]
@@ -203,17 +233,20 @@ struct UpsertRow {
     new_events: i64,
 }
 
-impl From<UpsertRow> for CreatedIncident {
-    fn from(row: UpsertRow) -> Self {
-        CreatedIncident {
+impl TryFrom<UpsertRow> for CreatedIncident {
+    type Error = StorageError;
+    fn try_from(row: UpsertRow) -> Result<Self, StorageError> {
+        // Stored from validated events: a value that does not parse is corruption, and
+        // is reported as such rather than guessed at.
+        Ok(CreatedIncident {
             id: row.id,
-            agent_id: row.agent_id,
-            kind: row.kind,
-            severity: row.severity,
+            agent_id: AgentId::parse(&row.agent_id).map_err(|e| StorageError::Data(e.to_string()))?,
+            kind: EventKind::parse(&row.kind).map_err(|e| StorageError::Data(e.to_string()))?,
+            severity: severity(&row.severity)?,
             is_critical: row.is_critical,
             fingerprint: row.fingerprint,
             created_at: row.created_at,
-        }
+        })
     }
 }
 
@@ -228,8 +261,10 @@ pub struct IncidentRow {
     pub raw_error: String,
     pub context: Value,
     pub is_critical: bool,
-    pub severity: String,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub severity: Severity,
+    #[sqlx(try_from = "String")]
+    pub status: IncidentStatus,
     pub fingerprint: String,
     pub occurrences: i64,
     pub first_seen_at: DateTime<Utc>,
@@ -269,7 +304,7 @@ pub async fn get(pool: &PgPool, id: i64) -> Result<Option<IncidentRow>, StorageE
 pub async fn list_for_agent(
     pool: &PgPool,
     agent: &AgentId,
-    status: Option<&str>,
+    status: Option<IncidentStatus>,
     before: Option<i64>,
     limit: i64,
 ) -> Result<Vec<IncidentRow>, StorageError> {
@@ -280,7 +315,7 @@ pub async fn list_for_agent(
          ORDER BY id DESC LIMIT $4"
     )))
     .bind(agent.as_str())
-    .bind(status)
+    .bind(status.map(IncidentStatus::as_str))
     .bind(before)
     .bind(limit)
     .fetch_all(pool)
@@ -294,7 +329,7 @@ pub enum StatusChange {
     NotFound,
     /// The incident is in a status that cannot move there (e.g. already resolved).
     Refused {
-        current: String,
+        current: IncidentStatus,
     },
 }
 
@@ -303,14 +338,14 @@ pub enum StatusChange {
 pub async fn change_status(
     pool: &PgPool,
     id: i64,
-    target: &str,
+    target: IncidentStatus,
     actor: &str,
 ) -> Result<StatusChange, StorageError> {
-    let allowed_from: &[&str] = match target {
-        "acknowledged" => &["new", "analyzed"],
-        "resolved" => &["new", "analyzed", "acknowledged"],
-        _ => return Err(StorageError::Conflict(format!("unsupported target status {target}"))),
+    let Some(reachable_from) = target.reachable_from() else {
+        return Err(StorageError::Conflict(format!("an operator does not set status {target}")));
     };
+    let allowed_from: Vec<&str> = reachable_from.iter().map(|s| s.as_str()).collect();
+    let target = target.as_str();
     let row: Option<IncidentRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "UPDATE incidents SET status = $2, updated_at = now(),
              acknowledged_at = CASE WHEN $2 = 'acknowledged' THEN now() ELSE acknowledged_at END,
@@ -323,7 +358,7 @@ pub async fn change_status(
     .bind(id)
     .bind(target)
     .bind(actor)
-    .bind(allowed_from)
+    .bind(&allowed_from)
     .fetch_optional(pool)
     .await?;
     if let Some(row) = row {
@@ -335,7 +370,9 @@ pub async fn change_status(
         .await?;
     Ok(match current {
         None => StatusChange::NotFound,
-        Some(current) => StatusChange::Refused { current },
+        Some(current) => {
+            StatusChange::Refused { current: IncidentStatus::try_from(current).map_err(StorageError::Data)? }
+        }
     })
 }
 
@@ -347,4 +384,95 @@ pub async fn record_action(pool: &PgPool, id: i64, result: &Value) -> Result<(),
         .execute(pool)
         .await?;
     Ok(())
+}
+
+/// The bulk upsert of [`ingest_events`].
+static INGEST_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        r#"
+        WITH ev AS (
+            SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::timestamptz[]) AS t(event_id, grp, occurred_at)
+        ),
+        new_events AS (
+            INSERT INTO ingested_events (event_id)
+            SELECT event_id FROM ev
+            ON CONFLICT (event_id) DO NOTHING
+            RETURNING event_id
+        ),
+        counted AS (
+            SELECT ev.grp,
+                   count(*) AS n,
+                   min(ev.occurred_at) AS first_seen,
+                   max(ev.occurred_at) AS last_seen,
+                   (array_agg(ev.event_id ORDER BY ev.occurred_at, ev.event_id))[1] AS first_event
+            FROM new_events JOIN ev USING (event_id)
+            GROUP BY ev.grp
+        ),
+        grp AS (
+            SELECT * FROM UNNEST($4::text[], $5::text[], $6::text[], $7::text[], $8::jsonb[], $9::bool[],
+                                 $10::text[], $11::text[], $12::text[]) WITH ORDINALITY
+                AS g(agent_id, type, source, raw_error, context, is_critical, severity, fingerprint, dedup_key, grp)
+        )
+        INSERT INTO incidents AS inc ({columns})
+        SELECT g.agent_id, g.type, g.source, g.raw_error, g.context, g.is_critical, g.severity,
+               'new', c.first_event, g.fingerprint, g.dedup_key, c.n, c.first_seen, c.last_seen
+        FROM counted c
+        JOIN grp g ON g.grp = c.grp
+        ORDER BY g.dedup_key
+        ON CONFLICT (dedup_key) WHERE status <> 'resolved'
+        DO UPDATE SET occurrences = inc.occurrences + EXCLUDED.occurrences,
+                      last_seen_at = GREATEST(inc.last_seen_at, EXCLUDED.last_seen_at),
+                      is_critical = inc.is_critical OR EXCLUDED.is_critical,
+                      updated_at = now()
+        RETURNING inc.id, inc.agent_id, inc.type, inc.severity, inc.is_critical, inc.fingerprint,
+                  inc.created_at, (inc.xmax = 0) AS inserted,
+                  (SELECT count(*) FROM new_events) AS new_events
+"#,
+        columns = INSERT_COLUMNS
+    )
+});
+
+/// The columns an incident is inserted with, in this order, by every writer.
+const INSERT_COLUMNS: &str = "agent_id, type, source, raw_error, context, is_critical, severity, status, \
+    event_id, fingerprint, dedup_key, occurrences, first_seen_at, last_seen_at";
+
+/// The `agent_offline` incidents, opened and resolved in the presence tracker's
+/// transition statement (so a transition and its incident are one commit). `changed`
+/// names the CTE of agents that changed, with `id`, `changed_at`, `last_seen_at`,
+/// `threshold_secs`, `reason` and `fingerprint` columns; `enabled` is a boolean
+/// parameter.
+pub(crate) fn open_offline_cte(changed: &str, enabled: &str) -> String {
+    format!(
+        "opened AS (
+    INSERT INTO incidents AS inc ({INSERT_COLUMNS})
+    SELECT c.id, '{OFFLINE_INCIDENT_TYPE}', '{TRACKER}',
+           format('no heartbeat for %s s', c.threshold_secs),
+           jsonb_build_object('last_seen_at', c.last_seen_at, 'threshold_secs', c.threshold_secs,
+                              'reason', c.reason),
+           true, '{critical}', '{new}', gen_random_uuid(), c.fingerprint, 'presence:' || c.id, 1,
+           c.changed_at, c.changed_at
+    FROM {changed} c
+    WHERE {enabled}
+    ORDER BY c.id
+    ON CONFLICT (dedup_key) WHERE status <> '{resolved}' DO NOTHING
+    RETURNING inc.id, inc.agent_id
+)",
+        critical = Severity::Critical.as_str(),
+        new = IncidentStatus::New.as_str(),
+        resolved = IncidentStatus::Resolved.as_str(),
+    )
+}
+
+/// The resolving half of [`open_offline_cte`]: the agents in `changed` came back.
+pub(crate) fn resolve_offline_cte(changed: &str) -> String {
+    format!(
+        "resolved AS (
+    UPDATE incidents inc
+    SET status = '{resolved}', resolved_at = c.changed_at, resolved_by = '{TRACKER}', updated_at = now()
+    FROM {changed} c
+    WHERE inc.dedup_key = 'presence:' || c.id AND inc.status <> '{resolved}'
+    RETURNING inc.id, inc.agent_id
+)",
+        resolved = IncidentStatus::Resolved.as_str(),
+    )
 }
