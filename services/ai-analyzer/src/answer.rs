@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 use wire_models::Command;
 
 use crate::analyzer::DroppedAction;
-use crate::prompt::truncate_chars;
+use crate::text::truncate_chars;
 
 /// Longest analysis text kept, in characters.
 pub(crate) const MAX_ANALYSIS_CHARS: usize = 2000;

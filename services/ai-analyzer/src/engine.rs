@@ -14,7 +14,7 @@ use wire_models::AnalyzeOutcome;
 
 use crate::analyzer::{Analysis, Analyzer};
 use crate::cache::{AnalysisCache, CachedAnalysis};
-use crate::prompt::truncate_chars;
+use crate::text::truncate_chars;
 
 /// Longest failure reason recorded and replied.
 const MAX_REASON_CHARS: usize = 1000;

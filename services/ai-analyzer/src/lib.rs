@@ -19,6 +19,7 @@ pub mod openrouter;
 mod prompt;
 mod requests;
 pub mod rules;
+mod text;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -7,7 +7,7 @@ use serde_json::Value;
 use wire_models::{AnalyzeOutcome, IncidentCreated};
 
 use crate::engine::Outcome;
-use crate::prompt::truncate_chars;
+use crate::text::truncate_chars;
 
 /// What a notification says.
 #[derive(Debug, Clone, PartialEq)]

@@ -21,7 +21,7 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::analyzer::{Analysis, AnalyzeError, Analyzer};
-use crate::prompt::truncate_chars;
+use crate::text::truncate_chars;
 
 /// The analyzer name stored with OpenRouter answers.
 pub const NAME: &str = "openrouter";

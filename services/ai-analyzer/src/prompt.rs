@@ -13,6 +13,7 @@ use storage::analysis::AnalysisInput;
 use wire_models::CommandName;
 
 use crate::answer::MAX_ANALYSIS_CHARS;
+use crate::text::truncate_chars;
 
 /// Characters of the incident's error text put in the prompt.
 pub(crate) const MAX_RAW_ERROR_CHARS: usize = 4000;
@@ -168,14 +169,6 @@ fn bounded_context(context: &Value) -> Value {
         context.clone()
     } else {
         Value::String(format!("{} [cut]", truncate_chars(&text, MAX_CONTEXT_BYTES)))
-    }
-}
-
-/// At most `max` characters of `s` (never splitting a character).
-pub(crate) fn truncate_chars(s: &str, max: usize) -> String {
-    match s.char_indices().nth(max) {
-        Some((cut, _)) => s[..cut].to_owned(),
-        None => s.to_owned(),
     }
 }
 

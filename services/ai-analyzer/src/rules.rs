@@ -11,7 +11,7 @@ use storage::analysis::AnalysisInput;
 use wire_models::{Command, ServiceName};
 
 use crate::analyzer::{Analysis, AnalyzeError, Analyzer};
-use crate::prompt::truncate_chars;
+use crate::text::truncate_chars;
 
 /// What the rules recognise, tried in this order (the first match wins).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -15,7 +15,6 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
 use crate::error::ApiResult;
-use crate::state::AppState;
 
 /// How many distinct pages a replica keeps in memory; filters and cursors make the key
 /// space unbounded, so the oldest go first.
@@ -39,13 +38,15 @@ pub(crate) struct PageCache {
     ttl: Duration,
     local: moka::future::Cache<String, Entry>,
     loads: Loads,
+    redis: presence::Pool,
+    keys: presence::Keys,
 }
 
 impl PageCache {
-    pub(crate) fn new(ttl: Duration) -> Self {
+    pub(crate) fn new(ttl: Duration, redis: presence::Pool, keys: presence::Keys) -> Self {
         let local =
             moka::future::Cache::builder().max_capacity(LOCAL_PAGES).expire_after(UntilBuiltPlusTtl).build();
-        Self { ttl, local, loads: Loads::default() }
+        Self { ttl, local, loads: Loads::default(), redis, keys }
     }
 
     fn enabled(&self) -> bool {
@@ -54,11 +55,10 @@ impl PageCache {
 }
 
 /// Answers with the cached page named `name`, or builds it with `build` (a JSON body).
-pub(crate) async fn read_through<F>(state: &AppState, name: &str, build: F) -> ApiResult<Response>
+pub(crate) async fn read_through<F>(cache: &PageCache, name: &str, build: F) -> ApiResult<Response>
 where
     F: Future<Output = ApiResult<Vec<u8>>>,
 {
-    let cache = &state.page_cache;
     if !cache.enabled() {
         return Ok(json_response(Bytes::from(build.await?)));
     }
@@ -71,7 +71,7 @@ where
         count("local");
         return Ok(json_response(entry.body));
     }
-    let entry = match shared_get(state, name).await {
+    let entry = match shared_get(cache, name).await {
         Some(entry) => {
             count("shared");
             entry
@@ -79,7 +79,7 @@ where
         None => {
             count("miss");
             let body = Bytes::from(build.await?);
-            shared_put(state, name, &body, cache.ttl).await;
+            shared_put(cache, name, &body, cache.ttl).await;
             Entry { body, expires_at: Instant::now() + cache.ttl }
         }
     };
@@ -92,9 +92,9 @@ fn count(result: &'static str) {
 }
 
 /// The page as Redis holds it, with the time Redis has left on it.
-async fn shared_get(state: &AppState, name: &str) -> Option<Entry> {
-    let mut conn = state.redis.get().await.ok()?;
-    let key = state.keys.cache(name);
+async fn shared_get(cache: &PageCache, name: &str) -> Option<Entry> {
+    let mut conn = cache.redis.get().await.ok()?;
+    let key = cache.keys.cache(name);
     let (body, ttl_ms): (Option<Vec<u8>>, i64) =
         redis::pipe().cmd("GET").arg(&key).cmd("PTTL").arg(&key).query_async(&mut *conn).await.ok()?;
     // PTTL is negative when the key vanished between the two commands or has no expiry.
@@ -102,11 +102,11 @@ async fn shared_get(state: &AppState, name: &str) -> Option<Entry> {
     Some(Entry { body: Bytes::from(body?), expires_at: Instant::now() + left })
 }
 
-async fn shared_put(state: &AppState, name: &str, body: &[u8], ttl: Duration) {
-    let Ok(mut conn) = state.redis.get().await else { return };
+async fn shared_put(cache: &PageCache, name: &str, body: &[u8], ttl: Duration) {
+    let Ok(mut conn) = cache.redis.get().await else { return };
     let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(2000).max(1);
     let _: Result<(), _> = redis::cmd("SET")
-        .arg(state.keys.cache(name))
+        .arg(cache.keys.cache(name))
         .arg(body)
         .arg("PX")
         .arg(ttl_ms)

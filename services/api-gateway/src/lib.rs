@@ -11,17 +11,22 @@ mod config;
 mod error;
 mod extract;
 mod http;
+mod inventory_diff;
 mod nats_init;
+mod passwords;
 mod presence_view;
 mod ratelimit;
+mod requests;
 mod routes;
 mod rpc;
+mod sessions;
 mod state;
 mod views;
 
 pub use auth::Role;
 pub use config::{Command, Config, ServeArgs};
 pub use nats_init::NatsInitArgs;
+pub use requests::*;
 pub use views::*;
 
 use std::net::SocketAddr;
@@ -147,7 +152,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             agents_bucket: config.nats.agents_bucket.clone(),
             heartbeat_interval_secs: serve.agent_heartbeat_interval,
         },
-        page_cache: cache::PageCache::new(serve.cache_ttl),
+        page_cache: cache::PageCache::new(serve.cache_ttl, redis.clone(), config.redis.keys()),
         bus_auth: std::sync::Arc::clone(&bus_auth),
         default_offline_threshold: serve.offline_threshold,
     });

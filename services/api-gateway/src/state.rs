@@ -7,8 +7,8 @@ use std::time::Duration;
 use storage::PgPool;
 use wire_models::Subjects;
 
-use crate::auth::JwtKeys;
 use crate::ratelimit::RateLimiter;
+use crate::sessions::JwtKeys;
 
 #[derive(Clone)]
 pub(crate) struct AppState(Arc<Inner>);
@@ -22,9 +22,9 @@ pub(crate) struct Inner {
     pub(crate) subjects: Subjects,
     pub(crate) jwt: JwtKeys,
     pub(crate) limiter: RateLimiter,
-    pub(crate) users: crate::auth::UserCache,
+    pub(crate) users: crate::sessions::UserCache,
     /// Password hashing, bounded.
-    pub(crate) hasher: crate::auth::Hasher,
+    pub(crate) hasher: crate::passwords::Hasher,
     /// How long an execute waits for the agent's reply.
     pub(crate) rpc_timeout: Duration,
     /// How long an analyze waits for the analyzer.

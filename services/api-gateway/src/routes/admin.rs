@@ -11,6 +11,7 @@ use uuid::Uuid;
 use crate::auth::Admin;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::requests::*;
 use crate::routes::page_size;
 use crate::state::AppState;
 use crate::views::*;

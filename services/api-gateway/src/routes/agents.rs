@@ -1,16 +1,14 @@
-use std::collections::BTreeMap;
-
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
-use serde_json::Value;
 use utoipa::IntoParams;
 
 use crate::auth::{Admin, Operator, Viewer};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, agent_id};
 use crate::presence_view;
+use crate::requests::*;
 use crate::routes::page_size;
 use crate::state::AppState;
 use crate::views::*;
@@ -65,7 +63,7 @@ pub(crate) async fn list(
         )
     );
     // A hit is served as the stored bytes: no decoding and re-encoding of the page.
-    crate::cache::read_through(&state, &cache_key, async {
+    crate::cache::read_through(&state.page_cache, &cache_key, async {
         let rows = storage::agents::list(
             &state.pool,
             &storage::agents::AgentFilter {
@@ -259,121 +257,6 @@ pub(crate) async fn incidents(
     Ok(Json(IncidentPage { items: rows.into_iter().map(Into::into).collect(), next_cursor }))
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub(crate) struct PageQuery {
-    before: Option<i64>,
-    limit: Option<u32>,
-}
-
-/// An agent's inventory history (a row per change), newest first.
-#[utoipa::path(
-    get, path = "/api/v1/agents/{id}/inventory", tag = "agents", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Agent id"), PageQuery),
-    responses(
-        (status = 200, body = InventoryPage),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
-    )
-)]
-pub(crate) async fn inventory(
-    State(state): State<AppState>,
-    _viewer: Viewer,
-    ApiPath(id): ApiPath<String>,
-    ApiQuery(query): ApiQuery<PageQuery>,
-) -> ApiResult<Json<InventoryPage>> {
-    let id = agent_id(&id)?;
-    let limit = page_size(query.limit)?;
-    find_agent(&state, &id).await?;
-    let rows = storage::inventory::history(&state.pool, &id, query.before, limit).await?;
-    let next_cursor = (rows.len() as i64 == limit).then(|| rows.last().map(|r| r.id)).flatten();
-    Ok(Json(InventoryPage { items: rows.into_iter().map(Into::into).collect(), next_cursor }))
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub(crate) struct DiffQuery {
-    /// Id of the older snapshot.
-    from: i64,
-    /// Id of the newer snapshot.
-    to: i64,
-}
-
-/// What changed between two of an agent's snapshots.
-#[utoipa::path(
-    get, path = "/api/v1/agents/{id}/inventory/diff", tag = "agents", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Agent id"), DiffQuery),
-    responses(
-        (status = 200, body = InventoryDiff),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
-    )
-)]
-pub(crate) async fn inventory_diff(
-    State(state): State<AppState>,
-    _viewer: Viewer,
-    ApiPath(id): ApiPath<String>,
-    ApiQuery(query): ApiQuery<DiffQuery>,
-) -> ApiResult<Json<InventoryDiff>> {
-    let id = agent_id(&id)?;
-    let from = storage::inventory::get(&state.pool, &id, query.from).await?;
-    let to = storage::inventory::get(&state.pool, &id, query.to).await?;
-    let (Some(from), Some(to)) = (from, to) else {
-        return Err(ApiError::NotFound(format!(
-            "snapshot {} or {} of agent {id} not found",
-            query.from, query.to
-        )));
-    };
-    let mut changes = Vec::new();
-    diff_values("", &from.data, &to.data, &mut changes);
-    Ok(Json(InventoryDiff { from: from.id, to: to.id, changes }))
-}
-
-/// Structural diff; lists of objects with a `name` are compared by name.
-pub(crate) fn diff_values(path: &str, a: &Value, b: &Value, out: &mut Vec<InventoryChange>) {
-    let join = |key: &str| if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") };
-    match (a, b) {
-        (Value::Object(x), Value::Object(y)) => {
-            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
-            for key in keys {
-                match (x.get(key), y.get(key)) {
-                    (Some(va), Some(vb)) => diff_values(&join(key), va, vb, out),
-                    (Some(va), None) => out.push(change(join(key), "removed", Some(va.clone()), None)),
-                    (None, Some(vb)) => out.push(change(join(key), "added", None, Some(vb.clone()))),
-                    (None, None) => {}
-                }
-            }
-        }
-        (Value::Array(x), Value::Array(y)) if by_name(x).is_some() && by_name(y).is_some() => {
-            let (x, y) = (by_name(x).unwrap_or_default(), by_name(y).unwrap_or_default());
-            let names: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
-            for name in names {
-                match (x.get(name), y.get(name)) {
-                    (Some(va), Some(vb)) => diff_values(&join(name), va, vb, out),
-                    (Some(va), None) => out.push(change(join(name), "removed", Some((*va).clone()), None)),
-                    (None, Some(vb)) => out.push(change(join(name), "added", None, Some((*vb).clone()))),
-                    (None, None) => {}
-                }
-            }
-        }
-        (x, y) if x != y => out.push(change(path.to_owned(), "changed", Some(x.clone()), Some(y.clone()))),
-        _ => {}
-    }
-}
-
-fn by_name(items: &[Value]) -> Option<BTreeMap<String, &Value>> {
-    let mut map = BTreeMap::new();
-    for item in items {
-        let name = item.get("name")?.as_str()?;
-        if map.insert(name.to_owned(), item).is_some() {
-            return None;
-        }
-    }
-    Some(map)
-}
-
-fn change(path: String, op: &str, from: Option<Value>, to: Option<Value>) -> InventoryChange {
-    InventoryChange { path, op: op.to_owned(), from, to }
-}
-
 /// Runs an allow-listed command on the agent and returns its reply.
 #[utoipa::path(
     post, path = "/api/v1/agents/{id}/execute", tag = "agents", security(("bearer" = [])),
@@ -480,32 +363,4 @@ pub(crate) async fn presence(
             .collect(),
         next_cursor,
     }))
-}
-
-#[cfg(test)]
-mod tests {
-    use serde_json::json;
-
-    use super::diff_values;
-
-    #[test]
-    fn diffs_compare_named_items_by_name() {
-        let a = json!({"hostname": "h", "services": [{"name": "nginx", "state": "running"}, {"name": "cron", "state": "running"}],
-                       "packages": [{"name": "openssl", "version": "3.0.1"}], "meta": {"env": "prod"}});
-        let b = json!({"hostname": "h", "services": [{"name": "nginx", "state": "failed"}, {"name": "sshd", "state": "running"}],
-                       "packages": [{"name": "openssl", "version": "3.0.2"}], "meta": {"env": "prod", "team": "web"}});
-        let mut changes = Vec::new();
-        diff_values("", &a, &b, &mut changes);
-        let summary: Vec<(String, String)> = changes.iter().map(|c| (c.path.clone(), c.op.clone())).collect();
-        assert_eq!(
-            summary,
-            vec![
-                ("meta.team".to_owned(), "added".to_owned()),
-                ("packages.openssl.version".to_owned(), "changed".to_owned()),
-                ("services.cron".to_owned(), "removed".to_owned()),
-                ("services.nginx.state".to_owned(), "changed".to_owned()),
-                ("services.sshd".to_owned(), "added".to_owned()),
-            ]
-        );
-    }
 }

@@ -6,8 +6,9 @@ use crate::auth::{CurrentUser, Hasher, Role};
 use crate::client_ip::ClientIp;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::ApiJson;
+use crate::requests::LoginRequest;
 use crate::state::AppState;
-use crate::views::{LoginRequest, LoginResponse, UserView};
+use crate::views::{LoginResponse, UserView};
 
 /// Exchanges an email and password for a bearer token.
 #[utoipa::path(

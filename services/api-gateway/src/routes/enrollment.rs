@@ -14,6 +14,7 @@ use serde_json::json;
 use crate::client_ip::ClientIp;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::ApiJson;
+use crate::requests::*;
 use crate::state::AppState;
 use crate::views::*;
 

@@ -5,9 +5,10 @@ use wire_models::{AnalyzeOutcome, AnalyzeReply, AnalyzeRequest, PROTOCOL_VERSION
 use crate::auth::{Operator, Viewer};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{ApiJson, ApiPath};
+use crate::requests::{ExecuteSuggested, PatchIncident};
 use crate::routes::agents::{ensure_online, find_agent};
 use crate::state::AppState;
-use crate::views::{ExecuteSuggested, IncidentExecuteResponse, IncidentView, PatchIncident};
+use crate::views::{IncidentExecuteResponse, IncidentView};
 
 async fn load(state: &AppState, id: i64) -> ApiResult<storage::incidents::IncidentRow> {
     storage::incidents::get(&state.pool, id)

@@ -5,6 +5,7 @@ pub(crate) mod agents;
 pub(crate) mod auth;
 pub(crate) mod enrollment;
 pub(crate) mod incidents;
+pub(crate) mod inventory;
 
 use utoipa::OpenApi;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
@@ -137,8 +138,8 @@ pub(crate) fn api() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(agents::list))
         .routes(routes!(agents::get, agents::revoke))
         .routes(routes!(agents::incidents))
-        .routes(routes!(agents::inventory))
-        .routes(routes!(agents::inventory_diff))
+        .routes(routes!(inventory::inventory))
+        .routes(routes!(inventory::inventory_diff))
         .routes(routes!(agents::presence))
         .routes(routes!(agents::execute))
         .routes(routes!(incidents::get, incidents::patch))

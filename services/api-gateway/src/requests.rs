@@ -1,0 +1,208 @@
+//! What clients send: the request bodies, each checked by its handler before anything
+//! is spent or written. Bodies that carry a secret redact it in `Debug`.
+
+use serde::Deserialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use crate::auth::Role;
+
+// Request and response bodies that carry a password, a token, a seed or a signature
+// print "[REDACTED]" in its place: a body that ends up in a log line by `{:?}` must not
+// take its secret along.
+pub(crate) const REDACTED: &str = "[REDACTED]";
+
+pub(crate) fn redacted<T>(value: &Option<T>) -> Option<&'static str> {
+    value.as_ref().map(|_| REDACTED)
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct LoginRequest {
+    pub email: String,
+    pub password: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct PatchIncident {
+    pub status: TargetStatus,
+}
+
+/// What an operator may move an incident to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetStatus {
+    Acknowledged,
+    Resolved,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ExecuteRequest {
+    /// Optional; when given it must equal the agent id in the path.
+    pub agent_id: Option<String>,
+    /// An allow-listed command (`restart_service`, `service_status`, `ping`, ...).
+    pub command: String,
+    #[serde(default)]
+    pub params: Value,
+}
+
+/// The suggested action exactly as the operator was shown it.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ExecuteSuggested {
+    /// The suggestion's command (`restart_service`, ...).
+    pub command: String,
+    /// The suggestion's params.
+    #[serde(default)]
+    pub params: Value,
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct EnrollRequest {
+    /// An enrollment (bootstrap) token. Required for a machine not enrolled yet; a
+    /// request with a valid `proof` needs none.
+    #[schema(min_length = 1, max_length = 256)]
+    pub token: Option<String>,
+    /// Stable identity of the machine (e.g. /etc/machine-id). It is not a secret: it
+    /// finds the agent, and the `proof` shows the request comes from it.
+    #[schema(min_length = 8, max_length = 512)]
+    pub machine_fingerprint: String,
+    #[schema(min_length = 1, max_length = 253, pattern = "^[^\\s]+$")]
+    pub hostname: String,
+    /// An `U...` NKey the agent generated; when given, the response carries only a
+    /// JWT for it and the private seed never leaves the agent. It becomes the key on
+    /// record that later re-enrollments must prove.
+    #[schema(min_length = 56, max_length = 56, pattern = "^U[A-Z2-7]{55}$")]
+    pub nats_public_key: Option<String>,
+    /// Proof that the caller holds the key on record for this machine's agent.
+    pub proof: Option<EnrollProof>,
+}
+
+/// A signature, by the key on record, over
+/// `opspilot-enroll-v1\n{nonce}\n{sha256 hex of the fingerprint}\n{nats_public_key or empty}`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct EnrollProof {
+    /// The key on record (`U...`).
+    #[schema(min_length = 56, max_length = 56, pattern = "^U[A-Z2-7]{55}$")]
+    pub public_key: String,
+    /// A nonce from `POST /api/v1/agents/enroll/challenge`, good once.
+    #[schema(min_length = 16, max_length = 128, pattern = "^[A-Za-z0-9_-]+$")]
+    pub nonce: String,
+    /// The Ed25519 signature, base64url without padding.
+    #[schema(min_length = 86, max_length = 86, pattern = "^[A-Za-z0-9_-]+$")]
+    pub signature: String,
+}
+
+/// How to resolve an identity conflict.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ConflictResolution {
+    /// The agent now belongs to the presented key; its old keys are revoked.
+    Move,
+    /// The machine becomes a new agent (a cloned image).
+    Split,
+    /// Refuse the key for good.
+    Reject,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ResolveConflict {
+    pub resolution: ConflictResolution,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CreateToken {
+    pub name: String,
+    /// Lifetime in seconds (default 86400, at most 90 days).
+    pub expires_in_secs: Option<u64>,
+    /// How many enrollments it allows (default: unlimited until it expires).
+    pub max_uses: Option<u32>,
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct CreateUser {
+    pub email: String,
+    pub password: String,
+    pub role: Role,
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct UpdateUser {
+    pub role: Option<Role>,
+    pub disabled: Option<bool>,
+    pub password: Option<String>,
+}
+
+impl From<TargetStatus> for storage::incidents::IncidentStatus {
+    fn from(target: TargetStatus) -> Self {
+        match target {
+            TargetStatus::Acknowledged => storage::incidents::IncidentStatus::Acknowledged,
+            TargetStatus::Resolved => storage::incidents::IncidentStatus::Resolved,
+        }
+    }
+}
+
+impl std::fmt::Debug for LoginRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginRequest").field("email", &self.email).field("password", &REDACTED).finish()
+    }
+}
+
+impl std::fmt::Debug for CreateUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateUser")
+            .field("email", &self.email)
+            .field("password", &REDACTED)
+            .field("role", &self.role)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for UpdateUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpdateUser")
+            .field("role", &self.role)
+            .field("disabled", &self.disabled)
+            .field("password", &redacted(&self.password))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for EnrollRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnrollRequest")
+            .field("token", &redacted(&self.token))
+            .field("machine_fingerprint", &self.machine_fingerprint)
+            .field("hostname", &self.hostname)
+            .field("nats_public_key", &self.nats_public_key)
+            .field("proof", &self.proof)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_in_bodies_never_reach_debug_output() {
+        let secret = "hunter2-correct-horse-battery";
+        let texts = [
+            format!("{:?}", LoginRequest { email: "a@b.c".into(), password: secret.into() }),
+            format!("{:?}", CreateUser { email: "a@b.c".into(), password: secret.into(), role: Role::Admin }),
+            format!("{:?}", UpdateUser { role: None, disabled: None, password: Some(secret.into()) }),
+            format!(
+                "{:?}",
+                EnrollRequest {
+                    token: Some(secret.into()),
+                    machine_fingerprint: "m".into(),
+                    hostname: "h".into(),
+                    nats_public_key: None,
+                    proof: None,
+                }
+            ),
+        ];
+        for text in texts {
+            assert!(!text.contains(secret), "{text}");
+            assert!(text.contains(REDACTED), "{text}");
+        }
+    }
+}
