@@ -1,6 +1,8 @@
+use storage::redis::RedisConfig;
 use wire_models::AgentId;
 
-/// The Redis key layout. Every key starts with the configured prefix.
+/// The presence key layout. Every key starts with the configured prefix (the same
+/// `REDIS_PREFIX` as the generic families of `storage::redis::Keys`).
 ///
 /// | key                       | type       | holds                                                 |
 /// |---------------------------|------------|-------------------------------------------------------|
@@ -8,9 +10,6 @@ use wire_models::AgentId;
 /// | `{p}presence:deadlines`   | sorted set | agent id scored by its deadline (ms)                  |
 /// | `{p}presence:state`       | hash       | agent id -> `{state}:{since}:{last_seen}:{threshold}` |
 /// | `{p}presence:epoch`       | string     | random token; gone = Redis lost the presence data     |
-/// | `{p}rl:{scope}:{subject}` | string+TTL | rate-limit window counter                             |
-/// | `{p}cache:{name}`         | string+TTL | cached API reads and AI analyses                      |
-/// | `{p}nonce:enroll:{nonce}` | string+TTL | an unused enrollment challenge                        |
 ///
 /// Presence, in detail:
 /// - An agent's *deadline* is its last heartbeat plus its own threshold (its interval
@@ -33,6 +32,11 @@ pub struct Keys {
 impl Keys {
     pub fn new(prefix: &str) -> Self {
         Self { prefix: prefix.to_owned() }
+    }
+
+    /// The presence keys under the prefix the Redis settings name.
+    pub fn for_config(config: &RedisConfig) -> Self {
+        Self::new(&config.prefix)
     }
 
     pub fn prefix(&self) -> &str {
@@ -66,19 +70,6 @@ impl Keys {
     /// The token whose disappearance says Redis lost the presence data.
     pub fn epoch(&self) -> String {
         format!("{}presence:epoch", self.prefix)
-    }
-
-    pub fn rate_limit(&self, scope: &str, subject: &str) -> String {
-        format!("{}rl:{scope}:{subject}", self.prefix)
-    }
-
-    pub fn cache(&self, name: &str) -> String {
-        format!("{}cache:{name}", self.prefix)
-    }
-
-    /// An enrollment challenge, deleted when used (each nonce proves once).
-    pub fn enroll_nonce(&self, nonce: &str) -> String {
-        format!("{}nonce:enroll:{nonce}", self.prefix)
     }
 }
 

@@ -10,9 +10,10 @@ use std::time::Duration;
 use futures::StreamExt;
 use redis::aio::{PubSubSink, PubSubStream};
 use secrecy::ExposeSecret;
+use storage::redis::{RedisConfig, RedisError};
 use wire_models::AgentId;
 
-use crate::{Keys, PresenceError, RedisConfig};
+use crate::Keys;
 
 /// A dedicated pub/sub connection subscribed to `__keyevent@{db}__:expired`, yielding
 /// the agents whose TTL key (under this deployment's prefix) expired.
@@ -33,19 +34,19 @@ impl std::fmt::Debug for ExpiredKeys {
 impl ExpiredKeys {
     /// Connects (its own connection: a subscribed connection can do nothing else) and
     /// subscribes, within the configured timeout.
-    pub async fn subscribe(config: &RedisConfig) -> Result<Self, PresenceError> {
+    pub async fn subscribe(config: &RedisConfig) -> Result<Self, RedisError> {
         let client = redis::Client::open(config.url.expose_secret())
-            .map_err(|_| PresenceError::Config("REDIS_URL: not a valid redis:// URL".into()))?;
+            .map_err(|_| RedisError::Config("REDIS_URL: not a valid redis:// URL".into()))?;
         let channel = expired_channel(client.get_connection_info().redis_settings().db());
         let timeout = config.timeout;
         let pubsub = tokio::time::timeout(timeout, client.get_async_pubsub())
             .await
-            .map_err(|_| PresenceError::Timeout("opening the keyspace events connection"))??;
+            .map_err(|_| RedisError::Timeout("opening the keyspace events connection"))??;
         let (mut sink, stream) = pubsub.split();
         tokio::time::timeout(timeout, sink.subscribe(&channel))
             .await
-            .map_err(|_| PresenceError::Timeout("subscribing to keyspace events"))??;
-        Ok(Self { sink, stream, keys: config.keys(), channel, timeout })
+            .map_err(|_| RedisError::Timeout("subscribing to keyspace events"))??;
+        Ok(Self { sink, stream, keys: Keys::for_config(config), channel, timeout })
     }
 
     /// The channel subscribed to.
@@ -68,10 +69,10 @@ impl ExpiredKeys {
 
     /// Checks the connection is alive (a half-open TCP connection delivers nothing and
     /// reports no error).
-    pub async fn ping(&mut self) -> Result<(), PresenceError> {
+    pub async fn ping(&mut self) -> Result<(), RedisError> {
         let _: redis::Value = tokio::time::timeout(self.timeout, self.sink.ping())
             .await
-            .map_err(|_| PresenceError::Timeout("pinging the keyspace events connection"))??;
+            .map_err(|_| RedisError::Timeout("pinging the keyspace events connection"))??;
         Ok(())
     }
 }

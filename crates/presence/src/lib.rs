@@ -1,58 +1,23 @@
-//! Redis for OpsPilot: the pool (with timeouts), the key layout ([`Keys`]) and the
-//! presence store ([`PresenceStore`]). Presence is the main tenant (a TTL key per agent,
-//! a sorted set of deadlines and a state hash); rate limits and caches share the pool
-//! under their own key families.
+//! Presence for OpsPilot: the Redis key layout of presence ([`Keys`]), the store that
+//! decides who is live ([`PresenceStore`]) and the keyspace `expired` events that are
+//! the fast offline signal ([`ExpiredKeys`]). The pool, its error and the other key
+//! families (rate limits, caches) are `storage::redis`.
 
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
-mod config;
 mod keys;
 mod keyspace;
 mod store;
 
-pub use config::RedisConfig;
-pub use deadpool_redis::Pool;
 pub use keys::Keys;
 pub use keyspace::ExpiredKeys;
 pub use store::{AgentPresence, HeartbeatRecord, MAX_BATCH, PresenceStore, PresenceView, StateChange};
 
-/// What can go wrong talking to Redis.
-#[derive(Debug, thiserror::Error)]
-pub enum PresenceError {
-    #[error("invalid redis configuration: {0}")]
-    Config(String),
-    #[error("redis pool: {0}")]
-    Pool(String),
-    #[error("redis did not answer within the timeout: {0}")]
-    Timeout(&'static str),
-    #[error(transparent)]
-    Redis(#[from] redis::RedisError),
-}
-
-impl From<deadpool_redis::PoolError> for PresenceError {
-    fn from(err: deadpool_redis::PoolError) -> Self {
-        PresenceError::Pool(err.to_string())
-    }
-}
-
-/// Builds the pool and checks that Redis answers.
-pub async fn connect(config: &RedisConfig) -> Result<Pool, PresenceError> {
-    let pool = config.build_pool()?;
-    ping(&pool).await?;
-    tracing::info!(target = %config.display_target(), prefix = %config.prefix, "connected to redis");
-    Ok(pool)
-}
-
-/// Readiness probe.
-pub async fn ping(pool: &Pool) -> Result<(), PresenceError> {
-    let mut conn = pool.get().await?;
-    let _: String = redis::cmd("PING").query_async(&mut *conn).await?;
-    Ok(())
-}
+use storage::redis::{Pool, RedisError};
 
 /// Whether Redis sends keyspace `expired` events (`notify-keyspace-events` contains
 /// `E` or `K` together with `x` or `A`).
-pub async fn keyspace_expired_events_enabled(pool: &Pool) -> Result<bool, PresenceError> {
+pub async fn keyspace_expired_events_enabled(pool: &Pool) -> Result<bool, RedisError> {
     let mut conn = pool.get().await?;
     let reply: Vec<String> =
         redis::cmd("CONFIG").arg("GET").arg("notify-keyspace-events").query_async(&mut *conn).await?;
@@ -64,19 +29,6 @@ fn flags_send_expired_events(flags: &str) -> bool {
     let class = flags.contains('E') || flags.contains('K');
     let expired = flags.contains('x') || flags.contains('A');
     class && expired
-}
-
-/// A `/readyz` check for this pool.
-pub fn ready_check(
-    pool: Pool,
-) -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
-+ Send
-+ Sync
-+ 'static {
-    move || {
-        let pool = pool.clone();
-        Box::pin(async move { ping(&pool).await.map_err(|e| e.to_string()) })
-    }
 }
 
 #[cfg(test)]

@@ -12,11 +12,11 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use deadpool_redis::Pool;
 use redis::Script;
+use storage::redis::{Pool, RedisError};
 use wire_models::{AgentId, PresenceState};
 
-use crate::{Keys, PresenceError};
+use crate::Keys;
 
 /// Largest number of agents sent to Redis in one script call or command.
 pub const MAX_BATCH: usize = 1000;
@@ -236,9 +236,9 @@ impl PresenceStore {
     async fn timed<T>(
         &self,
         what: &'static str,
-        op: impl Future<Output = Result<T, PresenceError>>,
-    ) -> Result<T, PresenceError> {
-        tokio::time::timeout(self.timeout, op).await.map_err(|_| PresenceError::Timeout(what))?
+        op: impl Future<Output = Result<T, RedisError>>,
+    ) -> Result<T, RedisError> {
+        tokio::time::timeout(self.timeout, op).await.map_err(|_| RedisError::Timeout(what))?
     }
 
     /// Records a batch of heartbeats (see the layout at [`Keys`]); returns the agents
@@ -249,7 +249,7 @@ impl PresenceStore {
         &self,
         heartbeats: &[HeartbeatRecord],
         now_ms: i64,
-    ) -> Result<Vec<AgentId>, PresenceError> {
+    ) -> Result<Vec<AgentId>, RedisError> {
         let mut wake = Vec::new();
         for chunk in heartbeats.chunks(MAX_BATCH) {
             let mut invocation = RECORD.prepare_invoke();
@@ -274,7 +274,7 @@ impl PresenceStore {
 
     /// Everything Redis holds about `ids`, in order: state, since, last heartbeat,
     /// threshold and deadline. One pipelined round trip per [`MAX_BATCH`] agents.
-    pub async fn inspect(&self, ids: &[AgentId]) -> Result<Vec<AgentPresence>, PresenceError> {
+    pub async fn inspect(&self, ids: &[AgentId]) -> Result<Vec<AgentPresence>, RedisError> {
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(MAX_BATCH) {
             let mut pipe = redis::pipe();
@@ -301,7 +301,7 @@ impl PresenceStore {
 
     /// What the API shows for `ids`: agents with a decided state. Agents missing from
     /// the map are unknown to Redis; the caller falls back to Postgres for them.
-    pub async fn read(&self, ids: &[AgentId]) -> Result<HashMap<AgentId, PresenceView>, PresenceError> {
+    pub async fn read(&self, ids: &[AgentId]) -> Result<HashMap<AgentId, PresenceView>, RedisError> {
         Ok(self
             .inspect(ids)
             .await?
@@ -318,7 +318,7 @@ impl PresenceStore {
         now_ms: i64,
         offset: usize,
         limit: usize,
-    ) -> Result<Vec<(AgentId, i64)>, PresenceError> {
+    ) -> Result<Vec<(AgentId, i64)>, RedisError> {
         let found: Vec<(String, f64)> = self
             .timed("scanning deadlines", async {
                 let mut conn = self.pool.get().await?;
@@ -341,7 +341,7 @@ impl PresenceStore {
     }
 
     /// How many agents have a deadline after `now_ms` (heard from within their threshold).
-    pub async fn count_live(&self, now_ms: i64) -> Result<u64, PresenceError> {
+    pub async fn count_live(&self, now_ms: i64) -> Result<u64, RedisError> {
         self.timed("counting live agents", async {
             let mut conn = self.pool.get().await?;
             Ok(redis::cmd("ZCOUNT")
@@ -362,7 +362,7 @@ impl PresenceStore {
         state: PresenceState,
         changes: &[StateChange],
         now_ms: i64,
-    ) -> Result<Vec<AgentId>, PresenceError> {
+    ) -> Result<Vec<AgentId>, RedisError> {
         let mut raced = Vec::new();
         for chunk in changes.chunks(MAX_BATCH) {
             let mut invocation = MARK.prepare_invoke();
@@ -394,7 +394,7 @@ impl PresenceStore {
     /// never mirrored (Redis failing right then, the process dying), Redis does not keep
     /// claiming the old state: the next heartbeat or deadline scan raises the question
     /// again and Postgres answers it. Until then the API falls back to Postgres.
-    pub async fn unsettle(&self, ids: &[AgentId]) -> Result<(), PresenceError> {
+    pub async fn unsettle(&self, ids: &[AgentId]) -> Result<(), RedisError> {
         for chunk in ids.chunks(MAX_BATCH) {
             let mut invocation = UNSETTLE.prepare_invoke();
             invocation.key(self.keys.state());
@@ -412,7 +412,7 @@ impl PresenceStore {
     }
 
     /// Stops tracking agents entirely (removed from Postgres, say).
-    pub async fn forget(&self, ids: &[AgentId]) -> Result<(), PresenceError> {
+    pub async fn forget(&self, ids: &[AgentId]) -> Result<(), RedisError> {
         for chunk in ids.chunks(MAX_BATCH) {
             let names: Vec<&str> = chunk.iter().map(AgentId::as_str).collect();
             let mut pipe = redis::pipe();
@@ -433,7 +433,7 @@ impl PresenceStore {
     /// so the offline scan takes them up; tracked agents keep theirs. Used for agents
     /// Postgres believes online but Redis has no heartbeat for. Returns how many were
     /// added.
-    pub async fn track_untracked(&self, ids: &[AgentId], deadline_ms: i64) -> Result<u64, PresenceError> {
+    pub async fn track_untracked(&self, ids: &[AgentId], deadline_ms: i64) -> Result<u64, RedisError> {
         let mut added = 0;
         for chunk in ids.chunks(MAX_BATCH) {
             let mut cmd = redis::cmd("ZADD");
@@ -456,7 +456,7 @@ impl PresenceStore {
     /// token seen by the previous call (`None` on the first); returns `true` when the
     /// token changed since, i.e. Redis lost (or another writer reset) the presence data
     /// and it must be rebuilt. The first call only plants the token.
-    pub async fn check_epoch(&self, last: &mut Option<String>) -> Result<bool, PresenceError> {
+    pub async fn check_epoch(&self, last: &mut Option<String>) -> Result<bool, RedisError> {
         let token = uuid::Uuid::new_v4().simple().to_string();
         let current: String = self
             .timed("checking the presence epoch", async {

@@ -1,5 +1,6 @@
-//! Postgres for OpsPilot: the connection pool (with timeouts), the embedded
-//! migrations and the repositories every service shares.
+//! The stores OpsPilot shares: Postgres (the connection pool with timeouts, the embedded
+//! migrations and the repositories every service uses) and Redis ([`redis`]: the pool,
+//! its error and the generic key families).
 
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
@@ -14,6 +15,7 @@ mod error;
 pub mod incidents;
 pub mod inventory;
 pub mod presence;
+pub mod redis;
 pub mod tokens;
 pub mod users;
 

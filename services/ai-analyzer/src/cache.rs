@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use presence::{Keys, Pool, PresenceError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use storage::redis::{Keys, Pool, RedisError};
 use wire_models::Command;
 
 /// What is cached: a validated analysis and who produced it.
@@ -82,12 +82,12 @@ impl AnalysisCache {
         }
     }
 
-    async fn get_raw(&self, key: &str) -> Result<Option<String>, PresenceError> {
+    async fn get_raw(&self, key: &str) -> Result<Option<String>, RedisError> {
         let mut conn = self.pool.get().await?;
         Ok(redis::cmd("GET").arg(key).query_async(&mut *conn).await?)
     }
 
-    async fn put_raw(&self, key: &str, value: &str) -> Result<(), PresenceError> {
+    async fn put_raw(&self, key: &str, value: &str) -> Result<(), RedisError> {
         let mut conn = self.pool.get().await?;
         let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let () = redis::cmd("SET").arg(key).arg(value).arg("PX").arg(ttl_ms).query_async(&mut *conn).await?;

@@ -27,7 +27,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use natsbus::NatsConfig;
-use presence::RedisConfig;
 use reqwest::Url;
 use secrecy::{ExposeSecret, SecretString};
 use service_kit::admin::Readiness;
@@ -35,6 +34,7 @@ use service_kit::config::secret;
 use service_kit::service::{AdminArgs, Service};
 use service_kit::telemetry::TelemetryArgs;
 use storage::DbConfig;
+use storage::redis::RedisConfig;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -243,7 +243,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     natsbus::ensure_topology(&js, &topology).await?;
     let pool = storage::connect(&config.db).await?;
     storage::check_schema(&pool).await?;
-    let redis = presence::connect(&config.redis).await?;
+    let redis = storage::redis::connect(&config.redis).await?;
     match analyzer.model() {
         Some(model) => {
             tracing::info!(analyzer = analyzer.name(), model, base_url = %config.openrouter_base_url, "analyzing with the AI provider")
@@ -272,7 +272,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let readiness = Readiness::new()
         .with_check("postgres", storage::ready_check(pool.clone()))
         .with_check("nats", natsbus::ready_check(client.clone()))
-        .with_check("redis", presence::ready_check(redis.clone()));
+        .with_check("redis", storage::redis::ready_check(redis.clone()));
     let (admin_addr, admin) =
         service_kit::admin::spawn(config.admin.admin_addr(ADMIN_PORT), readiness, shutdown.clone()).await?;
 

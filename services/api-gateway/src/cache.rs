@@ -38,12 +38,12 @@ pub(crate) struct PageCache {
     ttl: Duration,
     local: moka::future::Cache<String, Entry>,
     loads: Loads,
-    redis: presence::Pool,
-    keys: presence::Keys,
+    redis: storage::redis::Pool,
+    keys: storage::redis::Keys,
 }
 
 impl PageCache {
-    pub(crate) fn new(ttl: Duration, redis: presence::Pool, keys: presence::Keys) -> Self {
+    pub(crate) fn new(ttl: Duration, redis: storage::redis::Pool, keys: storage::redis::Keys) -> Self {
         let local =
             moka::future::Cache::builder().max_capacity(LOCAL_PAGES).expire_after(UntilBuiltPlusTtl).build();
         Self { ttl, local, loads: Loads::default(), redis, keys }

@@ -2,11 +2,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use natsbus::NatsConfig;
-use presence::RedisConfig;
 use secrecy::{ExposeSecret, SecretString};
 use service_kit::config::parse_duration;
 use service_kit::telemetry::TelemetryArgs;
 use storage::DbConfig;
+use storage::redis::RedisConfig;
 
 use crate::auth::Role;
 

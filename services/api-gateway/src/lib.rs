@@ -110,7 +110,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let client = natsbus::connect_until(&nats, "api-gateway", &shutdown).await?;
     let pool = storage::connect(&config.db).await?;
     storage::check_schema(&pool).await?;
-    let redis = presence::connect(&config.redis).await?;
+    let redis = storage::redis::connect(&config.redis).await?;
     ensure_first_admin(&pool, &config).await?;
     let bus_auth = std::sync::Arc::new(bus_auth::BusAuth::start(&config.bus_auth, &config.nats).await?);
 
@@ -129,7 +129,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let state = state::AppState::new(state::Inner {
         pool: pool.clone(),
         redis: redis.clone(),
-        presence: presence::PresenceStore::new(redis.clone(), config.redis.keys()),
+        presence: presence::PresenceStore::new(redis.clone(), presence::Keys::for_config(&config.redis)),
         keys: config.redis.keys(),
         nats: client.clone(),
         subjects: config.nats.subjects(),
@@ -160,7 +160,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let readiness = Readiness::new()
         .with_check("postgres", storage::ready_check(pool.clone()))
         .with_check("nats", natsbus::ready_check(client.clone()))
-        .with_check("redis", presence::ready_check(redis.clone()));
+        .with_check("redis", storage::redis::ready_check(redis.clone()));
     let trust = client_ip::TrustProxy {
         networks: serve.trusted_proxies.as_ref().map(|n| n.0.clone()).unwrap_or_default(),
         one_hop: serve.trust_proxy,

@@ -32,8 +32,8 @@ pub(crate) struct Limits {
 }
 
 pub(crate) struct RateLimiter {
-    redis: presence::Pool,
-    keys: presence::Keys,
+    redis: storage::redis::Pool,
+    keys: storage::redis::Keys,
     limits: Limits,
     script: redis::Script,
     // Locked only to update one counter; never held across an await.
@@ -55,7 +55,7 @@ enum WhenRedisIsDown {
 }
 
 impl RateLimiter {
-    pub(crate) fn new(redis: presence::Pool, keys: presence::Keys, limits: Limits) -> Self {
+    pub(crate) fn new(redis: storage::redis::Pool, keys: storage::redis::Keys, limits: Limits) -> Self {
         Self { redis, keys, limits, script: redis::Script::new(SCRIPT), fallback: Mutex::new(HashMap::new()) }
     }
 
@@ -119,7 +119,7 @@ impl RateLimiter {
         }
     }
 
-    async fn peek(&self, key: &str) -> Result<(i64, i64), presence::PresenceError> {
+    async fn peek(&self, key: &str) -> Result<(i64, i64), storage::redis::RedisError> {
         let mut conn = self.redis.get().await?;
         let (count, ttl): (Option<i64>, i64) =
             redis::pipe().get(key).pttl(key).query_async(&mut *conn).await?;
@@ -182,7 +182,7 @@ impl RateLimiter {
         }
     }
 
-    async fn count(&self, key: &str, window: Duration) -> Result<(i64, i64), presence::PresenceError> {
+    async fn count(&self, key: &str, window: Duration) -> Result<(i64, i64), storage::redis::RedisError> {
         let mut conn = self.redis.get().await?;
         let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
         let (count, ttl): (i64, i64) = self.script.key(key).arg(window_ms).invoke_async(&mut *conn).await?;

@@ -15,9 +15,9 @@ pub(crate) struct AppState(Arc<Inner>);
 
 pub(crate) struct Inner {
     pub(crate) pool: PgPool,
-    pub(crate) redis: presence::Pool,
+    pub(crate) redis: storage::redis::Pool,
     pub(crate) presence: presence::PresenceStore,
-    pub(crate) keys: presence::Keys,
+    pub(crate) keys: storage::redis::Keys,
     pub(crate) nats: async_nats::Client,
     pub(crate) subjects: Subjects,
     pub(crate) jwt: JwtKeys,

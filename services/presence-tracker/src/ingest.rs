@@ -232,7 +232,7 @@ impl Ingest {
     async fn flush(
         &self,
         pending: &mut HashMap<AgentId, HeartbeatRecord>,
-    ) -> Result<(), presence::PresenceError> {
+    ) -> Result<(), storage::redis::RedisError> {
         let enrollment = self.known.check(&self.pool, pending.keys()).await;
         let mut batch = Vec::with_capacity(pending.len());
         let mut unknown = 0u64;

@@ -7,7 +7,8 @@ use service_kit::backoff::Backoff;
 use std::sync::Arc;
 use std::time::Duration;
 
-use presence::{ExpiredKeys, RedisConfig};
+use presence::ExpiredKeys;
+use storage::redis::RedisConfig;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use wire_models::{AgentId, PresenceState};
@@ -19,7 +20,11 @@ use crate::transitions::{Intent, Reason};
 const PING_EVERY: Duration = Duration::from_secs(5);
 
 /// Logs how offline detection will work, once, at start.
-pub(crate) async fn report_configuration(pool: &presence::Pool, enabled: bool, reconcile_interval: Duration) {
+pub(crate) async fn report_configuration(
+    pool: &storage::redis::Pool,
+    enabled: bool,
+    reconcile_interval: Duration,
+) {
     if !enabled {
         tracing::info!(
             ?reconcile_interval,

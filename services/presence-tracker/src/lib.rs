@@ -34,12 +34,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use natsbus::NatsConfig;
-use presence::RedisConfig;
 use service_kit::admin::Readiness;
 use service_kit::backoff::Backoff;
 use service_kit::service::{AdminArgs, Service};
 use service_kit::telemetry::TelemetryArgs;
 use storage::DbConfig;
+use storage::redis::RedisConfig;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -211,15 +211,15 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     natsbus::ensure_topology(&js, &topology).await?;
     let pool = storage::connect(&config.db).await?;
     storage::check_schema(&pool).await?;
-    let redis = presence::connect(&config.redis).await?;
-    let store =
-        presence::PresenceStore::new(redis.clone(), config.redis.keys()).with_timeout(config.redis.timeout);
+    let redis = storage::redis::connect(&config.redis).await?;
+    let store = presence::PresenceStore::new(redis.clone(), presence::Keys::for_config(&config.redis))
+        .with_timeout(config.redis.timeout);
     keyspace::report_configuration(&redis, config.keyspace_events, config.reconcile_interval).await;
 
     let readiness = Readiness::new()
         .with_check("postgres", storage::ready_check(pool.clone()))
         .with_check("nats", natsbus::ready_check(client.clone()))
-        .with_check("redis", presence::ready_check(redis.clone()));
+        .with_check("redis", storage::redis::ready_check(redis.clone()));
     let (admin_addr, admin) =
         service_kit::admin::spawn(config.admin.admin_addr(ADMIN_PORT), readiness, shutdown.clone()).await?;
 

@@ -1,5 +1,4 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(unused_crate_dependencies, unreachable_pub)]
 
-mod connect;
 mod store;

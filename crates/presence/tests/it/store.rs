@@ -1,7 +1,8 @@
 use std::time::Duration;
 
 use clap::Parser;
-use presence::{ExpiredKeys, HeartbeatRecord, PresenceStore, RedisConfig, StateChange};
+use presence::{ExpiredKeys, HeartbeatRecord, PresenceStore, StateChange};
+use storage::redis::RedisConfig;
 use wire_models::{AgentId, PresenceState};
 
 #[derive(Parser)]
@@ -28,8 +29,8 @@ impl TestStore {
             &prefix,
         ])
         .unwrap();
-        let pool = presence::connect(&args.redis).await.unwrap();
-        Self { store: PresenceStore::new(pool, args.redis.keys()), config: args.redis }
+        let pool = storage::redis::connect(&args.redis).await.unwrap();
+        Self { store: PresenceStore::new(pool, presence::Keys::for_config(&args.redis)), config: args.redis }
     }
 
     async fn conn(&self) -> redis::aio::MultiplexedConnection {
@@ -235,7 +236,9 @@ async fn a_lost_epoch_is_noticed_once() {
 #[tokio::test]
 async fn expired_ttl_keys_arrive_as_keyspace_events_for_this_prefix_only() {
     let t = TestStore::new().await;
-    if !presence::keyspace_expired_events_enabled(&presence::connect(&t.config).await.unwrap()).await.unwrap()
+    if !presence::keyspace_expired_events_enabled(&storage::redis::connect(&t.config).await.unwrap())
+        .await
+        .unwrap()
     {
         eprintln!("skipped: redis has notify-keyspace-events off");
         return;

@@ -6,3 +6,4 @@ mod credentials;
 mod migrations;
 mod pool;
 mod presence;
+mod redis;

@@ -337,7 +337,7 @@ async fn the_same_fingerprint_is_answered_from_the_cache_unless_forced() {
     );
 
     // The cache entry lives under the test's prefix, with a TTL of about a day.
-    let redis = presence::connect(&config(&stack, None, &[]).redis).await.unwrap();
+    let redis = storage::redis::connect(&config(&stack, None, &[]).redis).await.unwrap();
     let mut conn = redis.get().await.unwrap();
     let key = format!("{}cache:analysis:{}", stack.redis_prefix, same.fingerprint);
     let ttl: i64 = redis::cmd("TTL").arg(&key).query_async(&mut *conn).await.unwrap();

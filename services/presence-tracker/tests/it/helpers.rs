@@ -223,12 +223,12 @@ pub async fn redis_view(stack: &Stack, id: &AgentId) -> Option<presence::Presenc
     #[derive(Parser)]
     struct Args {
         #[command(flatten)]
-        redis: presence::RedisConfig,
+        redis: storage::redis::RedisConfig,
     }
     let mut argv = vec!["t".to_owned()];
     argv.extend(stack.redis_args());
     let args = Args::try_parse_from(argv).unwrap();
-    let pool = presence::connect(&args.redis).await.unwrap();
-    let store = presence::PresenceStore::new(pool, args.redis.keys());
+    let pool = storage::redis::connect(&args.redis).await.unwrap();
+    let store = presence::PresenceStore::new(pool, presence::Keys::for_config(&args.redis));
     store.read(std::slice::from_ref(id)).await.unwrap().remove(id)
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 use deadpool_redis::{Pool, Runtime, Timeouts};
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::{Keys, PresenceError};
+use super::{Keys, RedisError};
 
 /// Redis settings shared by every service.
 #[derive(Clone, clap::Args)]
@@ -68,7 +68,7 @@ impl RedisConfig {
 
     /// Checks the URL and prefix without connecting.
     pub fn validate(&self) -> Result<(), String> {
-        redis::Client::open(self.url.expose_secret())
+        ::redis::Client::open(self.url.expose_secret())
             .map_err(|_| "REDIS_URL: not a valid redis:// or rediss:// URL".to_owned())?;
         if self.prefix.chars().any(|c| c.is_whitespace() || c.is_control()) || self.prefix.len() > 64 {
             return Err("REDIS_PREFIX: at most 64 characters, no whitespace".into());
@@ -81,16 +81,16 @@ impl RedisConfig {
 
     /// `host:port` for logs, without credentials.
     pub fn display_target(&self) -> String {
-        redis::Client::open(self.url.expose_secret())
+        ::redis::Client::open(self.url.expose_secret())
             .map(|c| c.get_connection_info().addr().to_string())
             .unwrap_or_else(|_| "invalid".into())
     }
 
-    pub fn build_pool(&self) -> Result<Pool, PresenceError> {
+    pub fn build_pool(&self) -> Result<Pool, RedisError> {
         let config = deadpool_redis::Config::from_url(self.url.expose_secret());
         config
             .builder()
-            .map_err(|_| PresenceError::Config("REDIS_URL: not a valid redis:// URL".into()))?
+            .map_err(|_| RedisError::Config("REDIS_URL: not a valid redis:// URL".into()))?
             .max_size(self.pool_size)
             .timeouts(Timeouts {
                 wait: Some(self.timeout),
@@ -99,6 +99,6 @@ impl RedisConfig {
             })
             .runtime(Runtime::Tokio1)
             .build()
-            .map_err(|e| PresenceError::Config(e.to_string()))
+            .map_err(|e| RedisError::Config(e.to_string()))
     }
 }

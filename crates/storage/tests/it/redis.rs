@@ -6,10 +6,10 @@ use test_support::RedisServer;
 #[derive(clap::Parser)]
 struct Args {
     #[command(flatten)]
-    redis: presence::RedisConfig,
+    redis: storage::redis::RedisConfig,
 }
 
-fn config(url: &str) -> presence::RedisConfig {
+fn config(url: &str) -> storage::redis::RedisConfig {
     Args::try_parse_from(["test", "--redis-url", url]).unwrap().redis
 }
 
@@ -21,12 +21,12 @@ async fn a_password_protected_redis_needs_the_password() {
     let good = config(&format!("redis://:s3cret-redis-password@127.0.0.1:{port}"));
     good.validate().unwrap();
     good.check_secrets(false).unwrap();
-    let pool = presence::connect(&good).await.unwrap();
-    presence::ping(&pool).await.unwrap();
+    let pool = storage::redis::connect(&good).await.unwrap();
+    storage::redis::ping(&pool).await.unwrap();
     let wrong = config(&format!("redis://:wrong@127.0.0.1:{port}"));
-    assert!(presence::connect(&wrong).await.is_err());
+    assert!(storage::redis::connect(&wrong).await.is_err());
     let none = config(&format!("redis://127.0.0.1:{port}"));
-    assert!(presence::connect(&none).await.is_err());
+    assert!(storage::redis::connect(&none).await.is_err());
     // A shipped placeholder is refused before anything connects.
     let placeholder = config(&format!("redis://:REPLACE-ME-redis@127.0.0.1:{port}"));
     assert!(placeholder.check_secrets(false).unwrap_err().starts_with("REDIS_URL:"));
@@ -42,15 +42,17 @@ async fn rediss_urls_speak_tls() {
     let url = format!("rediss://:tls-redis-password@127.0.0.1:{port}/#insecure");
     let tls = config(&url);
     tls.validate().unwrap();
-    let pool = presence::connect(&tls).await.unwrap();
-    presence::ping(&pool).await.unwrap();
+    let pool = storage::redis::connect(&tls).await.unwrap();
+    storage::redis::ping(&pool).await.unwrap();
     // Plain text to a TLS port does not get through...
     assert!(
-        presence::connect(&config(&format!("redis://:tls-redis-password@127.0.0.1:{port}"))).await.is_err()
+        storage::redis::connect(&config(&format!("redis://:tls-redis-password@127.0.0.1:{port}")))
+            .await
+            .is_err()
     );
     // ...and with checks on, an unknown CA is refused.
     let checked = config(&format!("rediss://:tls-redis-password@127.0.0.1:{port}"));
-    assert!(presence::connect(&checked).await.is_err());
+    assert!(storage::redis::connect(&checked).await.is_err());
     // Turning the checks off is for development only.
     assert!(tls.check_secrets(false).unwrap_err().contains("#insecure"));
     tls.check_secrets(true).unwrap();

@@ -1,0 +1,57 @@
+//! Redis for OpsPilot: the pool every service shares (with timeouts), its error, and the
+//! generic key families (rate limits, caches, single-use nonces). Presence keeps its own
+//! key layout and store in the `presence` crate; this is the plumbing under both.
+
+mod config;
+mod keys;
+
+pub use config::RedisConfig;
+pub use deadpool_redis::Pool;
+pub use keys::Keys;
+
+/// What can go wrong talking to Redis.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisError {
+    #[error("invalid redis configuration: {0}")]
+    Config(String),
+    #[error("redis pool: {0}")]
+    Pool(String),
+    #[error("redis did not answer within the timeout: {0}")]
+    Timeout(&'static str),
+    #[error(transparent)]
+    Redis(#[from] ::redis::RedisError),
+}
+
+impl From<deadpool_redis::PoolError> for RedisError {
+    fn from(err: deadpool_redis::PoolError) -> Self {
+        RedisError::Pool(err.to_string())
+    }
+}
+
+/// Builds the pool and checks that Redis answers.
+pub async fn connect(config: &RedisConfig) -> Result<Pool, RedisError> {
+    let pool = config.build_pool()?;
+    ping(&pool).await?;
+    tracing::info!(target = %config.display_target(), prefix = %config.prefix, "connected to redis");
+    Ok(pool)
+}
+
+/// Readiness probe.
+pub async fn ping(pool: &Pool) -> Result<(), RedisError> {
+    let mut conn = pool.get().await?;
+    let _: String = ::redis::cmd("PING").query_async(&mut *conn).await?;
+    Ok(())
+}
+
+/// A `/readyz` check for this pool.
+pub fn ready_check(
+    pool: Pool,
+) -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
++ Send
++ Sync
++ 'static {
+    move || {
+        let pool = pool.clone();
+        Box::pin(async move { ping(&pool).await.map_err(|e| e.to_string()) })
+    }
+}
