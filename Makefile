@@ -45,7 +45,7 @@ chaos: ## faults under load with exact accounting, hostile input, fuzzing, secre
 	$(CARGO) build --workspace --bins --release
 	@source .stack/env && target/release/opspilot-chaos $(CHAOS_ARGS)
 
-bench: ## benchmarks against same-run baselines; writes bench/results/latest.json
+bench: ## benchmarks against same-run baselines; writes tools/bench/results/latest.json
 	@scripts/bench.sh $(BENCH_ARGS)
 
 deploy-check: ## validate docker-compose.yml, deploy/k8s and deploy/Dockerfile (no Docker needed)

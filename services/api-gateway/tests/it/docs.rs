@@ -51,7 +51,7 @@ fn every_test_the_security_document_cites_exists() {
     let root = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
     let doc = std::fs::read_to_string(root.join("docs/SECURITY.md")).unwrap();
     let mut sources = String::new();
-    let mut dirs = vec![root.join("crates"), root.join("services"), root.join("chaos")];
+    let mut dirs = vec![root.join("crates"), root.join("services"), root.join("tools")];
     while let Some(dir) = dirs.pop() {
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();

@@ -47,7 +47,7 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_value = "ingest,inventory,presence,actions,reads,footprint")]
     only: Vec<String>,
     /// Where to write the results.
-    #[arg(long, default_value = "bench/results")]
+    #[arg(long, default_value = "tools/bench/results")]
     out: std::path::PathBuf,
 }
 
