@@ -30,6 +30,30 @@ pub async fn assert_starts_and_stops(
     assert!(output.contains("\"stopped\""), "{output}");
 }
 
+/// The in-process half of the contract, for a service started with `start(config,
+/// shutdown)`: `{base}/healthz` answers 200, `{base}/readyz` answers 200 with each of
+/// `checks` "ok", and once `shutdown` is cancelled `stopped` (the service's
+/// `Running::wait`) ends cleanly within ten seconds.
+pub async fn assert_ready_then_stops<E: std::fmt::Debug>(
+    base: &str,
+    checks: &[&str],
+    shutdown: &tokio_util::sync::CancellationToken,
+    stopped: impl std::future::Future<Output = Result<(), E>>,
+) {
+    let health = reqwest::get(format!("{base}/healthz")).await.expect("GET healthz");
+    assert_eq!(health.status(), 200);
+    let ready = reqwest::get(format!("{base}/readyz")).await.expect("GET readyz");
+    assert_eq!(ready.status(), 200);
+    let body: serde_json::Value = ready.json().await.expect("readyz as JSON");
+    assert_eq!(body["status"], "ready", "{body}");
+    for check in checks {
+        assert_eq!(body["checks"][check], "ok", "{check}: {body}");
+    }
+    shutdown.cancel();
+    let result = tokio::time::timeout(Duration::from_secs(10), stopped).await.expect("stopped within 10 s");
+    assert!(result.is_ok(), "the service stopped with an error: {result:?}");
+}
+
 /// Runs `binary` with `var=value` added to `env` and expects exit code 64 and a single
 /// stderr line that names `var`.
 pub async fn assert_config_error(binary: &Path, env: &[(&str, String)], var: &'static str, value: &str) {

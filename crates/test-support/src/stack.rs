@@ -116,6 +116,52 @@ impl Stack {
         async_nats::jetstream::new(self.client().await)
     }
 
+    /// Every message in the dead-letter stream when called, oldest first: (original
+    /// subject, reason, payload), however many it holds.
+    pub async fn dead_letters(&self) -> Vec<(String, String, Vec<u8>)> {
+        use futures::StreamExt as _;
+        let js = self.jetstream().await;
+        let mut stream = js.get_stream(&self.topology.dlq_stream).await.expect("the dead-letter stream");
+        let held = stream.info().await.expect("dead-letter stream info").state.messages;
+        let consumer = stream
+            .create_consumer(async_nats::jetstream::consumer::pull::Config::default())
+            .await
+            .expect("an ephemeral dead-letter reader");
+        let mut out = Vec::new();
+        while (out.len() as u64) < held {
+            let mut batch = consumer
+                .fetch()
+                .max_messages(1000)
+                .expires(std::time::Duration::from_millis(500))
+                .messages()
+                .await
+                .expect("fetching dead letters");
+            let before = out.len();
+            while let Some(msg) = batch.next().await {
+                let msg = msg.expect("a dead letter");
+                let headers = msg.headers.clone().unwrap_or_default();
+                let get = |name: &str| headers.get(name).map(|v| v.as_str().to_owned()).unwrap_or_default();
+                out.push((
+                    get(wire_models::HEADER_DLQ_SUBJECT),
+                    get(wire_models::HEADER_DLQ_REASON),
+                    msg.payload.to_vec(),
+                ));
+            }
+            // Letters aged out (DiscardOld) between the count and the read.
+            if out.len() == before {
+                break;
+            }
+        }
+        out
+    }
+
+    /// How many messages the dead-letter stream holds.
+    pub async fn dead_letter_count(&self) -> u64 {
+        let js = self.jetstream().await;
+        let mut stream = js.get_stream(&self.topology.dlq_stream).await.expect("the dead-letter stream");
+        stream.info().await.expect("dead-letter stream info").state.messages
+    }
+
     /// A client with every permission, for the test itself.
     pub async fn client(&self) -> async_nats::Client {
         self.client_as(&Identity::Superuser).await

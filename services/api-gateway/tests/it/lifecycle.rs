@@ -34,13 +34,8 @@ async fn starts_reports_ready_and_stops_in_process() {
     let running = api_gateway::start(config, shutdown.clone()).await.unwrap();
 
     let base = format!("http://{}", running.addr);
-    assert_eq!(reqwest::get(format!("{base}/healthz")).await.unwrap().status(), 200);
-    let ready: serde_json::Value =
-        reqwest::get(format!("{base}/readyz")).await.unwrap().json().await.unwrap();
-    assert_eq!(ready["status"], "ready", "{ready}");
-
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), running.wait()).await.unwrap().unwrap();
+    lifecycle::assert_ready_then_stops(&base, &["postgres", "nats", "redis"], &shutdown, running.wait())
+        .await;
 }
 
 #[tokio::test]

@@ -75,7 +75,7 @@ async fn each_kind_of_bad_input_is_dead_lettered_with_its_reason() {
     wait_drained(&stack, &stack.topology.events_stream, "event-ingestor", Duration::from_secs(30)).await;
     stop(running, shutdown).await;
 
-    let letters = dead_letters(&stack).await;
+    let letters = stack.dead_letters().await;
     assert_eq!(letters.len(), cases.len(), "{:?}", letters.iter().map(|l| (&l.0, &l.1)).collect::<Vec<_>>());
     for (subject, payload, reason) in &cases {
         // An oversize payload is parked cut to DLQ_MAX_PAYLOAD (64 KiB by default).
@@ -110,7 +110,7 @@ async fn a_database_refusal_parks_only_the_offending_event() {
     wait_drained(&stack, &stack.topology.events_stream, "event-ingestor", Duration::from_secs(30)).await;
     stop(running, shutdown).await;
     assert_eq!(scalar(&stack, "SELECT count(*) FROM incidents").await, 2);
-    let letters = dead_letters(&stack).await;
+    let letters = stack.dead_letters().await;
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].1, "storage_rejected");
 }
@@ -143,7 +143,7 @@ async fn a_message_that_keeps_failing_is_dead_lettered_after_max_deliveries() {
     let letters = test_support::eventually(Duration::from_secs(15), "the max-deliveries dead letter", || {
         let stack = &stack;
         async move {
-            let letters = dead_letters(stack).await;
+            let letters = stack.dead_letters().await;
             (!letters.is_empty()).then_some(letters)
         }
     })

@@ -44,7 +44,7 @@ async fn a_killed_ingestor_loses_and_duplicates_nothing() {
 
     assert_eq!(scalar(&stack, "SELECT count(*) FROM ingested_events").await, 20_000);
     assert_eq!(scalar(&stack, "SELECT sum(occurrences)::bigint FROM incidents").await, 20_000);
-    assert!(dead_letters(&stack).await.is_empty());
+    assert!(stack.dead_letters().await.is_empty());
 }
 
 /// Postgres unreachable in the middle of a run, then back: everything arrives and
@@ -73,7 +73,7 @@ async fn postgres_down_mid_run_delays_but_loses_nothing() {
     stop(running, shutdown).await;
     assert_eq!(scalar(&stack, "SELECT count(*) FROM ingested_events").await, 3_000);
     assert_eq!(scalar(&stack, "SELECT sum(occurrences)::bigint FROM incidents").await, 3_000);
-    assert!(dead_letters(&stack).await.is_empty(), "a transient failure must never dead-letter");
+    assert!(stack.dead_letters().await.is_empty(), "a transient failure must never dead-letter");
 }
 
 /// SIGTERM while busy: the batch in flight is finished and acknowledged, the process

@@ -85,24 +85,3 @@ pub async fn announced(stack: &Stack) -> Vec<i64> {
     ids.sort_unstable();
     ids
 }
-
-/// Every message in the dead-letter stream: (original subject, reason, payload).
-pub async fn dead_letters(stack: &Stack) -> Vec<(String, String, Vec<u8>)> {
-    let js = stack.jetstream().await;
-    let stream = js.get_stream(&stack.topology.dlq_stream).await.unwrap();
-    let consumer = stream.create_consumer(pull::Config::default()).await.unwrap();
-    let mut out = Vec::new();
-    let mut batch =
-        consumer.fetch().max_messages(10_000).expires(Duration::from_millis(500)).messages().await.unwrap();
-    while let Some(msg) = batch.next().await {
-        let msg = msg.unwrap();
-        let headers = msg.headers.clone().unwrap_or_default();
-        let get = |name: &str| headers.get(name).map(|v| v.as_str().to_owned()).unwrap_or_default();
-        out.push((
-            get(wire_models::HEADER_DLQ_SUBJECT),
-            get(wire_models::HEADER_DLQ_REASON),
-            msg.payload.to_vec(),
-        ));
-    }
-    out
-}

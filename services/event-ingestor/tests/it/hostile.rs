@@ -240,7 +240,7 @@ async fn a_hostile_corpus_on_every_agent_subject_is_dead_lettered_or_deduplicate
     assert_eq!(ready.status(), 200, "the ingestor is not ready after the corpus");
 
     // Every hostile message dead-lettered exactly once, with an allowed reason.
-    let mut letters = dead_letters(&stack).await;
+    let mut letters = stack.dead_letters().await;
     let mut unmatched = Vec::new();
     for c in &cases {
         let found = letters

@@ -119,7 +119,7 @@ async fn bad_inventory_is_dead_lettered() {
     wait_drained(&stack, &stack.topology.inventory_stream, "inventory-ingestor", Duration::from_secs(30))
         .await;
     stop(running, shutdown).await;
-    let mut reasons: Vec<String> = dead_letters(&stack).await.into_iter().map(|l| l.1).collect();
+    let mut reasons: Vec<String> = stack.dead_letters().await.into_iter().map(|l| l.1).collect();
     reasons.sort();
     assert_eq!(reasons, vec!["agent_mismatch".to_owned(), "invalid_message".to_owned()]);
     assert_eq!(history(&stack).await.len(), 1);

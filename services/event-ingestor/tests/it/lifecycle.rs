@@ -1,5 +1,4 @@
 use std::path::Path;
-use std::time::Duration;
 
 use clap::Parser;
 use event_ingestor::Config;
@@ -17,19 +16,10 @@ async fn starts_reports_ready_and_stops_in_process() {
     let shutdown = CancellationToken::new();
     let running = event_ingestor::start(config, shutdown.clone()).await.unwrap();
 
-    let base = format!("http://{}", running.admin_addr);
-    assert_eq!(reqwest::get(format!("{base}/healthz")).await.unwrap().status(), 200);
-    let ready = reqwest::get(format!("{base}/readyz")).await.unwrap();
-    assert_eq!(ready.status(), 200);
-    let body: serde_json::Value = ready.json().await.unwrap();
-    assert_eq!(body["checks"]["postgres"], "ok");
-    assert_eq!(body["checks"]["nats"], "ok");
     // The topology exists once the service is ready.
-    let js = stack.jetstream().await;
-    js.get_stream(&stack.topology.events_stream).await.unwrap();
-
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), running.wait()).await.unwrap().unwrap();
+    stack.jetstream().await.get_stream(&stack.topology.events_stream).await.unwrap();
+    let base = format!("http://{}", running.admin_addr);
+    lifecycle::assert_ready_then_stops(&base, &["postgres", "nats"], &shutdown, running.wait()).await;
 }
 
 #[tokio::test]

@@ -63,7 +63,7 @@ async fn two_replicas_ingest_twenty_thousand_events_exactly_once() {
     for (fp, occurrences) in rows {
         assert_eq!(expected.get(&fp), Some(&occurrences), "fingerprint {fp}");
     }
-    assert!(dead_letters(&stack).await.is_empty());
+    assert!(stack.dead_letters().await.is_empty());
 }
 
 /// With de-duplication off every event is its own incident, still exactly once.

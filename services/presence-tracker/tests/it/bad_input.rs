@@ -27,7 +27,7 @@ async fn bad_heartbeats_are_dead_lettered_and_the_tracker_keeps_going() {
     wait_status(&stack, &good.id, "online", Duration::from_secs(5)).await;
 
     let letters = test_support::eventually(Duration::from_secs(10), "three dead letters", || async {
-        let letters = dead_letters(&stack).await;
+        let letters = stack.dead_letters().await;
         (letters.len() >= cases.len()).then_some(letters)
     })
     .await;
@@ -60,6 +60,6 @@ async fn heartbeats_of_agents_that_are_not_enrolled_are_ignored() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(scalar(&stack, "SELECT count(*) FROM presence_transitions").await, 1);
     assert!(redis_view(&stack, &stranger.id).await.is_none());
-    assert!(dead_letters(&stack).await.is_empty(), "strangers are ignored, not dead-lettered");
+    assert!(stack.dead_letters().await.is_empty(), "strangers are ignored, not dead-lettered");
     stop(running, shutdown).await;
 }

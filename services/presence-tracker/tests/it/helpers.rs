@@ -2,7 +2,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agent_sim::{Bus, SimAgent};
-use async_nats::jetstream::consumer::pull;
 use clap::Parser;
 use futures::StreamExt;
 use presence_tracker::{Config, Running};
@@ -188,34 +187,6 @@ impl Changes {
     pub fn all(&self) -> Vec<PresenceChanged> {
         self.0.lock().unwrap().clone()
     }
-}
-
-/// Every message in the dead-letter stream: (original subject, reason, payload).
-pub async fn dead_letters(stack: &Stack) -> Vec<(String, String, Vec<u8>)> {
-    let js = stack.jetstream().await;
-    let stream = js.get_stream(&stack.topology.dlq_stream).await.unwrap();
-    let consumer = stream.create_consumer(pull::Config::default()).await.unwrap();
-    let mut out = Vec::new();
-    let mut batch =
-        consumer.fetch().max_messages(1000).expires(Duration::from_millis(500)).messages().await.unwrap();
-    while let Some(msg) = batch.next().await {
-        let msg = msg.unwrap();
-        let headers = msg.headers.clone().unwrap_or_default();
-        let get = |name: &str| headers.get(name).map(|v| v.as_str().to_owned()).unwrap_or_default();
-        out.push((
-            get(wire_models::HEADER_DLQ_SUBJECT),
-            get(wire_models::HEADER_DLQ_REASON),
-            msg.payload.to_vec(),
-        ));
-    }
-    out
-}
-
-/// How many messages the dead-letter stream holds.
-pub async fn dead_letter_count(stack: &Stack) -> u64 {
-    let js = stack.jetstream().await;
-    let mut stream = js.get_stream(&stack.topology.dlq_stream).await.unwrap();
-    stream.info().await.unwrap().state.messages
 }
 
 /// The Redis view the API reads.

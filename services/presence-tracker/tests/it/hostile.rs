@@ -88,7 +88,7 @@ async fn hostile_heartbeats_are_dead_lettered_and_good_ones_flow() {
         test_support::eventually(
             Duration::from_secs(10),
             &format!("{} dead-lettered", hostile.name),
-            || async { (dead_letter_count(&stack).await >= parked).then_some(()) },
+            || async { (stack.dead_letter_count().await >= parked).then_some(()) },
         )
         .await;
     }
@@ -103,14 +103,14 @@ async fn hostile_heartbeats_are_dead_lettered_and_good_ones_flow() {
 
     let letters =
         test_support::eventually(Duration::from_secs(15), "every hostile entry dead-lettered", || async {
-            let letters = dead_letters(&stack).await;
+            let letters = stack.dead_letters().await;
             (letters.len() >= cases.len()).then_some(letters)
         })
         .await;
     // A moment more: nothing else may arrive.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut letters =
-        if dead_letters(&stack).await.len() == letters.len() { letters } else { dead_letters(&stack).await };
+        if stack.dead_letters().await.len() == letters.len() { letters } else { stack.dead_letters().await };
     let mut unmatched = Vec::new();
     for (key, hostile) in &cases {
         let subject = format!("$KV.{bucket}.{key}");
