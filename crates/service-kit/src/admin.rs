@@ -13,8 +13,23 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Map, Value, json};
 
-type CheckFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+/// What a readiness check returns: `Err` carries the reason, which is logged, not served.
+pub type CheckFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 type CheckFn = Arc<dyn Fn() -> CheckFuture + Send + Sync>;
+
+/// The readiness check of a pool: every call runs `ping` on a clone of `pool`.
+pub fn ping_check<T, F, Fut, E>(pool: T, ping: F) -> impl Fn() -> CheckFuture + Send + Sync + 'static
+where
+    T: Clone + Send + Sync + 'static,
+    F: Fn(T) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Display,
+{
+    move || {
+        let ping = ping(pool.clone());
+        Box::pin(async move { ping.await.map_err(|e| e.to_string()) })
+    }
+}
 
 /// Named dependency checks run by `/readyz`, each bounded by a timeout.
 #[derive(Clone, Default)]

@@ -8,6 +8,28 @@ use tokio_util::sync::CancellationToken;
 
 use crate::telemetry::TelemetryArgs;
 
+/// A service binary's whole `main`: parse the configuration and `validate` it (a bad
+/// one exits 64 with one line naming the variable), then [`serve_main`] with the
+/// telemetry settings `telemetry` finds in it.
+pub async fn main<C, F, Fut>(
+    service: &'static str,
+    validate: fn(&C) -> Result<(), String>,
+    telemetry: fn(&C) -> &TelemetryArgs,
+    run: F,
+) -> ExitCode
+where
+    C: clap::Parser,
+    F: FnOnce(C, CancellationToken) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let config: C = crate::config::parse();
+    if let Err(message) = validate(&config) {
+        crate::config::exit_config_error(message);
+    }
+    let telemetry = telemetry(&config).clone();
+    serve_main(service, &telemetry, |shutdown| run(config, shutdown)).await
+}
+
 /// Runs a service until it finishes or a signal asks it to stop. Telemetry is set up
 /// first, so everything `run` logs is captured; pending spans are flushed last.
 pub async fn serve_main<F, Fut>(service: &'static str, telemetry: &TelemetryArgs, run: F) -> ExitCode

@@ -37,21 +37,27 @@ pub struct AuditEntry {
     pub duration_ms: Option<i64>,
 }
 
+type InsertQuery<'q> = sqlx::query::QueryScalar<'q, sqlx::Postgres, i64, sqlx::postgres::PgArguments>;
+
+/// Binds an entry's columns to `$1`..`$7` of an insert.
+fn bind_entry<'q>(query: InsertQuery<'q>, entry: &NewAudit<'q>) -> InsertQuery<'q> {
+    query
+        .bind(entry.request_id)
+        .bind(entry.actor)
+        .bind(entry.action)
+        .bind(entry.agent_id)
+        .bind(entry.incident_id)
+        .bind(entry.command)
+        .bind(entry.params)
+}
+
 /// Writes the "pending" row; returns its id.
 pub async fn begin(pool: &PgPool, entry: &NewAudit<'_>) -> Result<i64, StorageError> {
-    Ok(sqlx::query_scalar(
+    let query = sqlx::query_scalar(
         "INSERT INTO audit_log (request_id, actor, action, agent_id, incident_id, command, params)
          VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
-    )
-    .bind(entry.request_id)
-    .bind(entry.actor)
-    .bind(entry.action)
-    .bind(entry.agent_id)
-    .bind(entry.incident_id)
-    .bind(entry.command)
-    .bind(entry.params)
-    .fetch_one(pool)
-    .await?)
+    );
+    Ok(bind_entry(query, entry).fetch_one(pool).await?)
 }
 
 /// Writes a finished entry in one statement: an administrative change (users,
@@ -62,22 +68,12 @@ pub async fn record(
     outcome: &str,
     result: Option<&Value>,
 ) -> Result<i64, StorageError> {
-    Ok(sqlx::query_scalar(
+    let query = sqlx::query_scalar(
         "INSERT INTO audit_log (request_id, actor, action, agent_id, incident_id, command, params, outcome,
                                 result, finished_at, duration_ms)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now(), 0) RETURNING id",
-    )
-    .bind(entry.request_id)
-    .bind(entry.actor)
-    .bind(entry.action)
-    .bind(entry.agent_id)
-    .bind(entry.incident_id)
-    .bind(entry.command)
-    .bind(entry.params)
-    .bind(outcome)
-    .bind(result)
-    .fetch_one(pool)
-    .await?)
+    );
+    Ok(bind_entry(query, entry).bind(outcome).bind(result).fetch_one(pool).await?)
 }
 
 /// Completes the row with the outcome (`ok`, `error`, `offline`, `timeout`,

@@ -110,16 +110,8 @@ pub async fn check_schema(pool: &PgPool) -> Result<(), StorageError> {
 }
 
 /// A `/readyz` check for this pool.
-pub fn ready_check(
-    pool: PgPool,
-) -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
-+ Send
-+ Sync
-+ 'static {
-    move || {
-        let pool = pool.clone();
-        Box::pin(async move { ping(&pool).await.map_err(|e| e.to_string()) })
-    }
+pub fn ready_check(pool: PgPool) -> impl Fn() -> service_kit::admin::CheckFuture + Send + Sync + 'static {
+    service_kit::admin::ping_check(pool, |pool| async move { ping(&pool).await })
 }
 
 /// Creates the configured database when it does not exist yet (first start of a

@@ -78,7 +78,11 @@ impl Default for TransitionOptions {
     }
 }
 
-static GO_OFFLINE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+/// The one statement that moves agents to `state`: lock the rows not in it yet (in id
+/// order, so concurrent callers cannot deadlock), update them, record each change in
+/// `presence_transitions`, then run `incident`, a CTE named `incident_cte` over the
+/// changed rows that opens or resolves the agent's offline incident.
+fn transition_sql(state: &str, incident_cte: &str, incident: &str) -> String {
     format!(
         r#"
 WITH input AS (
@@ -87,75 +91,42 @@ WITH input AS (
 ),
 locked AS MATERIALIZED (
     SELECT a.id FROM agents a JOIN input i ON i.id = a.id
-    WHERE a.status <> 'offline'
+    WHERE a.status <> '{state}'
     ORDER BY a.id
     FOR UPDATE OF a
 ),
 changed AS (
     UPDATE agents a
-    SET status = 'offline',
+    SET status = '{state}',
         status_changed_at = GREATEST(i.changed_at, a.status_changed_at),
         last_seen_at = GREATEST(a.last_seen_at, i.last_seen_at),
         updated_at = now()
     FROM input i, locked l
-    WHERE a.id = i.id AND a.id = l.id AND a.status <> 'offline'
+    WHERE a.id = i.id AND a.id = l.id AND a.status <> '{state}'
     RETURNING a.id, a.status_changed_at AS changed_at, a.last_seen_at, i.threshold_secs, i.reason, i.fingerprint
 ),
 history AS (
     INSERT INTO presence_transitions (agent_id, state, changed_at, last_seen_at, threshold_secs, reason)
-    SELECT id, 'offline', changed_at, last_seen_at, threshold_secs, reason FROM changed
+    SELECT id, '{state}', changed_at, last_seen_at, threshold_secs, reason FROM changed
     RETURNING id, agent_id
 ),
-{opened}
+{incident}
 SELECT c.id AS agent_id, c.changed_at, c.last_seen_at, c.threshold_secs, c.reason, h.id AS transition_id,
-       o.id AS incident_id
+       x.id AS incident_id
 FROM changed c
 JOIN history h ON h.agent_id = c.id
-LEFT JOIN opened o ON o.agent_id = c.id
+LEFT JOIN {incident_cte} x ON x.agent_id = c.id
 ORDER BY c.id
-"#,
-        opened = crate::incidents::open_offline_cte("changed", "$7"),
+"#
     )
+}
+
+static GO_OFFLINE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    transition_sql("offline", "opened", &crate::incidents::open_offline_cte("changed", "$7"))
 });
 
 static GO_ONLINE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    format!(
-        r#"
-WITH input AS (
-    SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[], $4::int[], $5::text[], $6::text[])
-        AS t(id, changed_at, last_seen_at, threshold_secs, reason, fingerprint)
-),
-locked AS MATERIALIZED (
-    SELECT a.id FROM agents a JOIN input i ON i.id = a.id
-    WHERE a.status <> 'online'
-    ORDER BY a.id
-    FOR UPDATE OF a
-),
-changed AS (
-    UPDATE agents a
-    SET status = 'online',
-        status_changed_at = GREATEST(i.changed_at, a.status_changed_at),
-        last_seen_at = GREATEST(a.last_seen_at, i.last_seen_at),
-        updated_at = now()
-    FROM input i, locked l
-    WHERE a.id = i.id AND a.id = l.id AND a.status <> 'online'
-    RETURNING a.id, a.status_changed_at AS changed_at, a.last_seen_at, i.threshold_secs, i.reason
-),
-history AS (
-    INSERT INTO presence_transitions (agent_id, state, changed_at, last_seen_at, threshold_secs, reason)
-    SELECT id, 'online', changed_at, last_seen_at, threshold_secs, reason FROM changed
-    RETURNING id, agent_id
-),
-{resolved}
-SELECT c.id AS agent_id, c.changed_at, c.last_seen_at, c.threshold_secs, c.reason, h.id AS transition_id,
-       r.id AS incident_id
-FROM changed c
-JOIN history h ON h.agent_id = c.id
-LEFT JOIN resolved r ON r.agent_id = c.id
-ORDER BY c.id
-"#,
-        resolved = crate::incidents::resolve_offline_cte("changed"),
-    )
+    transition_sql("online", "resolved", &crate::incidents::resolve_offline_cte("changed"))
 });
 
 #[derive(sqlx::FromRow)]

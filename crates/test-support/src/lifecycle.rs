@@ -49,8 +49,18 @@ pub async fn assert_ready_then_stops<E: std::fmt::Debug>(
     for check in checks {
         assert_eq!(body["checks"][check], "ok", "{check}: {body}");
     }
+    stop_within(shutdown, stopped, Duration::from_secs(10)).await;
+}
+
+/// Cancels `shutdown` and expects `stopped` (a service's `Running::wait`) to end
+/// cleanly within `grace`.
+pub async fn stop_within<E: std::fmt::Debug>(
+    shutdown: &tokio_util::sync::CancellationToken,
+    stopped: impl std::future::Future<Output = Result<(), E>>,
+    grace: Duration,
+) {
     shutdown.cancel();
-    let result = tokio::time::timeout(Duration::from_secs(10), stopped).await.expect("stopped within 10 s");
+    let result = tokio::time::timeout(grace, stopped).await.expect("the service stopped within its grace");
     assert!(result.is_ok(), "the service stopped with an error: {result:?}");
 }
 
@@ -135,4 +145,71 @@ pub async fn assert_bad_config_refused(binary: &Path, env: &[(&str, String)], ba
     for (var, value) in COMMON_BAD_CONFIG.iter().chain(bad) {
         assert_config_error(binary, env, var, value).await;
     }
+}
+
+/// The lifecycle tests of a worker service (its probes on `ADMIN_ADDR`), written into
+/// the calling test module: started in process it reports ready with every one of
+/// `checks` and the topology in place, then stops when cancelled; the binary stops
+/// cleanly on SIGTERM and on SIGINT; each value in `bad` (and [`COMMON_BAD_CONFIG`])
+/// exits 64 naming its variable; `--help` documents every one of `documents` (and
+/// [`COMMON_VARIABLES`]). The caller depends on `clap`, `natsbus` and `tokio-util`.
+#[macro_export]
+macro_rules! worker_lifecycle_tests {
+    (
+        service: $service:ident,
+        binary: $binary:literal,
+        identity: $identity:ident,
+        redis: $redis:expr,
+        checks: [$($check:literal),* $(,)?],
+        bad: [$(($var:literal, $value:literal)),* $(,)?],
+        documents: [$($doc:literal),* $(,)?] $(,)?
+    ) => {
+        const BIN: &str = env!(concat!("CARGO_BIN_EXE_", $binary));
+
+        #[tokio::test]
+        async fn starts_reports_ready_and_stops_in_process() {
+            let stack = $crate::Stack::start().await;
+            let mut args = vec![$binary.to_owned(), "--admin-addr".into(), "127.0.0.1:0".into()];
+            args.extend(stack.args_for(&::natsbus::auth::Identity::$identity));
+            if $redis {
+                args.extend(stack.redis_args());
+            }
+            let config = <$service::Config as ::clap::Parser>::try_parse_from(args).unwrap();
+            let shutdown = ::tokio_util::sync::CancellationToken::new();
+            let running = $service::start(config, shutdown.clone()).await.unwrap();
+            // The topology exists once the service is ready.
+            stack.jetstream().await.get_stream(&stack.topology.events_stream).await.unwrap();
+            let base = format!("http://{}", running.admin_addr);
+            $crate::lifecycle::assert_ready_then_stops(&base, &[$($check),*], &shutdown, running.wait()).await;
+        }
+
+        #[tokio::test]
+        async fn the_binary_stops_cleanly_on_sigterm_and_sigint() {
+            let stack = $crate::Stack::start().await;
+            $crate::lifecycle::assert_signals_stop_cleanly(
+                ::std::path::Path::new(BIN),
+                &stack.env_for(&::natsbus::auth::Identity::$identity),
+                concat!($binary, " ready"),
+                "ADMIN_ADDR",
+            )
+            .await;
+        }
+
+        #[tokio::test]
+        async fn a_bad_configuration_exits_64_naming_the_variable() {
+            $crate::lifecycle::assert_bad_config_refused(
+                ::std::path::Path::new(BIN),
+                &[],
+                &[("ADMIN_ADDR", "nowhere"), ("SHUTDOWN_GRACE", "soon"), $(($var, $value)),*],
+            )
+            .await;
+        }
+
+        #[tokio::test]
+        async fn help_documents_every_variable() {
+            let mut vars = $crate::lifecycle::COMMON_VARIABLES.to_vec();
+            vars.extend(["ADMIN_ADDR", "SHUTDOWN_GRACE", $($doc),*]);
+            $crate::lifecycle::assert_help_documents(::std::path::Path::new(BIN), &vars).await;
+        }
+    };
 }

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{PullConsumer, pull};
+use async_nats::jetstream::consumer::pull;
 use async_nats::jetstream::{self, AckKind, Message};
 use futures::{FutureExt, StreamExt};
 use tokio::sync::Semaphore;
@@ -30,29 +30,33 @@ const RETRY_DELAY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub(crate) struct AutoSpec {
-    pub(crate) durable: String,
-    pub(crate) stream: String,
-    pub(crate) filter: String,
+    pub(crate) bus: natsbus::DurableSpec,
     /// The incident-created subject; other incident messages are acknowledged and left.
     pub(crate) created_subject: String,
     pub(crate) concurrency: usize,
 }
 
-pub(crate) async fn ensure_consumer(
-    js: &jetstream::Context,
-    spec: &AutoSpec,
-) -> anyhow::Result<PullConsumer> {
-    let durable = natsbus::DurableSpec {
-        stream: spec.stream.clone(),
-        durable: spec.durable.clone(),
-        description: "OpsPilot automatic analysis of critical incidents (shared by every analyzer replica)"
-            .into(),
-        filter: spec.filter.clone(),
-        ack_wait: ACK_WAIT,
-        max_deliver: MAX_DELIVER,
-        max_ack_pending: 1000,
-    };
-    Ok(natsbus::ensure_durable(js, &durable).await?)
+impl AutoSpec {
+    /// The shared durable consumer on `stream`, reading `filter` under `durable`.
+    pub(crate) fn new(
+        stream: String,
+        durable: String,
+        filter: String,
+        created_subject: String,
+        concurrency: usize,
+    ) -> Self {
+        let bus = natsbus::DurableSpec {
+            stream,
+            durable,
+            description:
+                "OpsPilot automatic analysis of critical incidents (shared by every analyzer replica)".into(),
+            filter,
+            ack_wait: ACK_WAIT,
+            max_deliver: MAX_DELIVER,
+            max_ack_pending: 1000,
+        };
+        Self { bus, created_subject, concurrency }
+    }
 }
 
 /// Runs until `shutdown`: the analyses in flight finish (and are acknowledged);
@@ -68,7 +72,7 @@ pub(crate) async fn run(
     let mut tasks: JoinSet<()> = JoinSet::new();
     let mut attempt: u32 = 0;
     'outer: while !shutdown.is_cancelled() {
-        let messages = match ensure_consumer(&js, &spec).await {
+        let messages = match natsbus::ensure_durable(&js, &spec.bus).await {
             Ok(consumer) => consumer
                 .stream()
                 .max_messages_per_batch(spec.concurrency)
@@ -77,7 +81,7 @@ pub(crate) async fn run(
                 .messages()
                 .await
                 .map_err(anyhow::Error::from),
-            Err(err) => Err(err),
+            Err(err) => Err(err.into()),
         };
         let mut messages = match messages {
             Ok(messages) => messages,
@@ -92,7 +96,7 @@ pub(crate) async fn run(
             }
         };
         attempt = 0;
-        tracing::info!(durable = %spec.durable, stream = %spec.stream, "auto-analysis consumer started");
+        tracing::info!(durable = %spec.bus.durable, stream = %spec.bus.stream, "auto-analysis consumer started");
         loop {
             while tasks.try_join_next().is_some() {}
             // A free slot first, then a message. At most one pull batch (AI_CONCURRENCY

@@ -279,15 +279,15 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let mut service = Service::new("ai-analyzer");
     let handled = Arc::new(AtomicU64::new(0));
     if config.auto_analyze {
-        let spec = auto::AutoSpec {
-            durable: config.auto_analyze_consumer.clone(),
-            stream: topology.incidents_stream.clone(),
-            filter: topology.subjects.all_incident_messages(),
-            created_subject: topology.subjects.incident_created(),
+        let spec = auto::AutoSpec::new(
+            topology.incidents_stream.clone(),
+            config.auto_analyze_consumer.clone(),
+            topology.subjects.all_incident_messages(),
+            topology.subjects.incident_created(),
             concurrency,
-        };
+        );
         // Created before reporting ready, so a ready replica is part of the consumer.
-        auto::ensure_consumer(&js, &spec).await.context("creating the auto-analysis consumer")?;
+        natsbus::ensure_durable(&js, &spec.bus).await.context("creating the auto-analysis consumer")?;
         service.worker(auto::run(js.clone(), spec, Arc::clone(&engine), notifier, shutdown.clone()));
     } else {
         tracing::info!("automatic analysis of critical incidents is off (AUTO_ANALYZE=false)");

@@ -4,11 +4,5 @@ use ai_analyzer::Config;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config: Config = service_kit::config::parse();
-    if let Err(message) = config.validate() {
-        service_kit::config::exit_config_error(message);
-    }
-    let telemetry = config.telemetry.clone();
-    service_kit::runtime::serve_main("ai-analyzer", &telemetry, |shutdown| ai_analyzer::run(config, shutdown))
-        .await
+    service_kit::runtime::main("ai-analyzer", Config::validate, |c| &c.telemetry, ai_analyzer::run).await
 }

@@ -175,54 +175,32 @@ fn bounded_context(context: &Value) -> Value {
 #[cfg(test)]
 mod tests {
     use chrono::Utc;
-    use storage::analysis::{AgentForAnalysis, AnalysisStatus, IncidentForAnalysis, RecentIncident};
+    use storage::analysis::RecentIncident;
     use wire_models::{OsInfo, ServiceInfo};
 
     use super::*;
 
     fn input(raw_error: &str) -> AnalysisInput {
-        AnalysisInput {
-            incident: IncidentForAnalysis {
-                id: 7,
-                agent_id: "a1b2c3d4e5f6".into(),
-                kind: "service_down".into(),
-                severity: wire_models::Severity::Critical,
-                source: "nginx".into(),
-                raw_error: raw_error.into(),
-                context: json!({"unit": "nginx.service"}),
-                is_critical: true,
-                status: storage::incidents::IncidentStatus::New,
-                fingerprint: "ab".repeat(32),
-                occurrences: 3,
-                first_seen_at: Utc::now(),
-                last_seen_at: Utc::now(),
-                analysis_status: AnalysisStatus::None,
-                analyzer: None,
-                analyzer_model: None,
-            },
-            agent: AgentForAnalysis {
-                id: "a1b2c3d4e5f6".into(),
-                hostname: "web-01".into(),
-                os: Some(OsInfo {
-                    name: "Debian GNU/Linux".into(),
-                    version: "12".into(),
-                    kernel: None,
-                    arch: None,
-                }),
-                services: vec![ServiceInfo { name: "nginx".into(), state: "failed".into() }],
-                inventory_collected_at: None,
-            },
-            recent: vec![RecentIncident {
-                id: 6,
-                kind: "oom".into(),
-                severity: wire_models::Severity::Critical,
-                source: "kernel".into(),
-                status: storage::incidents::IncidentStatus::Resolved,
-                occurrences: 1,
-                raw_error: "Out of memory".into(),
-                created_at: Utc::now(),
-            }],
-        }
+        let mut input =
+            crate::rules::tests::input("service_down", "critical", "nginx", raw_error, &["nginx"]);
+        input.incident.id = 7;
+        input.incident.context = json!({"unit": "nginx.service"});
+        input.incident.fingerprint = "ab".repeat(32);
+        input.incident.occurrences = 3;
+        input.agent.os =
+            Some(OsInfo { name: "Debian GNU/Linux".into(), version: "12".into(), kernel: None, arch: None });
+        input.agent.services = vec![ServiceInfo { name: "nginx".into(), state: "failed".into() }];
+        input.recent = vec![RecentIncident {
+            id: 6,
+            kind: "oom".into(),
+            severity: wire_models::Severity::Critical,
+            source: "kernel".into(),
+            status: storage::incidents::IncidentStatus::Resolved,
+            occurrences: 1,
+            raw_error: "Out of memory".into(),
+            created_at: Utc::now(),
+        }];
+        input
     }
 
     #[test]

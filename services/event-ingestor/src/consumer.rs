@@ -5,21 +5,23 @@
 use std::future::Future;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{self, AckKind, Message};
+use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use service_kit::backoff::Backoff;
 use service_kit::service::sleep_or_shutdown;
+use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-use wire_models::{DlqOrigin, Subjects};
+use wire_models::{AgentId, DlqOrigin, Subjects};
+
+use crate::known::KnownAgents;
 
 /// Where a consumer reads and how.
 #[derive(Debug, Clone)]
 pub(crate) struct ConsumerSpec {
     pub(crate) label: &'static str,
-    pub(crate) durable: String,
-    pub(crate) stream: String,
-    pub(crate) filter: String,
+    /// The durable consumer itself (stream, name, filter, ack deadline, redeliveries).
+    pub(crate) bus: natsbus::DurableSpec,
     pub(crate) origin: DlqOrigin,
     pub(crate) batch_size: usize,
     /// Payload bytes a batch may hold (at least one message always fits).
@@ -28,8 +30,6 @@ pub(crate) struct ConsumerSpec {
     pub(crate) concurrency: usize,
     /// How long a batch waits for more messages after its first.
     pub(crate) linger: Duration,
-    pub(crate) ack_wait: Duration,
-    pub(crate) max_deliver: i64,
 }
 
 /// Why a message was refused, as it goes into the dead-letter headers.
@@ -50,23 +50,6 @@ pub(crate) trait BatchHandler: Send + Sync + 'static {
     fn handle(&self, batch: Vec<Message>, shutdown: &CancellationToken) -> impl Future<Output = ()> + Send;
 }
 
-pub(crate) async fn ensure_consumer(
-    js: &jetstream::Context,
-    spec: &ConsumerSpec,
-) -> anyhow::Result<PullConsumer> {
-    let durable = natsbus::DurableSpec {
-        stream: spec.stream.clone(),
-        durable: spec.durable.clone(),
-        description: format!("OpsPilot {} (shared by every ingestor replica)", spec.label),
-        filter: spec.filter.clone(),
-        ack_wait: spec.ack_wait,
-        max_deliver: spec.max_deliver,
-        // Enough for several replicas each holding a few batches.
-        max_ack_pending: i64::try_from(spec.batch_size * 64).unwrap_or(i64::MAX).max(10_000),
-    };
-    Ok(natsbus::ensure_durable(js, &durable).await?)
-}
-
 /// Runs one consumer until `shutdown`: the batch in flight finishes (and is acked),
 /// messages already fetched but not started are handed back with a NAK.
 pub(crate) async fn run<H: BatchHandler>(
@@ -82,7 +65,7 @@ pub(crate) async fn run<H: BatchHandler>(
     let mut attempt: u32 = 0;
     let mut started_once = false;
     while !shutdown.is_cancelled() {
-        let messages = match ensure_consumer(&js, &spec).await {
+        let messages = match natsbus::ensure_durable(&js, &spec.bus).await {
             Ok(consumer) => consumer
                 .stream()
                 .max_messages_per_batch(spec.batch_size)
@@ -92,7 +75,7 @@ pub(crate) async fn run<H: BatchHandler>(
                 .messages()
                 .await
                 .map_err(anyhow::Error::from),
-            Err(err) => Err(err),
+            Err(err) => Err(err.into()),
         };
         let messages = match messages {
             Ok(messages) => messages,
@@ -107,9 +90,9 @@ pub(crate) async fn run<H: BatchHandler>(
         };
         attempt = 0;
         if started_once {
-            tracing::info!(consumer = spec.label, durable = %spec.durable, "{} consumer resumed", spec.label);
+            tracing::info!(consumer = spec.label, durable = %spec.bus.durable, "{} consumer resumed", spec.label);
         } else {
-            tracing::info!(consumer = spec.label, durable = %spec.durable, stream = %spec.stream, "{} consumer started", spec.label);
+            tracing::info!(consumer = spec.label, durable = %spec.bus.durable, stream = %spec.bus.stream, "{} consumer started", spec.label);
             started_once = true;
         }
 
@@ -204,6 +187,77 @@ where
     if handed_back > 0 {
         tracing::info!(handed_back, "handed unstarted messages back to the stream");
     }
+}
+
+/// A batch after decoding and the enrollment check, each item with its index in the
+/// batch.
+pub(crate) struct Checked<T> {
+    pub(crate) good: Vec<(usize, T)>,
+    pub(crate) rejected: Vec<(usize, Rejection)>,
+}
+
+/// The first half of every batch: decode each message on a blocking thread (CPU work),
+/// then refuse those from agents that are not enrolled. `None` when the batch was handed
+/// back: the decoding task died, the enrollment check failed for good, or shutdown.
+pub(crate) async fn decode_enrolled<T, D>(
+    batch: &[Message],
+    known: &KnownAgents,
+    pool: &PgPool,
+    ack_wait: Duration,
+    shutdown: &CancellationToken,
+    decode: D,
+    agent_of: fn(&T) -> &AgentId,
+) -> Option<Checked<T>>
+where
+    T: Send + 'static,
+    D: Fn(&str, &[u8]) -> Result<T, Rejection> + Send + 'static,
+{
+    let inputs: Vec<(String, Bytes)> =
+        batch.iter().map(|m| (m.subject.to_string(), m.payload.clone())).collect();
+    let decoded = match tokio::task::spawn_blocking(move || {
+        inputs.iter().map(|(s, p)| decode(s, p)).collect::<Vec<_>>()
+    })
+    .await
+    {
+        Ok(decoded) => decoded,
+        Err(err) => {
+            tracing::error!(error = %err, "decoding task failed; handing the batch back");
+            nak_all(batch).await;
+            return None;
+        }
+    };
+
+    let ids: Vec<AgentId> =
+        decoded.iter().filter_map(|r| r.as_ref().ok().map(|t| agent_of(t).clone())).collect();
+    let enrolled = match retry_transient("known agents", batch, ack_wait, shutdown, || {
+        known.filter_enrolled(pool, ids.iter())
+    })
+    .await
+    {
+        Some(Ok(enrolled)) => enrolled,
+        Some(Err(err)) => {
+            tracing::error!(error = %err, "checking enrolled agents failed; handing the batch back");
+            nak_all(batch).await;
+            return None;
+        }
+        None => {
+            nak_all(batch).await;
+            return None;
+        }
+    };
+
+    let mut checked = Checked { good: Vec::with_capacity(batch.len()), rejected: Vec::new() };
+    for (i, result) in decoded.into_iter().enumerate() {
+        match result {
+            Ok(item) if enrolled.contains(agent_of(&item)) => checked.good.push((i, item)),
+            Ok(item) => checked.rejected.push((
+                i,
+                Rejection::new("unknown_agent", format!("agent {} is not enrolled", agent_of(&item))),
+            )),
+            Err(rejection) => checked.rejected.push((i, rejection)),
+        }
+    }
+    Some(checked)
 }
 
 /// Runs `op` until it succeeds or fails permanently. Transient failures (database down,
@@ -320,15 +374,16 @@ pub(crate) async fn watch_max_deliveries(
         stream_seq: u64,
         deliveries: u64,
     }
-    let subject = format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.{}", spec.stream, spec.durable);
-    let mut sub = client.queue_subscribe(subject, format!("{}-advisories", spec.durable)).await?;
+    let subject =
+        format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.{}", spec.bus.stream, spec.bus.durable);
+    let mut sub = client.queue_subscribe(subject, format!("{}-advisories", spec.bus.durable)).await?;
     loop {
         let msg = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             msg = sub.next() => match msg { Some(msg) => msg, None => return Ok(()) },
         };
         let Ok(advisory) = serde_json::from_slice::<Advisory>(&msg.payload) else { continue };
-        let stream = match js.get_stream(&spec.stream).await {
+        let stream = match js.get_stream(&spec.bus.stream).await {
             Ok(stream) => stream,
             Err(err) => {
                 tracing::warn!(error = %err, "cannot read a message that reached max deliveries");

@@ -4,7 +4,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind, Message};
-use bytes::Bytes;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -12,7 +11,7 @@ use wire_models::{
     AgentSubject, DlqOrigin, Event, HEADER_TRACEPARENT, IncidentCreated, PROTOCOL_VERSION, Subjects,
 };
 
-use crate::consumer::{self, BatchHandler, Rejection};
+use crate::consumer::{self, BatchHandler, Checked, Rejection};
 use crate::known::KnownAgents;
 use crate::stats::Stats;
 
@@ -62,54 +61,20 @@ impl BatchHandler for EventsHandler {
             })
             .collect();
 
-        let inputs: Vec<(String, Bytes)> =
-            batch.iter().map(|m| (m.subject.to_string(), m.payload.clone())).collect();
         let (subjects, dedup) = (self.subjects.clone(), self.dedup);
-        let decoded = match tokio::task::spawn_blocking(move || {
-            inputs.iter().map(|(s, p)| decode(&subjects, s, p, dedup)).collect::<Vec<_>>()
-        })
+        let Some(Checked { good, mut rejected }) = consumer::decode_enrolled(
+            &batch,
+            &self.known,
+            &self.pool,
+            self.ack_wait,
+            shutdown,
+            move |subject, payload| decode(&subjects, subject, payload, dedup),
+            |event| &event.agent_id,
+        )
         .await
-        {
-            Ok(decoded) => decoded,
-            Err(err) => {
-                tracing::error!(error = %err, "decoding task failed; handing the batch back");
-                consumer::nak_all(&batch).await;
-                return;
-            }
+        else {
+            return;
         };
-
-        let ids: Vec<_> =
-            decoded.iter().filter_map(|r| r.as_ref().ok().map(|e| e.agent_id.clone())).collect();
-        let enrolled =
-            match consumer::retry_transient("known agents", &batch, self.ack_wait, shutdown, || {
-                self.known.filter_enrolled(&self.pool, ids.iter())
-            })
-            .await
-            {
-                Some(Ok(enrolled)) => enrolled,
-                Some(Err(err)) => {
-                    tracing::error!(error = %err, "checking enrolled agents failed; handing the batch back");
-                    consumer::nak_all(&batch).await;
-                    return;
-                }
-                None => {
-                    consumer::nak_all(&batch).await;
-                    return;
-                }
-            };
-
-        let mut good: Vec<(usize, storage::incidents::NewEvent)> = Vec::with_capacity(size);
-        let mut rejected: Vec<(usize, Rejection)> = Vec::new();
-        for (i, result) in decoded.into_iter().enumerate() {
-            match result {
-                Ok(event) if enrolled.contains(&event.agent_id) => good.push((i, event)),
-                Ok(event) => rejected.push((
-                    i,
-                    Rejection::new("unknown_agent", format!("agent {} is not enrolled", event.agent_id)),
-                )),
-                Err(rejection) => rejected.push((i, rejection)),
-            }
-        }
 
         let events: Vec<storage::incidents::NewEvent> = good.iter().map(|(_, e)| e.clone()).collect();
         let write = consumer::retry_transient("incidents", &batch, self.ack_wait, shutdown, || {

@@ -4,12 +4,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, Message};
-use bytes::Bytes;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use wire_models::{AgentSubject, DlqOrigin, InventoryReport, Subjects};
 
-use crate::consumer::{self, BatchHandler, Rejection};
+use crate::consumer::{self, BatchHandler, Checked, Rejection};
 use crate::known::KnownAgents;
 use crate::stats::Stats;
 
@@ -54,58 +53,21 @@ impl BatchHandler for InventoryHandler {
     async fn handle(&self, batch: Vec<Message>, shutdown: &CancellationToken) {
         let started = Instant::now();
         let size = batch.len();
-        let inputs: Vec<(String, Bytes)> =
-            batch.iter().map(|m| (m.subject.to_string(), m.payload.clone())).collect();
         let subjects = self.subjects.clone();
-        let decoded = match tokio::task::spawn_blocking(move || {
-            inputs.iter().map(|(s, p)| decode(&subjects, s, p)).collect::<Vec<_>>()
-        })
+        let Some(Checked { good, mut rejected }) = consumer::decode_enrolled(
+            &batch,
+            &self.known,
+            &self.pool,
+            self.ack_wait,
+            shutdown,
+            move |subject, payload| decode(&subjects, subject, payload),
+            |snapshot| &snapshot.agent_id,
+        )
         .await
-        {
-            Ok(decoded) => decoded,
-            Err(err) => {
-                tracing::error!(error = %err, "decoding task failed; handing the batch back");
-                consumer::nak_all(&batch).await;
-                return;
-            }
+        else {
+            return;
         };
-
-        let ids: Vec<_> =
-            decoded.iter().filter_map(|r| r.as_ref().ok().map(|s| s.agent_id.clone())).collect();
-        let enrolled =
-            match consumer::retry_transient("known agents", &batch, self.ack_wait, shutdown, || {
-                self.known.filter_enrolled(&self.pool, ids.iter())
-            })
-            .await
-            {
-                Some(Ok(enrolled)) => enrolled,
-                Some(Err(err)) => {
-                    tracing::error!(error = %err, "checking enrolled agents failed; handing the batch back");
-                    consumer::nak_all(&batch).await;
-                    return;
-                }
-                None => {
-                    consumer::nak_all(&batch).await;
-                    return;
-                }
-            };
-
-        let mut good = Vec::with_capacity(size);
-        let mut good_index = Vec::with_capacity(size);
-        let mut rejected: Vec<(usize, Rejection)> = Vec::new();
-        for (i, result) in decoded.into_iter().enumerate() {
-            match result {
-                Ok(snapshot) if enrolled.contains(&snapshot.agent_id) => {
-                    good_index.push(i);
-                    good.push(snapshot);
-                }
-                Ok(snapshot) => rejected.push((
-                    i,
-                    Rejection::new("unknown_agent", format!("agent {} is not enrolled", snapshot.agent_id)),
-                )),
-                Err(rejection) => rejected.push((i, rejection)),
-            }
-        }
+        let (good_index, good): (Vec<usize>, Vec<storage::inventory::Snapshot>) = good.into_iter().unzip();
 
         let write = consumer::retry_transient("inventory", &batch, self.ack_wait, shutdown, || {
             storage::inventory::ingest_snapshots(&self.pool, &good)

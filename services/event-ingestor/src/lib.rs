@@ -163,37 +163,47 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     // A pull asking for fewer bytes than one message would never get that message.
     let max_payload = client.server_info().max_payload;
     let batch_bytes = usize::try_from(config.batch_max_bytes).unwrap_or(usize::MAX).max(max_payload);
+    // Enough for several replicas each holding a few batches.
+    let max_ack_pending = i64::try_from(batch_size * 64).unwrap_or(i64::MAX).max(10_000);
     let events_spec = consumer::ConsumerSpec {
         label: "events",
-        durable: config.events_consumer.clone(),
-        stream: topology.events_stream.clone(),
-        filter: topology.subjects.all_events(),
+        bus: natsbus::DurableSpec {
+            stream: topology.events_stream.clone(),
+            durable: config.events_consumer.clone(),
+            description: "OpsPilot events (shared by every ingestor replica)".into(),
+            filter: topology.subjects.all_events(),
+            ack_wait: config.ack_wait,
+            max_deliver: config.max_deliver,
+            max_ack_pending,
+        },
         origin: wire_models::DlqOrigin::Events,
         batch_size,
         batch_bytes,
         concurrency: usize::from(config.writers),
         linger: config.batch_linger,
-        ack_wait: config.ack_wait,
-        max_deliver: config.max_deliver,
     };
     let inventory_spec = consumer::ConsumerSpec {
         label: "inventory",
-        durable: config.inventory_consumer.clone(),
-        stream: topology.inventory_stream.clone(),
-        filter: topology.subjects.all_inventory(),
+        bus: natsbus::DurableSpec {
+            stream: topology.inventory_stream.clone(),
+            durable: config.inventory_consumer.clone(),
+            description: "OpsPilot inventory (shared by every ingestor replica)".into(),
+            filter: topology.subjects.all_inventory(),
+            ack_wait: config.ack_wait,
+            max_deliver: config.max_deliver,
+            max_ack_pending,
+        },
         origin: wire_models::DlqOrigin::Inventory,
         batch_size,
         batch_bytes,
         // One at a time: snapshots of an agent must be compared in stream order.
         concurrency: 1,
         linger: config.batch_linger,
-        ack_wait: config.ack_wait,
-        max_deliver: config.max_deliver,
     };
     // Create both consumers before reporting ready, so a replica that is "ready" is
     // part of the shared consumers.
-    consumer::ensure_consumer(&js, &events_spec).await?;
-    consumer::ensure_consumer(&js, &inventory_spec).await?;
+    natsbus::ensure_durable(&js, &events_spec.bus).await?;
+    natsbus::ensure_durable(&js, &inventory_spec.bus).await?;
 
     let mut service = Service::new("event-ingestor");
     let dlq_budget = Arc::new(config.nats.dead_letter_budget());

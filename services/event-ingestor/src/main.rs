@@ -9,13 +9,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config: Config = service_kit::config::parse();
-    if let Err(message) = config.validate() {
-        service_kit::config::exit_config_error(message);
-    }
-    let telemetry = config.telemetry.clone();
-    service_kit::runtime::serve_main("event-ingestor", &telemetry, |shutdown| {
-        event_ingestor::run(config, shutdown)
-    })
-    .await
+    service_kit::runtime::main("event-ingestor", Config::validate, |c| &c.telemetry, event_ingestor::run)
+        .await
 }

@@ -79,9 +79,9 @@ pub(crate) async fn watch_lag(
 ) {
     loop {
         for spec in &specs {
-            let Ok(stream) = js.get_stream(&spec.stream).await else { continue };
+            let Ok(stream) = js.get_stream(&spec.bus.stream).await else { continue };
             let Ok(mut consumer) =
-                stream.get_consumer::<async_nats::jetstream::consumer::pull::Config>(&spec.durable).await
+                stream.get_consumer::<async_nats::jetstream::consumer::pull::Config>(&spec.bus.durable).await
             else {
                 continue;
             };

@@ -4,13 +4,6 @@ use presence_tracker::Config;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config: Config = service_kit::config::parse();
-    if let Err(message) = config.validate() {
-        service_kit::config::exit_config_error(message);
-    }
-    let telemetry = config.telemetry.clone();
-    service_kit::runtime::serve_main("presence-tracker", &telemetry, |shutdown| {
-        presence_tracker::run(config, shutdown)
-    })
-    .await
+    service_kit::runtime::main("presence-tracker", Config::validate, |c| &c.telemetry, presence_tracker::run)
+        .await
 }

@@ -232,20 +232,11 @@ impl Fleet {
         // Every agent at once first, so the whole fleet is online within one round trip;
         // then each tick sends the agents whose slot it is, spreading load evenly.
         self.heartbeat_all(&bus, interval, config.concurrency).await;
-        let slots = usize::try_from((interval.as_millis() / TICK.as_millis()).max(1)).unwrap_or(1);
-        let mut ticker = tokio::time::interval(TICK);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut tick: usize = 0;
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                _ = ticker.tick() => {}
-            }
-            tick = tick.wrapping_add(1);
-            let slot = tick % slots;
-            let due = self.slot(slot, slots);
-            self.heartbeat_some(&bus, interval, config.concurrency, due).await;
-        }
+        self.in_turns(TICK, interval, &shutdown, |due| {
+            self.heartbeat_some(&bus, interval, config.concurrency, due)
+        })
+        .await;
+        Ok(())
     }
 
     async fn event_loop(
@@ -295,24 +286,36 @@ impl Fleet {
             return Ok(());
         };
         const TICK: Duration = Duration::from_millis(250);
-        let slots = usize::try_from((interval.as_millis() / TICK.as_millis()).max(1)).unwrap_or(1);
-        let mut ticker = tokio::time::interval(TICK);
-        let mut tick: usize = 0;
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                _ = ticker.tick() => {}
-            }
-            tick = tick.wrapping_add(1);
-            let slot = tick % slots;
-            let due = self.slot(slot, slots);
-            self.publish_inventory(&bus, &config, due, false).await;
-        }
+        self.in_turns(TICK, interval, &shutdown, |due| self.publish_inventory(&bus, &config, due, false))
+            .await;
+        Ok(())
     }
 
-    /// The agents whose turn it is in a round of `slots` ticks.
-    fn slot(&self, slot: usize, slots: usize) -> Vec<Arc<SimAgent>> {
-        self.agents.iter().skip(slot).step_by(slots.max(1)).cloned().collect()
+    /// Until `shutdown`, every `tick` runs `each` for the agents whose turn it is, so each
+    /// agent comes once per `round` and the load is spread evenly over it.
+    async fn in_turns<F, Fut, T>(
+        &self,
+        tick: Duration,
+        round: Duration,
+        shutdown: &CancellationToken,
+        mut each: F,
+    ) where
+        F: FnMut(Vec<Arc<SimAgent>>) -> Fut,
+        Fut: std::future::Future<Output = T>,
+    {
+        let slots = usize::try_from((round.as_millis() / tick.as_millis()).max(1)).unwrap_or(1);
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut turn: usize = 0;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            turn = turn.wrapping_add(1);
+            let slot = turn % slots;
+            each(self.agents.iter().skip(slot).step_by(slots).cloned().collect()).await;
+        }
     }
 
     async fn publish_inventory(

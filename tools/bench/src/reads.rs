@@ -99,24 +99,15 @@ pub(crate) async fn run(agents: usize, incidents: usize, rows: &mut Vec<Row>) ->
     let incidents_page = wrk(&gw.base, &gw.token, Some(&script), 10)?;
     let _ = std::fs::remove_file(&script);
     rows.push(Row::new("reads", "baseline: GET /healthz c=64", health.per_sec, "req/s"));
-    rows.push(Row::new("reads", "GET /agents (100) c=64 p50", list.p50_ms, "ms"));
-    rows.push(
-        Row::new("reads", "GET /agents (100) c=64 p99", list.p99_ms, "ms")
-            .floor("< 20 ms", list.p99_ms < 20.0),
-    );
-    rows.push(
-        Row::new("reads", "GET /agents (100) c=64", list.per_sec, "req/s")
-            .baseline("/healthz", health.per_sec),
-    );
-    rows.push(Row::new("reads", "GET /agents/{id}/incidents c=64 p50", incidents_page.p50_ms, "ms"));
-    rows.push(
-        Row::new("reads", "GET /agents/{id}/incidents c=64 p99", incidents_page.p99_ms, "ms")
-            .floor("< 20 ms", incidents_page.p99_ms < 20.0),
-    );
-    rows.push(
-        Row::new("reads", "GET /agents/{id}/incidents c=64", incidents_page.per_sec, "req/s")
-            .baseline("/healthz", health.per_sec),
-    );
+    for (name, run) in
+        [("GET /agents (100) c=64", &list), ("GET /agents/{id}/incidents c=64", &incidents_page)]
+    {
+        rows.push(Row::new("reads", &format!("{name} p50"), run.p50_ms, "ms"));
+        rows.push(
+            Row::new("reads", &format!("{name} p99"), run.p99_ms, "ms").floor("< 20 ms", run.p99_ms < 20.0),
+        );
+        rows.push(Row::new("reads", name, run.per_sec, "req/s").baseline("/healthz", health.per_sec));
+    }
     gw.service.stop().await;
     let _ = gw.port;
     Ok(())

@@ -306,6 +306,16 @@ impl Cluster {
     }
 
     /// Creates an enrollment token through the API (registered as a secret).
+    /// A fresh nonce from the enrollment challenge endpoint.
+    pub async fn enroll_challenge(&self) -> anyhow::Result<String> {
+        let response =
+            self.http.post(format!("{}/api/v1/agents/enroll/challenge", self.api_base)).send().await?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        anyhow::ensure!(status == StatusCode::CREATED, "asking for a challenge: {status} {body}");
+        body["nonce"].as_str().map(str::to_owned).context("no nonce in the challenge")
+    }
+
     pub async fn enrollment_token(&self, name: &str, max_uses: u32) -> anyhow::Result<String> {
         let (status, body) = self
             .api_post(
@@ -361,7 +371,11 @@ impl Cluster {
         for probe in &self.probes {
             probe.newcomer.set_silent(true);
         }
-        tokio::spawn(probe_heartbeats(agents.into_iter().zip(buses).collect(), self.background.clone()));
+        tokio::spawn(probe_heartbeats(
+            agents.into_iter().zip(buses).collect(),
+            || {},
+            self.background.clone(),
+        ));
 
         let config = FleetConfig {
             heartbeat_interval: FLEET_INTERVAL,
@@ -777,9 +791,13 @@ fn panics_logged(dir: &Path) -> Vec<String> {
     found
 }
 
-/// Heartbeats of the probe agents, each through its own connection, every
-/// [`PROBE_INTERVAL`] unless silenced. A failed put is skipped, as an agent would.
-async fn probe_heartbeats(agents: Vec<(Arc<SimAgent>, Bus)>, stop: CancellationToken) {
+/// Heartbeats of `agents`, each through its own connection, every [`PROBE_INTERVAL`]
+/// unless silenced. A failed put is skipped, as an agent would, and reported to
+/// `failed`.
+pub(crate) async fn probe_heartbeats<F>(agents: Vec<(Arc<SimAgent>, Bus)>, failed: F, stop: CancellationToken)
+where
+    F: Fn() + Clone + Send + 'static,
+{
     let mut tick = tokio::time::interval(PROBE_INTERVAL);
     loop {
         tokio::select! {
@@ -790,9 +808,14 @@ async fn probe_heartbeats(agents: Vec<(Arc<SimAgent>, Bus)>, stop: CancellationT
             if agent.is_silent() {
                 continue;
             }
-            let (bus, heartbeat) = (bus.clone(), agent.heartbeat(PROBE_INTERVAL));
+            let (bus, heartbeat, failed) = (bus.clone(), agent.heartbeat(PROBE_INTERVAL), failed.clone());
             tokio::spawn(async move {
-                let _ = tokio::time::timeout(PROBE_INTERVAL, bus.put_heartbeat(&heartbeat)).await;
+                if !matches!(
+                    tokio::time::timeout(PROBE_INTERVAL, bus.put_heartbeat(&heartbeat)).await,
+                    Ok(Ok(()))
+                ) {
+                    failed();
+                }
             });
         }
     }

@@ -127,9 +127,12 @@ async fn body(cluster: &Cluster, flood: Duration, report: &mut HostileReport) ->
     let background = CancellationToken::new();
     let _stop_background = background.clone().drop_guard();
     let tally = Arc::new(GoodTally::default());
-    let heartbeats = tokio::spawn(heartbeats(
+    let failures = Arc::clone(&tally);
+    let heartbeats = tokio::spawn(crate::cluster::probe_heartbeats(
         good.iter().map(|a| (Arc::clone(&a.sim), a.bus.clone())).collect(),
-        Arc::clone(&tally),
+        move || {
+            failures.heartbeat_failures.fetch_add(1, Ordering::Relaxed);
+        },
         background.clone(),
     ));
     let mut everyone: Vec<String> = good_ids.clone();
@@ -366,29 +369,6 @@ async fn enroll(cluster: &Cluster, token: &str) -> anyhow::Result<Vec<Agent>> {
     Ok(agents)
 }
 
-/// Heartbeats of the good agents, each on its own connection, every
-/// [`PROBE_INTERVAL`]. A failed put is skipped, as an agent would.
-async fn heartbeats(agents: Vec<(Arc<SimAgent>, Bus)>, tally: Arc<GoodTally>, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(PROBE_INTERVAL);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        for (agent, bus) in &agents {
-            let (bus, heartbeat, tally) = (bus.clone(), agent.heartbeat(PROBE_INTERVAL), Arc::clone(&tally));
-            tokio::spawn(async move {
-                if !matches!(
-                    tokio::time::timeout(PROBE_INTERVAL, bus.put_heartbeat(&heartbeat)).await,
-                    Ok(Ok(()))
-                ) {
-                    tally.heartbeat_failures.fetch_add(1, Ordering::Relaxed);
-                }
-            });
-        }
-    }
-}
-
 #[derive(Default)]
 struct GoodTally {
     /// Events acknowledged by JetStream (each counted once, retries included).
@@ -587,7 +567,7 @@ async fn takeovers(cluster: &Cluster, token: &str, victim: &Agent) -> anyhow::Re
     outcome.expect("token, fingerprint and own key", &answer, StatusCode::CONFLICT, PROBLEM_PROOF_REQUIRED);
 
     // A proof signed with its own key that claims the victim's.
-    let nonce = challenge(cluster).await?;
+    let nonce = cluster.enroll_challenge().await?;
     let mut forged = proof(&attacker, &nonce, fingerprint, Some(&attacker_public))?;
     forged["public_key"] = json!(victim_public);
     let answer = enroll_request(
@@ -604,7 +584,7 @@ async fn takeovers(cluster: &Cluster, token: &str, victim: &Agent) -> anyhow::Re
     );
 
     // The victim proves itself (and stays itself); its proof cannot be used again.
-    let nonce = challenge(cluster).await?;
+    let nonce = cluster.enroll_challenge().await?;
     let victim_proof = proof(&victim.key, &nonce, fingerprint, Some(&victim_public))?;
     let own = json!({"machine_fingerprint": fingerprint, "hostname": victim.sim.hostname,
                      "nats_public_key": victim_public, "proof": victim_proof});
@@ -665,16 +645,6 @@ async fn enroll_request(cluster: &Cluster, body: &Value) -> anyhow::Result<(Stat
         cluster.http.post(format!("{}/api/v1/agents/enroll", cluster.api_base)).json(body).send().await?;
     let status = response.status();
     Ok((status, response.json().await.unwrap_or(Value::Null)))
-}
-
-/// A fresh nonce from the challenge endpoint.
-async fn challenge(cluster: &Cluster) -> anyhow::Result<String> {
-    let response =
-        cluster.http.post(format!("{}/api/v1/agents/enroll/challenge", cluster.api_base)).send().await?;
-    let status = response.status();
-    let body: Value = response.json().await.unwrap_or(Value::Null);
-    anyhow::ensure!(status == StatusCode::CREATED, "asking for a challenge: {status} {body}");
-    body["nonce"].as_str().map(str::to_owned).context("no nonce in the challenge")
 }
 
 /// A proof: `signer`'s signature over the nonce, the fingerprint and the key.

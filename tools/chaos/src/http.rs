@@ -614,16 +614,6 @@ fn proof(signer: &KeyPair, nonce: &str, fingerprint: &str, key: Option<&str>) ->
     Ok(json!({"public_key": signer.public_key(), "nonce": nonce, "signature": signature}))
 }
 
-/// A fresh nonce from the challenge endpoint.
-async fn challenge(cluster: &Cluster) -> anyhow::Result<String> {
-    let response =
-        cluster.http.post(format!("{}/api/v1/agents/enroll/challenge", cluster.api_base)).send().await?;
-    let status = response.status();
-    let body: Value = response.json().await.unwrap_or(Value::Null);
-    anyhow::ensure!(status == StatusCode::CREATED, "asking for a challenge: {status} {body}");
-    body["nonce"].as_str().map(str::to_owned).context("no nonce in the challenge")
-}
-
 /// Enrollment of a machine that is enrolled (the steady probe) without proving its
 /// key, with forged, replayed and malformed proofs, with keys that are not user
 /// NKeys, and the challenge endpoint misused. Every request counts against the
@@ -659,7 +649,7 @@ async fn enrollment_cases(cluster: &Cluster) -> anyhow::Result<Vec<Case>> {
         json!({"token": token, "machine_fingerprint": fingerprint, "hostname": hostname}),
     ));
     // A proof signed with another key that claims the key on record.
-    let nonce = challenge(cluster).await?;
+    let nonce = cluster.enroll_challenge().await?;
     let mut forged = proof(&attacker, &nonce, &fingerprint, Some(&attacker_key))?;
     forged["public_key"] = json!(on_record);
     cases.push(enroll(
@@ -677,7 +667,7 @@ async fn enrollment_cases(cluster: &Cluster) -> anyhow::Result<Vec<Case>> {
                "proof": proof(&attacker, &unissued, &fingerprint, Some(&attacker_key))?}),
     ));
     // The same proof twice: whatever the first answer, the nonce is spent.
-    let nonce = challenge(cluster).await?;
+    let nonce = cluster.enroll_challenge().await?;
     let once = json!({"machine_fingerprint": fingerprint, "hostname": hostname, "nats_public_key": attacker_key,
                       "proof": proof(&attacker, &nonce, &fingerprint, Some(&attacker_key))?});
     cases.push(enroll("proof used the first time", Want::ClientError, once.clone()));

@@ -44,14 +44,6 @@ pub async fn ping(pool: &Pool) -> Result<(), RedisError> {
 }
 
 /// A `/readyz` check for this pool.
-pub fn ready_check(
-    pool: Pool,
-) -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
-+ Send
-+ Sync
-+ 'static {
-    move || {
-        let pool = pool.clone();
-        Box::pin(async move { ping(&pool).await.map_err(|e| e.to_string()) })
-    }
+pub fn ready_check(pool: Pool) -> impl Fn() -> service_kit::admin::CheckFuture + Send + Sync + 'static {
+    service_kit::admin::ping_check(pool, |pool| async move { ping(&pool).await })
 }

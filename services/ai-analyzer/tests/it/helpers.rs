@@ -65,8 +65,7 @@ pub async fn start(config: Config) -> (Running, CancellationToken) {
 }
 
 pub async fn stop(running: Running, shutdown: CancellationToken) {
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(20), running.wait()).await.unwrap().unwrap();
+    test_support::lifecycle::stop_within(&shutdown, running.wait(), Duration::from_secs(20)).await;
 }
 
 /// An enrolled agent with an inventory: Debian 12, nginx failed, postgresql running.

@@ -97,41 +97,22 @@ async fn tokens_end_when_the_password_or_role_changes() {
     let id = me["id"].as_str().unwrap().to_owned();
     let before = api.operator.clone();
     // A password change ends every token issued before it.
-    let (status, _) = api
-        .call(
-            Method::PATCH,
-            &format!("/api/v1/users/{id}"),
-            Some(&api.admin),
-            Some(json!({"password": "a brand new long password"})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    let patch = async |body: Value| {
+        let (status, body) =
+            api.call(Method::PATCH, &format!("/api/v1/users/{id}"), Some(&api.admin), Some(body)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    };
+    patch(json!({"password": "a brand new long password"})).await;
     let (status, body) = api.get("/api/v1/auth/me", &before).await;
     assert_problem(status, &body, StatusCode::UNAUTHORIZED, "unauthenticated");
     let fresh = api.login("operator@example.com", "a brand new long password").await;
     assert_eq!(api.get("/api/v1/auth/me", &fresh).await.0, StatusCode::OK);
     // So does a role change.
-    let (status, _) = api
-        .call(
-            Method::PATCH,
-            &format!("/api/v1/users/{id}"),
-            Some(&api.admin),
-            Some(json!({"role": "viewer"})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    patch(json!({"role": "viewer"})).await;
     assert_eq!(api.get("/api/v1/auth/me", &fresh).await.0, StatusCode::UNAUTHORIZED);
     // A patch that changes nothing ends nothing.
     let after_role = api.login("operator@example.com", "a brand new long password").await;
-    let (status, _) = api
-        .call(
-            Method::PATCH,
-            &format!("/api/v1/users/{id}"),
-            Some(&api.admin),
-            Some(json!({"role": "viewer"})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    patch(json!({"role": "viewer"})).await;
     assert_eq!(api.get("/api/v1/auth/me", &after_role).await.0, StatusCode::OK);
     // Every change is in the audit log, without the password.
     let (_, audit) = api.get("/api/v1/audit", &api.admin).await;

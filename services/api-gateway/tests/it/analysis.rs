@@ -108,19 +108,11 @@ async fn an_analyze_is_one_trace_from_gateway_to_analyzer() {
     add_user(&stack, "tracer@example.com", "operator").await;
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
-    let login: serde_json::Value = http
-        .post(format!("{base}/api/v1/auth/login"))
-        .json(&json!({"email": "tracer@example.com", "password": PASSWORD}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let token = login_at(&base, "tracer@example.com").await;
     let trace_id = "5b8efff798038103d269b633813fc60c";
     let response = http
         .post(format!("{base}/api/v1/incidents/{id}/analyze"))
-        .bearer_auth(login["access_token"].as_str().unwrap())
+        .bearer_auth(&token)
         .header("traceparent", format!("00-{trace_id}-eee19b7ec3c1b174-01"))
         .send()
         .await

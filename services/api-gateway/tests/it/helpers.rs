@@ -33,14 +33,38 @@ pub async fn start(extra: &[&str]) -> Api {
     start_on(stack, extra).await
 }
 
-fn config_for(stack: &Stack, extra: &[&str]) -> Config {
+/// The arguments every in-process gateway starts with: any free port, the test
+/// secret, and this stack's NATS, Postgres and Redis.
+pub fn base_args(stack: &Stack) -> Vec<String> {
     let mut args = vec![
         "api-gateway".to_owned(),
         "--http-addr".into(),
         "127.0.0.1:0".into(),
         "--jwt-secret".into(),
         SECRET.into(),
-        "--bootstrap-token".into(),
+    ];
+    args.extend(stack.args_for(&natsbus::auth::Identity::ApiGateway));
+    args.extend(stack.redis_args());
+    args
+}
+
+/// Logs in with [`PASSWORD`] at a gateway started as a process; the access token.
+pub async fn login_at(base: &str, email: &str) -> String {
+    let response = reqwest::Client::new()
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&json!({"email": email, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    body["access_token"].as_str().unwrap().to_owned()
+}
+
+fn config_for(stack: &Stack, extra: &[&str]) -> Config {
+    let mut args = base_args(stack);
+    args.extend([
+        "--bootstrap-token".to_owned(),
         BOOTSTRAP.into(),
         "--rpc-timeout".into(),
         "1s".into(),
@@ -51,9 +75,7 @@ fn config_for(stack: &Stack, extra: &[&str]) -> Config {
         "0".into(),
         "--rate-limit-user".into(),
         "0".into(),
-    ];
-    args.extend(stack.args_for(&natsbus::auth::Identity::ApiGateway));
-    args.extend(stack.redis_args());
+    ]);
     args.extend(extra.iter().map(|s| (*s).to_owned()));
     let config = Config::try_parse_from(args).unwrap();
     config.validate().unwrap();
@@ -227,10 +249,11 @@ impl Api {
     }
 
     pub async fn stop(mut self) {
-        self.shutdown.cancel();
         if let Some(running) = self.running.take() {
-            tokio::time::timeout(Duration::from_secs(20), running.wait()).await.unwrap().unwrap();
+            test_support::lifecycle::stop_within(&self.shutdown, running.wait(), Duration::from_secs(20))
+                .await;
         }
+        self.shutdown.cancel();
     }
 }
 
@@ -250,7 +273,7 @@ pub struct Replica {
 
 impl Replica {
     pub async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(20), self.running.wait()).await.unwrap().unwrap();
+        test_support::lifecycle::stop_within(&self.shutdown, self.running.wait(), Duration::from_secs(20))
+            .await;
     }
 }

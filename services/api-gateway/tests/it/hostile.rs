@@ -316,15 +316,7 @@ async fn create_user_subcommand_and_first_admin_from_the_environment() {
     let db2 = test_support::TestDb::create().await;
     let js = stack.jetstream().await;
     natsbus::ensure_topology(&js, &stack.topology).await.unwrap();
-    let mut args: Vec<String> = vec![
-        "api-gateway".into(),
-        "--http-addr".into(),
-        "127.0.0.1:0".into(),
-        "--jwt-secret".into(),
-        SECRET.into(),
-    ];
-    args.extend(stack.args_for(&natsbus::auth::Identity::ApiGateway));
-    args.extend(stack.redis_args());
+    let mut args = base_args(&stack);
     args.extend([
         "--database-url".into(),
         db2.url(),

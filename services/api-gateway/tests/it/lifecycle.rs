@@ -19,16 +19,7 @@ fn env(stack: &Stack) -> Vec<(&'static str, String)> {
 #[tokio::test]
 async fn starts_reports_ready_and_stops_in_process() {
     let stack = Stack::start().await;
-    let mut args = vec![
-        "api-gateway".to_owned(),
-        "--http-addr".into(),
-        "127.0.0.1:0".into(),
-        "--jwt-secret".into(),
-        SECRET.into(),
-    ];
-    args.extend(stack.args_for(&natsbus::auth::Identity::ApiGateway));
-    args.extend(stack.redis_args());
-    let config = Config::try_parse_from(args).unwrap();
+    let config = Config::try_parse_from(crate::helpers::base_args(&stack)).unwrap();
     config.validate().unwrap();
     let shutdown = CancellationToken::new();
     let running = api_gateway::start(config, shutdown.clone()).await.unwrap();

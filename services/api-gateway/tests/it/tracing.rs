@@ -49,22 +49,13 @@ async fn an_execute_is_one_trace_from_gateway_to_agent() {
     add_user(&stack, "tracer@example.com", "operator").await;
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
-    let login: serde_json::Value = http
-        .post(format!("{base}/api/v1/auth/login"))
-        .json(&json!({"email": "tracer@example.com", "password": PASSWORD}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = login["access_token"].as_str().unwrap();
+    let token = login_at(&base, "tracer@example.com").await;
 
     let trace_id = "0af7651916cd43dd8448eb211c80319c";
     let caller_span = "b7ad6b7169203331";
     let response = http
         .post(format!("{base}/api/v1/agents/{agent}/execute"))
-        .bearer_auth(token)
+        .bearer_auth(&token)
         .header("traceparent", format!("00-{trace_id}-{caller_span}-01"))
         .json(&json!({"command": "ping"}))
         .send()

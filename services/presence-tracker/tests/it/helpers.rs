@@ -82,8 +82,7 @@ pub async fn start(stack: &Stack, extra: &[&str]) -> (Running, CancellationToken
 }
 
 pub async fn stop(running: Running, shutdown: CancellationToken) {
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(20), running.wait()).await.unwrap().unwrap();
+    test_support::lifecycle::stop_within(&shutdown, running.wait(), Duration::from_secs(20)).await;
 }
 
 /// `n` simulated agents, enrolled.
