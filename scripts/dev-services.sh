@@ -172,7 +172,9 @@ ensure_nats_server() {
         echo "host: 127.0.0.1"
         echo "port: $NATS_PORT"
         echo "http_port: $monitor"
-        echo "jetstream { store_dir: \"$STACK/nats\" }"
+        # Explicit bounds: left to itself the server sizes its store from the free
+        # disk and refuses JetStream to the account (32 GiB) on a fuller one.
+        echo "jetstream { store_dir: \"$STACK/nats\", max_file_store: 40G, max_memory_store: 2G }"
         # Include paths are relative to this file.
         echo "include \"nats-auth/nats-auth.conf\""
     } >"$STACK/nats.conf.new"

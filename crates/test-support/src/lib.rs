@@ -21,7 +21,7 @@ mod redis;
 mod stack;
 
 pub use db::TestDb;
-pub use nats::{NatsServer, nats_server_binary};
+pub use nats::{NatsServer, jetstream_config, nats_server_binary};
 pub use proxy::TcpProxy;
 pub use redis::RedisServer;
 pub use stack::{Stack, free_port};

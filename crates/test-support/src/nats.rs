@@ -42,6 +42,15 @@ fn server_version(binary: &Path) -> Option<String> {
     text.split_whitespace().last().map(|v| v.trim_start_matches('v').to_owned())
 }
 
+/// The `jetstream` block of a test server's configuration. Its storage bounds are
+/// explicit, as `deploy/nats/nats-server.conf`'s are: left unset, a standalone server
+/// sizes its store at 75% of the free disk when it starts and refuses JetStream to an
+/// account whose limits (32 GiB by default) do not fit, so the tests would pass or fail
+/// with how full the disk is.
+pub fn jetstream_config(store: &Path) -> String {
+    format!("jetstream {{ store_dir: \"{}\", max_file_store: 40G, max_memory_store: 2G }}", store.display())
+}
+
 fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("binding an ephemeral port");
     listener.local_addr().expect("local addr").port()

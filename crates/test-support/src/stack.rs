@@ -58,10 +58,7 @@ impl Stack {
         let auth = StackAuth::generate(&topology);
         let security = auth.server_config();
         let nats = NatsServer::start_with_config(move |port, store| {
-            format!(
-                "host: 127.0.0.1\nport: {port}\njetstream {{ store_dir: \"{}\" }}\n{security}",
-                store.display()
-            )
+            format!("host: 127.0.0.1\nport: {port}\n{}\n{security}", crate::jetstream_config(store))
         });
         let (nats, db) = tokio::join!(nats, TestDb::create());
         Self { nats, db, topology, redis_prefix: crate::redis_prefix(), auth }

@@ -21,7 +21,7 @@ pub(crate) async fn secured() -> Secured {
     let dir = tempfile::tempdir().unwrap().keep();
     let auth = setup.server_config(&dir.join("resolver"), &topology, &BTreeMap::new()).unwrap();
     let server = NatsServer::start_with_config(|port, store| {
-        format!("host: 127.0.0.1\nport: {port}\njetstream {{ store_dir: \"{}\" }}\n{auth}", store.display())
+        format!("host: 127.0.0.1\nport: {port}\n{}\n{auth}", test_support::jetstream_config(store))
     })
     .await;
     Secured { server, setup, topology }
@@ -243,7 +243,7 @@ async fn a_regenerated_configuration_keeps_revocations() {
     let first = config(&setup);
     let expected = first.clone();
     let mut server = NatsServer::start_with_config(|port, store| {
-        format!("host: 127.0.0.1\nport: {port}\njetstream {{ store_dir: \"{}\" }}\n{first}", store.display())
+        format!("host: 127.0.0.1\nport: {port}\n{}\n{first}", test_support::jetstream_config(store))
     })
     .await;
     let s = Secured { server, setup, topology: topology.clone() };
