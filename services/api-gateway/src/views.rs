@@ -171,6 +171,56 @@ pub struct IncidentPage {
     pub next_cursor: Option<i64>,
 }
 
+/// An incident in the fleet-wide list: the incident and its agent's hostname.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FleetIncidentView {
+    #[serde(flatten)]
+    pub incident: IncidentView,
+    pub hostname: String,
+}
+
+impl From<storage::incidents::fleet::FleetIncident> for FleetIncidentView {
+    fn from(r: storage::incidents::fleet::FleetIncident) -> Self {
+        Self { incident: r.incident.into(), hostname: r.hostname }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FleetIncidentPage {
+    pub items: Vec<FleetIncidentView>,
+    /// Pass as `cursor` (with the same filters and sort) for the next, older page;
+    /// absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// How many incidents a filter keeps, per status.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IncidentSummary {
+    pub total: i64,
+    /// Of `total`, how many are critical.
+    pub critical: i64,
+    pub new: i64,
+    pub analyzed: i64,
+    pub acknowledged: i64,
+    pub resolved: i64,
+}
+
+impl From<storage::incidents::fleet::FleetSummary> for IncidentSummary {
+    fn from(s: storage::incidents::fleet::FleetSummary) -> Self {
+        let count = |status: storage::incidents::IncidentStatus| {
+            s.by_status.get(status.as_str()).copied().unwrap_or(0)
+        };
+        Self {
+            total: s.total,
+            critical: s.critical,
+            new: count(storage::incidents::IncidentStatus::New),
+            analyzed: count(storage::incidents::IncidentStatus::Analyzed),
+            acknowledged: count(storage::incidents::IncidentStatus::Acknowledged),
+            resolved: count(storage::incidents::IncidentStatus::Resolved),
+        }
+    }
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct InventoryView {
     pub id: i64,

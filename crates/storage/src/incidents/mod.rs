@@ -2,6 +2,7 @@
 //! presence tracker's `agent_offline` incidents, status changes, analyses' outcomes go
 //! through `analysis`), every read, and what identifies an incident ([`identity`]).
 
+pub mod fleet;
 pub mod identity;
 
 use std::fmt;

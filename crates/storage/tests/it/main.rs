@@ -3,6 +3,7 @@
 
 mod analysis;
 mod credentials;
+mod fleet;
 mod migrations;
 mod pool;
 mod presence;

@@ -1,14 +1,20 @@
 use axum::Json;
 use axum::extract::State;
-use wire_models::{AnalyzeOutcome, AnalyzeReply, AnalyzeRequest, PROTOCOL_VERSION};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use storage::incidents::IncidentStatus;
+use storage::incidents::fleet::{FleetCursor, FleetFilter, FleetSort};
+use utoipa::IntoParams;
+use wire_models::{AnalyzeOutcome, AnalyzeReply, AnalyzeRequest, EventKind, PROTOCOL_VERSION, Severity};
 
 use crate::auth::{Operator, Viewer};
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::extract::{ApiJson, ApiPath};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, agent_id};
 use crate::requests::{ExecuteSuggested, PatchIncident};
 use crate::routes::agents::{ensure_online, find_agent};
+use crate::routes::page_size;
 use crate::state::AppState;
-use crate::views::{IncidentExecuteResponse, IncidentView};
+use crate::views::{FleetIncidentPage, IncidentExecuteResponse, IncidentSummary, IncidentView};
 
 async fn load(state: &AppState, id: i64) -> ApiResult<storage::incidents::IncidentRow> {
     storage::incidents::get(&state.pool, id)
@@ -22,6 +28,171 @@ fn incident_id(raw: i64) -> ApiResult<i64> {
     } else {
         Err(ApiError::bad_request("invalid-path", "incident ids are positive integers"))
     }
+}
+
+/// The filters of the fleet-wide list and of its summary.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct FleetQuery {
+    /// One status or several, comma-separated: `new`, `analyzed`, `acknowledged`,
+    /// `resolved`.
+    status: Option<String>,
+    /// One severity or several, comma-separated: `info`, `warning`, `error`, `critical`.
+    severity: Option<String>,
+    /// Only critical incidents (`true`) or only the others (`false`).
+    critical: Option<bool>,
+    /// The event kind (`type`), e.g. `service_down`.
+    kind: Option<String>,
+    /// One agent's incidents.
+    agent_id: Option<String>,
+    /// Agents whose hostname starts with this.
+    hostname_prefix: Option<String>,
+    /// From this time on (RFC 3339, inclusive), on the sort's time.
+    since: Option<DateTime<Utc>>,
+    /// Before this time (RFC 3339, exclusive), on the sort's time.
+    until: Option<DateTime<Utc>>,
+    /// Text that `source` or `raw_error` contains, case-insensitively (3 to 200
+    /// characters).
+    q: Option<String>,
+}
+
+/// Paging and order of the fleet-wide list.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct FleetPaging {
+    /// `created` (default: newest incident first) or `last_seen` (most recent
+    /// occurrence first).
+    sort: Option<String>,
+    /// The `next_cursor` of the previous page.
+    cursor: Option<String>,
+    /// 1 to 500 (default 100).
+    limit: Option<u32>,
+}
+
+fn invalid(detail: impl Into<String>) -> ApiError {
+    ApiError::bad_request("invalid-query", detail)
+}
+
+/// A comma-separated list of values `parse` knows, without repeats.
+fn list_of<T: PartialEq>(
+    raw: Option<&str>,
+    name: &str,
+    parse: impl Fn(&str) -> Option<T>,
+) -> ApiResult<Vec<T>> {
+    let mut out = Vec::new();
+    for part in raw.into_iter().flat_map(|s| s.split(',')) {
+        let value = parse(part.trim()).ok_or_else(|| invalid(format!("{name}: unknown value {part:?}")))?;
+        if !out.contains(&value) {
+            out.push(value);
+        }
+    }
+    Ok(out)
+}
+
+fn fleet_filter(query: FleetQuery) -> ApiResult<FleetFilter> {
+    let statuses = list_of(query.status.as_deref(), "status", IncidentStatus::parse)?;
+    let severities = list_of(query.severity.as_deref(), "severity", Severity::parse)?;
+    let kind = query
+        .kind
+        .map(|k| {
+            EventKind::parse(&k).map(|k| k.as_str().to_owned()).map_err(|e| invalid(format!("kind: {e}")))
+        })
+        .transpose()?;
+    let agent_id = query.agent_id.as_deref().map(agent_id).transpose()?;
+    if let Some(prefix) = &query.hostname_prefix
+        && (prefix.is_empty() || prefix.len() > 253 || prefix.chars().any(char::is_control))
+    {
+        return Err(invalid("hostname_prefix: 1 to 253 characters, no control characters"));
+    }
+    if let Some(q) = &query.q
+        && (!(3..=200).contains(&q.chars().count()) || q.chars().any(char::is_control))
+    {
+        return Err(invalid("q: 3 to 200 characters, no control characters"));
+    }
+    if let (Some(since), Some(until)) = (query.since, query.until)
+        && since >= until
+    {
+        return Err(invalid("since must be before until"));
+    }
+    Ok(FleetFilter {
+        statuses,
+        severities,
+        critical: query.critical,
+        kind,
+        agent_id,
+        hostname_prefix: query.hostname_prefix,
+        since: query.since,
+        until: query.until,
+        text: query.q,
+    })
+}
+
+/// The page cache's name for a read: what was asked, hashed.
+fn cache_name(what: &str, parts: impl std::fmt::Debug) -> String {
+    format!("{what}:{}", wire_models::sha256_hex(format!("{parts:?}").as_bytes()))
+}
+
+/// Every agent's incidents, newest first, filtered (keyset pagination).
+#[utoipa::path(
+    get, path = "/api/v1/incidents", tag = "incidents", security(("bearer" = [])),
+    params(FleetQuery, FleetPaging),
+    responses(
+        (status = 200, body = FleetIncidentPage),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    _viewer: Viewer,
+    ApiQuery(query): ApiQuery<FleetQuery>,
+    ApiQuery(paging): ApiQuery<FleetPaging>,
+) -> ApiResult<axum::response::Response> {
+    let filter = fleet_filter(query)?;
+    let limit = page_size(paging.limit)?;
+    let sort = match paging.sort.as_deref() {
+        None => FleetSort::Created,
+        Some(s) => FleetSort::parse(s).ok_or_else(|| invalid("sort must be created or last_seen"))?,
+    };
+    let cursor = paging
+        .cursor
+        .as_deref()
+        .map(|c| FleetCursor::parse(c, sort).ok_or_else(|| invalid("cursor: not a cursor of this sort")))
+        .transpose()?;
+    let name = cache_name("incidents", (&filter, sort, cursor, limit));
+    crate::cache::read_through(&state.page_cache, &name, async {
+        let page = storage::incidents::fleet::list(&state.pool, &filter, sort, cursor, limit).await?;
+        let page = FleetIncidentPage {
+            items: page.items.into_iter().map(Into::into).collect(),
+            next_cursor: page.next.map(|c| c.encode()),
+        };
+        serde_json::to_vec(&page).map_err(|e| ApiError::Internal(e.into()))
+    })
+    .await
+}
+
+/// How many incidents the same filters keep, per status (for "12 new, 3 critical").
+#[utoipa::path(
+    get, path = "/api/v1/incidents/summary", tag = "incidents", security(("bearer" = [])),
+    params(FleetQuery),
+    responses(
+        (status = 200, body = IncidentSummary),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn summary(
+    State(state): State<AppState>,
+    _viewer: Viewer,
+    ApiQuery(query): ApiQuery<FleetQuery>,
+) -> ApiResult<axum::response::Response> {
+    let filter = fleet_filter(query)?;
+    let name = cache_name("incidents-summary", &filter);
+    crate::cache::read_through(&state.page_cache, &name, async {
+        let summary: IncidentSummary = storage::incidents::fleet::summary(&state.pool, &filter).await?.into();
+        serde_json::to_vec(&summary).map_err(|e| ApiError::Internal(e.into()))
+    })
+    .await
 }
 
 /// One incident.

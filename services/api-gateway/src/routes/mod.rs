@@ -142,6 +142,8 @@ pub(crate) fn api() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(inventory::inventory_diff))
         .routes(routes!(agents::presence))
         .routes(routes!(agents::execute))
+        .routes(routes!(incidents::list))
+        .routes(routes!(incidents::summary))
         .routes(routes!(incidents::get, incidents::patch))
         .routes(routes!(incidents::analyze))
         .routes(routes!(incidents::execute))

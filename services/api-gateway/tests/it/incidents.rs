@@ -113,3 +113,117 @@ async fn executing_a_suggested_action() {
     stop.cancel();
     api.stop().await;
 }
+
+/// Registers an agent directly (the fleet list needs no presence).
+async fn registered(api: &Api, hostname: &str) -> String {
+    let id = wire_models::AgentId::random();
+    storage::agents::register(&api.stack.db.pool, &id, hostname).await.unwrap();
+    id.to_string()
+}
+
+#[tokio::test]
+async fn the_fleet_list_filters_pages_and_counts_across_agents() {
+    let api = start(&["--cache-ttl", "0s"]).await;
+    let web = registered(&api, "web-01").await;
+    let db = registered(&api, "db-01").await;
+    let oom_web = api.incident(&web, "oom", "Out of memory: Killed process 42 (java)").await;
+    let disk_db = api.incident(&db, "disk_full", "No space left on device /var/lib/postgresql").await;
+    let oom_db = api.incident(&db, "oom", "Out of memory: Killed process 7 (postgres)").await;
+    sqlx::query("UPDATE incidents SET severity = 'warning', is_critical = false, status = 'acknowledged' WHERE id = $1")
+        .bind(disk_db)
+        .execute(&api.stack.db.pool)
+        .await
+        .unwrap();
+
+    let ids = |page: &serde_json::Value| -> Vec<i64> {
+        page["items"].as_array().unwrap().iter().map(|i| i["id"].as_i64().unwrap()).collect()
+    };
+    let (status, all) = api.get("/api/v1/incidents", &api.viewer).await;
+    assert_eq!(status, StatusCode::OK, "{all}");
+    assert_eq!(ids(&all), [oom_db, disk_db, oom_web], "newest first across agents");
+    assert_eq!(all["items"][0]["hostname"], "db-01");
+    assert_eq!(all["items"][0]["type"], "oom");
+    assert!(all["next_cursor"].is_null());
+
+    for (query, want) in [
+        ("kind=oom", vec![oom_db, oom_web]),
+        ("status=acknowledged", vec![disk_db]),
+        ("status=new,acknowledged", vec![oom_db, disk_db, oom_web]),
+        ("severity=warning", vec![disk_db]),
+        ("critical=true", vec![oom_db, oom_web]),
+        (&format!("agent_id={web}"), vec![oom_web]),
+        ("hostname_prefix=db-", vec![oom_db, disk_db]),
+        ("q=KILLED%20process", vec![oom_db, oom_web]),
+        ("q=postgres", vec![oom_db, disk_db]),
+        ("kind=oom&hostname_prefix=web", vec![oom_web]),
+        ("since=2000-01-01T00:00:00Z&until=2999-01-01T00:00:00Z", vec![oom_db, disk_db, oom_web]),
+        ("until=2000-01-01T00:00:00Z", vec![]),
+    ] {
+        let (status, page) = api.get(&format!("/api/v1/incidents?{query}"), &api.viewer).await;
+        assert_eq!(status, StatusCode::OK, "{query}: {page}");
+        assert_eq!(ids(&page), want, "{query}");
+        let (status, summary) = api.get(&format!("/api/v1/incidents/summary?{query}"), &api.viewer).await;
+        assert_eq!(status, StatusCode::OK, "{query}: {summary}");
+        assert_eq!(summary["total"], want.len(), "{query}: {summary}");
+    }
+    let (_, summary) = api.get("/api/v1/incidents/summary", &api.viewer).await;
+    assert_eq!(
+        summary,
+        json!({"total": 3, "critical": 2, "new": 2, "analyzed": 0, "acknowledged": 1, "resolved": 0})
+    );
+
+    // Pages of one, by last occurrence, follow the cursor to the end.
+    let mut seen = Vec::new();
+    let mut path = "/api/v1/incidents?sort=last_seen&limit=1".to_owned();
+    loop {
+        let (status, page) = api.get(&path, &api.viewer).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        seen.extend(ids(&page));
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/api/v1/incidents?sort=last_seen&limit=1&cursor={cursor}"),
+            None => break,
+        }
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, [oom_web, disk_db, oom_db]);
+
+    // Unauthenticated: no list.
+    let (status, _) = api.call(Method::GET, "/api/v1/incidents", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn bad_fleet_queries_are_refused_with_a_problem() {
+    let api = start(&[]).await;
+    for query in [
+        "status=open",
+        "status=new,,resolved",
+        "severity=fatal",
+        "kind=Not%20A%20Kind",
+        "hostname_prefix=",
+        "q=ab",
+        "q=a%00bc",
+        "since=yesterday",
+        "since=2026-01-02T00:00:00Z&until=2026-01-01T00:00:00Z",
+        "critical=maybe",
+        "sort=oldest",
+        "cursor=c12&sort=last_seen",
+        "cursor=zz",
+        "limit=0",
+        "limit=501",
+    ] {
+        for path in ["/api/v1/incidents", "/api/v1/incidents/summary"] {
+            if path.ends_with("summary")
+                && (query.starts_with("sort") || query.starts_with("cursor") || query.starts_with("limit"))
+            {
+                continue;
+            }
+            let (status, body) = api.get(&format!("{path}?{query}"), &api.viewer).await;
+            assert_problem(status, &body, StatusCode::BAD_REQUEST, "invalid-query");
+        }
+    }
+    let (status, body) = api.get("/api/v1/incidents?agent_id=nothex", &api.viewer).await;
+    assert_problem(status, &body, StatusCode::BAD_REQUEST, "invalid-agent-id");
+    api.stop().await;
+}
