@@ -10,6 +10,7 @@ mod connect;
 mod consumer;
 mod deadletter;
 mod error;
+pub mod feed;
 mod request;
 mod topology;
 pub mod trace;

@@ -144,12 +144,16 @@ impl Topology {
         }
     }
 
-    /// Incident-created messages, kept a day so an analyzer that was down catches up.
+    /// The change feed (incidents created and updated, presence, actions finished),
+    /// kept a day: an analyzer that was down catches up on new incidents, and an
+    /// operator's stream that dropped resumes from it.
     pub fn incidents_config(&self) -> stream::Config {
         stream::Config {
             name: self.incidents_stream.clone(),
-            description: Some("OpsPilot incident-created notifications".into()),
-            subjects: vec![self.subjects.all_incident_messages()],
+            description: Some(
+                "OpsPilot change feed: incidents created and updated, presence, actions finished".into(),
+            ),
+            subjects: self.subjects.change_feed(),
             storage: stream::StorageType::File,
             retention: stream::RetentionPolicy::Limits,
             max_age: Duration::from_secs(86400),

@@ -27,9 +27,9 @@ pub use codec::{DecodeError, EncodeError, WireMessage, decode, encode};
 pub use command::{Command, CommandError, CommandName, LogPath, ServiceName};
 pub use enrollment::{ENROLL_PROOF_CONTEXT, enroll_proof_message};
 pub use messages::{
-    AnalyzeOutcome, AnalyzeReply, AnalyzeRequest, Event, EventKind, Heartbeat, IncidentCreated, Inventory,
-    InventoryReport, OsInfo, PackageInfo, PresenceChanged, PresenceState, RpcError, RpcReply, RpcRequest,
-    RpcStatus, ServiceInfo, Severity,
+    ActionFinished, AnalyzeOutcome, AnalyzeReply, AnalyzeRequest, Event, EventKind, Heartbeat,
+    IncidentChange, IncidentCreated, IncidentUpdated, Inventory, InventoryReport, OsInfo, PackageInfo,
+    PresenceChanged, PresenceState, RpcError, RpcReply, RpcRequest, RpcStatus, ServiceInfo, Severity,
 };
 pub use subjects::{AgentPatterns, AgentSubject, DlqOrigin, SubjectError, SubjectRoot, Subjects};
 

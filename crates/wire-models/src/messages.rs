@@ -473,6 +473,92 @@ impl WireMessage for PresenceChanged {
     }
 }
 
+/// What changed about an incident after it was created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IncidentChange {
+    /// It recurred: `occurrences` and `last_seen_at` moved.
+    Occurrences,
+    /// An analysis finished (`analysis_status` says how).
+    Analysis,
+    /// An operator acknowledged or resolved it.
+    Status,
+    /// Its suggested action ran (the outcome is in the matching `ActionFinished`).
+    Action,
+}
+
+/// Published on `{root}.sys.incidents.updated` when an incident changes after its
+/// creation. At most once, and occurrences are coalesced (about one message a second
+/// per incident and ingestor): the incident itself is the record, this says when to
+/// read it again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IncidentUpdated {
+    pub v: u16,
+    pub incident_id: i64,
+    pub agent_id: AgentId,
+    pub change: IncidentChange,
+    /// `new`, `analyzed`, `acknowledged` or `resolved`, when the publisher knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub occurrences: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen_at: Option<DateTime<Utc>>,
+    /// `ok` or `failed`, for an `analysis` change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis_status: Option<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl WireMessage for IncidentUpdated {
+    const NAME: &'static str = "incident-updated";
+    const MAX_BYTES: usize = 4 * 1024;
+
+    fn version(&self) -> u16 {
+        self.v
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.incident_id <= 0 {
+            return Err("incident_id must be positive".into());
+        }
+        optional_label("status", self.status.as_deref(), 32)?;
+        optional_label("analysis_status", self.analysis_status.as_deref(), 32)
+    }
+}
+
+/// Published by the api-gateway on `{root}.sys.actions.finished` when an action it sent
+/// to an agent ended, whatever the outcome. At most once: the audit log is the record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActionFinished {
+    pub v: u16,
+    /// The audit log's request id.
+    pub request_id: Uuid,
+    pub agent_id: AgentId,
+    pub command: String,
+    /// `ok`, `error`, `offline`, `timeout`, `invalid_reply`, ...
+    pub outcome: String,
+    /// The incident whose suggested action this was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incident_id: Option<i64>,
+    pub duration_ms: i64,
+    pub finished_at: DateTime<Utc>,
+}
+
+impl WireMessage for ActionFinished {
+    const NAME: &'static str = "action-finished";
+    const MAX_BYTES: usize = 4 * 1024;
+
+    fn version(&self) -> u16 {
+        self.v
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        label("command", &self.command, 64)?;
+        label("outcome", &self.outcome, 64)
+    }
+}
+
 /// Request on `{root}.sys.analyze`, served by the ai-analyzer queue group.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AnalyzeRequest {

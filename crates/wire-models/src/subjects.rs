@@ -183,9 +183,30 @@ impl Subjects {
         format!("{}.sys.incidents.created", self.root)
     }
 
-    /// The incidents stream's subject filter.
+    /// Published when an incident changes after its creation (at most once).
+    pub fn incident_updated(&self) -> String {
+        format!("{}.sys.incidents.updated", self.root)
+    }
+
+    /// Every incident message (created and updated).
     pub fn all_incident_messages(&self) -> String {
         format!("{}.sys.incidents.>", self.root)
+    }
+
+    /// Published by the api-gateway when an action it sent ended.
+    pub fn action_finished(&self) -> String {
+        format!("{}.sys.actions.finished", self.root)
+    }
+
+    pub fn all_action_messages(&self) -> String {
+        format!("{}.sys.actions.>", self.root)
+    }
+
+    /// What operators are shown as it happens, in the order it happened: incidents,
+    /// presence and actions. The incidents stream keeps all three, so a client that
+    /// missed some replays them by sequence.
+    pub fn change_feed(&self) -> Vec<String> {
+        vec![self.all_incident_messages(), self.all_presence_changes(), self.all_action_messages()]
     }
 
     /// Published by the presence tracker on every online/offline transition.

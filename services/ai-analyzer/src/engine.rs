@@ -88,6 +88,8 @@ pub(crate) struct Engine {
     /// The global limit on analyses in progress (AI_CONCURRENCY).
     pub(crate) limit: Arc<Semaphore>,
     pub(crate) recent_incidents: u32,
+    /// Says on the change feed that an incident's analysis finished.
+    pub(crate) feed: natsbus::feed::FeedPublisher,
 }
 
 impl Engine {
@@ -112,7 +114,35 @@ impl Engine {
         };
         metrics::counter!("opspilot_analyses_total", "trigger" => trigger.as_str(), "outcome" => label)
             .increment(1);
+        if let Ok(outcome) = &outcome {
+            self.announce(outcome).await;
+        }
         outcome
+    }
+
+    /// An analysis recorded on the incident (new, from the cache, or failed) goes on the
+    /// change feed; reusing the stored one changed nothing.
+    async fn announce(&self, outcome: &Outcome) {
+        let analysis_status = match &outcome.reply {
+            AnalyzeOutcome::Analyzed { .. } if outcome.text.is_some() => "ok",
+            AnalyzeOutcome::Failed { .. } => "failed",
+            _ => return,
+        };
+        let Some(input) = &outcome.input else { return };
+        let Ok(agent_id) = wire_models::AgentId::parse(&input.incident.agent_id) else { return };
+        self.feed
+            .incident_updated(&wire_models::IncidentUpdated {
+                v: wire_models::PROTOCOL_VERSION,
+                incident_id: input.incident.id,
+                agent_id,
+                change: wire_models::IncidentChange::Analysis,
+                status: None,
+                occurrences: None,
+                last_seen_at: None,
+                analysis_status: Some(analysis_status.to_owned()),
+                updated_at: chrono::Utc::now(),
+            })
+            .await;
     }
 
     async fn analyze_inner(&self, incident_id: i64, force: bool) -> Result<Outcome, EngineError> {

@@ -267,6 +267,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         analyzer,
         limit: Arc::new(Semaphore::new(concurrency)),
         recent_incidents: config.recent_incidents,
+        feed: natsbus::feed::FeedPublisher::new(client.clone(), topology.subjects.clone()),
     });
 
     let readiness = Readiness::new()
@@ -282,7 +283,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         let spec = auto::AutoSpec::new(
             topology.incidents_stream.clone(),
             config.auto_analyze_consumer.clone(),
-            topology.subjects.all_incident_messages(),
+            topology.subjects.incident_created(),
             topology.subjects.incident_created(),
             concurrency,
         );

@@ -224,6 +224,26 @@ pub struct ServeArgs {
         global = true
     )]
     pub max_concurrent_hashes: u16,
+    /// Live-stream events a client may fall behind by before it is sent `lagged` and
+    /// closed (the replica's broadcast ring; each slot holds one event).
+    #[arg(
+        id = "stream-buffer",
+        long = "stream-buffer",
+        env = "STREAM_BUFFER",
+        value_name = "STREAM_BUFFER",
+        default_value_t = 4096,
+        value_parser = clap::value_parser!(u32).range(16..=1_048_576),
+        global = true
+    )]
+    pub stream_buffer: u32,
+    /// The kernel send buffer of each HTTP connection (`SO_SNDBUF`; the kernel doubles
+    /// it). Bounded, so a client that stops reading a live stream holds this much, not
+    /// megabytes, and falls behind the feed where the gateway can see it (`lagged`).
+    #[arg(id = "http-send-buffer", long = "http-send-buffer", env = "HTTP_SEND_BUFFER", value_name = "HTTP_SEND_BUFFER", default_value = "128KiB", value_parser = parse_send_buffer, global = true)]
+    pub http_send_buffer: u64,
+    /// How often an idle live stream gets a keep-alive comment.
+    #[arg(id = "stream-keepalive", long = "stream-keepalive", env = "STREAM_KEEPALIVE", value_name = "STREAM_KEEPALIVE", default_value = "15s", value_parser = parse_duration, global = true)]
+    pub stream_keepalive: Duration,
     /// How long cached reads (agent lists) are reused; 0 disables the cache.
     #[arg(id = "cache-ttl", long = "cache-ttl", env = "API_CACHE_TTL", value_name = "API_CACHE_TTL", default_value = "2s", value_parser = parse_duration, global = true)]
     pub cache_ttl: Duration,
@@ -332,4 +352,9 @@ impl Config {
         }
         Ok(())
     }
+}
+
+fn parse_send_buffer(s: &str) -> Result<u64, String> {
+    let bytes = service_kit::config::parse_bytes(s)?;
+    if (4096..=64 * 1024 * 1024).contains(&bytes) { Ok(bytes) } else { Err("between 4KiB and 64MiB".into()) }
 }

@@ -21,6 +21,7 @@ mod routes;
 mod rpc;
 mod sessions;
 mod state;
+mod stream;
 mod views;
 
 pub use auth::Role;
@@ -126,6 +127,15 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         Some(urls) => urls.0.clone(),
         None => config.nats.server_urls(),
     };
+    let feed_hub = stream::FeedHub::new(
+        client.clone(),
+        config.nats.incidents_stream.clone(),
+        config.nats.subjects(),
+        usize::try_from(serve.stream_buffer).unwrap_or(4096),
+        serve.stream_keepalive,
+        shutdown.clone(),
+    );
+    let feed_end = feed_hub.current_end().await;
     let state = state::AppState::new(state::Inner {
         pool: pool.clone(),
         redis: redis.clone(),
@@ -155,6 +165,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         page_cache: cache::PageCache::new(serve.cache_ttl, redis.clone(), config.redis.keys()),
         bus_auth: std::sync::Arc::clone(&bus_auth),
         default_offline_threshold: serve.offline_threshold,
+        feed: natsbus::feed::FeedPublisher::new(client.clone(), config.nats.subjects()),
+        feed_hub: std::sync::Arc::clone(&feed_hub),
     });
 
     let readiness = Readiness::new()
@@ -174,6 +186,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .await
         .with_context(|| format!("binding {}", serve.http_addr))?;
     let addr = listener.local_addr()?;
+    let send_buffer = usize::try_from(serve.http_send_buffer).unwrap_or(128 * 1024);
+    let listener = axum::serve::ListenerExt::tap_io(listener, move |tcp: &mut tokio::net::TcpStream| {
+        if let Err(err) = socket2::SockRef::from(&*tcp).set_send_buffer_size(send_buffer) {
+            tracing::debug!(error = %err, "could not bound a connection's send buffer");
+        }
+    });
     tracing::info!(%addr, %admin_addr, "api-gateway ready");
     let mut service = Service::new("api-gateway");
     let stopping = shutdown.clone();
@@ -183,6 +201,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             .await
             .context("serving http")
     });
+    service.background(feed_hub.run(feed_end));
     service.background(bus_auth::resync_forever(
         bus_auth,
         pool.clone(),

@@ -68,6 +68,36 @@ pub(crate) async fn execute(
         tracing::error!(error = %err, %request_id, "recording the action's outcome failed");
     }
     tracing::info!(outcome = label, elapsed_ms, "action executed");
+    let finished_at = chrono::Utc::now();
+    state
+        .feed
+        .action_finished(&wire_models::ActionFinished {
+            v: PROTOCOL_VERSION,
+            request_id,
+            agent_id: agent.clone(),
+            command: command.name().as_str().to_owned(),
+            outcome: label.to_owned(),
+            incident_id,
+            duration_ms: i64::try_from(elapsed_ms).unwrap_or(i64::MAX),
+            finished_at,
+        })
+        .await;
+    if let Some(incident_id) = incident_id {
+        state
+            .feed
+            .incident_updated(&wire_models::IncidentUpdated {
+                v: PROTOCOL_VERSION,
+                incident_id,
+                agent_id: agent.clone(),
+                change: wire_models::IncidentChange::Action,
+                status: None,
+                occurrences: None,
+                last_seen_at: None,
+                analysis_status: None,
+                updated_at: finished_at,
+            })
+            .await;
+    }
     let reply = outcome?;
     Ok(ExecuteResponse {
         request_id,

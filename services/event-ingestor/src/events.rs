@@ -27,6 +27,8 @@ pub(crate) struct EventsHandler {
     /// Shared by the events and inventory consumers: one allowance per agent.
     pub(crate) dlq_budget: Arc<natsbus::DeadLetterBudget>,
     pub(crate) dedup: bool,
+    /// Occurrence updates waiting for the change feed.
+    pub(crate) recurrences: Arc<crate::recurrences::Recurrences>,
     pub(crate) ack_wait: Duration,
 }
 
@@ -88,6 +90,7 @@ impl BatchHandler for EventsHandler {
                 return;
             }
             Some(Ok(outcome)) => {
+                self.recurrences.note(outcome.recurred);
                 let redelivered = events.len() as u64 - outcome.new_events.min(events.len() as u64);
                 Stats::add(&self.stats.redelivered, redelivered);
                 // Which events were stored before is not known one by one; the batch's
@@ -108,6 +111,7 @@ impl BatchHandler for EventsHandler {
                                 seen_before.push(event.event_id);
                             }
                             created.extend(outcome.created);
+                            self.recurrences.note(outcome.recurred);
                             acked.push(*i);
                         }
                         Err(err) if err.is_transient() => {}

@@ -10,6 +10,7 @@ mod consumer;
 mod events;
 mod inventory;
 mod known;
+mod recurrences;
 mod stats;
 
 use std::net::SocketAddr;
@@ -207,6 +208,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
 
     let mut service = Service::new("event-ingestor");
     let dlq_budget = Arc::new(config.nats.dead_letter_budget());
+    let recurrences = Arc::new(recurrences::Recurrences::default());
     let events_handler = events::EventsHandler {
         dlq_budget: Arc::clone(&dlq_budget),
         js: js.clone(),
@@ -216,6 +218,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         stats: Arc::clone(&event_stats),
         dedup: config.dedup,
         ack_wait: config.ack_wait,
+        recurrences: Arc::clone(&recurrences),
     };
     let inventory_handler = inventory::InventoryHandler {
         dlq_budget,
@@ -247,6 +250,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         "inventory",
         inventory_stats,
         config.summary_interval,
+        shutdown.clone(),
+    ));
+    service.background(recurrences.run(
+        natsbus::feed::FeedPublisher::new(client.clone(), topology.subjects.clone()),
+        std::time::Duration::from_secs(1),
         shutdown.clone(),
     ));
     service.background(stats::watch_lag(js.clone(), vec![events_spec, inventory_spec], shutdown.clone()));

@@ -109,7 +109,19 @@ pub fn permissions(identity: &Identity, topology: &Topology) -> Permissions {
     match identity {
         Identity::Agent(id) => agent_permissions(id.as_str(), topology),
         Identity::ApiGateway => Permissions {
-            publish: vec![s.all_rpc(), s.analyze()],
+            publish: vec![
+                s.all_rpc(),
+                s.analyze(),
+                s.incident_updated(),
+                s.action_finished(),
+                // Operators' live streams read the change feed (the incidents stream)
+                // with ordered consumers of their own: no other stream, no durable.
+                format!("$JS.API.STREAM.INFO.{}", topology.incidents_stream),
+                format!("$JS.API.CONSUMER.CREATE.{}", topology.incidents_stream),
+                format!("$JS.API.CONSUMER.CREATE.{}.>", topology.incidents_stream),
+                format!("$JS.API.CONSUMER.MSG.NEXT.{}.>", topology.incidents_stream),
+                format!("$JS.API.CONSUMER.DELETE.{}.>", topology.incidents_stream),
+            ],
             subscribe: vec![inbox],
             allow_responses: false,
             ..Permissions::default()
@@ -138,7 +150,7 @@ pub fn permissions(identity: &Identity, topology: &Topology) -> Permissions {
             ..Permissions::default()
         },
         Identity::AiAnalyzer => Permissions {
-            publish: vec![js_api, ack(&topology.incidents_stream)],
+            publish: vec![js_api, ack(&topology.incidents_stream), s.incident_updated()],
             subscribe: vec![inbox, s.analyze()],
             allow_responses: true,
             ..Permissions::default()

@@ -112,6 +112,16 @@ pub struct CreatedIncident {
     pub created_at: DateTime<Utc>,
 }
 
+/// An open incident a batch counted toward: where its count and last occurrence are now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecurredIncident {
+    pub id: i64,
+    pub agent_id: AgentId,
+    pub status: IncidentStatus,
+    pub occurrences: i64,
+    pub last_seen_at: DateTime<Utc>,
+}
+
 /// What one batch did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct IngestOutcome {
@@ -120,7 +130,7 @@ pub struct IngestOutcome {
     /// Incidents opened.
     pub created: Vec<CreatedIncident>,
     /// Open incidents whose count went up.
-    pub updated: u64,
+    pub recurred: Vec<RecurredIncident>,
 }
 
 /// Writes a batch of events in one statement, exactly once per event id.
@@ -189,7 +199,13 @@ pub async fn ingest_events(pool: &PgPool, events: &[NewEvent]) -> Result<IngestO
         if row.inserted {
             outcome.created.push(row.try_into()?);
         } else {
-            outcome.updated += 1;
+            outcome.recurred.push(RecurredIncident {
+                id: row.id,
+                agent_id: AgentId::parse(&row.agent_id).map_err(|e| StorageError::Data(e.to_string()))?,
+                status: IncidentStatus::try_from(row.status).map_err(StorageError::Data)?,
+                occurrences: row.occurrences,
+                last_seen_at: row.last_seen_at,
+            });
         }
     }
     Ok(outcome)
@@ -207,8 +223,8 @@ pub async fn unannounced_by_events(
     }
     let rows: Vec<UpsertRow> = sqlx::query_as(
         r#"
-        SELECT id, agent_id, type, severity, is_critical, fingerprint, created_at,
-               true AS inserted, 0::int8 AS new_events
+        SELECT id, agent_id, type, severity, is_critical, fingerprint, created_at, status, occurrences,
+               last_seen_at, true AS inserted, 0::int8 AS new_events
         FROM incidents
         WHERE event_id = ANY($1) AND status = 'new'
         ORDER BY id
@@ -230,6 +246,9 @@ struct UpsertRow {
     is_critical: bool,
     fingerprint: String,
     created_at: DateTime<Utc>,
+    status: String,
+    occurrences: i64,
+    last_seen_at: DateTime<Utc>,
     inserted: bool,
     new_events: i64,
 }
@@ -426,7 +445,7 @@ static INGEST_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
                       is_critical = inc.is_critical OR EXCLUDED.is_critical,
                       updated_at = now()
         RETURNING inc.id, inc.agent_id, inc.type, inc.severity, inc.is_critical, inc.fingerprint,
-                  inc.created_at, (inc.xmax = 0) AS inserted,
+                  inc.created_at, inc.status, inc.occurrences, inc.last_seen_at, (inc.xmax = 0) AS inserted,
                   (SELECT count(*) FROM new_events) AS new_events
 "#,
         columns = INSERT_COLUMNS

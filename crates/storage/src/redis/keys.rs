@@ -7,6 +7,7 @@
 /// | `{p}rl:{scope}:{subject}` | string+TTL | rate-limit window counter               |
 /// | `{p}cache:{name}`         | string+TTL | cached API reads and AI analyses        |
 /// | `{p}nonce:enroll:{nonce}` | string+TTL | an unused enrollment challenge          |
+/// | `{p}ticket:stream:{hash}` | string+TTL | an unused live-stream ticket (its user) |
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
     prefix: String,
@@ -33,6 +34,12 @@ impl Keys {
     pub fn enroll_nonce(&self, nonce: &str) -> String {
         format!("{}nonce:enroll:{nonce}", self.prefix)
     }
+
+    /// A live-stream ticket, by the SHA-256 of the ticket (the key never holds it),
+    /// deleted when used.
+    pub fn stream_ticket(&self, ticket_hash: &str) -> String {
+        format!("{}ticket:stream:{ticket_hash}", self.prefix)
+    }
 }
 
 #[cfg(test)]
@@ -45,5 +52,6 @@ mod tests {
         assert_eq!(keys.rate_limit("login", "10.0.0.1"), "t1:rl:login:10.0.0.1");
         assert_eq!(keys.cache("incidents:p1"), "t1:cache:incidents:p1");
         assert_eq!(keys.enroll_nonce("abc"), "t1:nonce:enroll:abc");
+        assert_eq!(keys.stream_ticket("ff"), "t1:ticket:stream:ff");
     }
 }

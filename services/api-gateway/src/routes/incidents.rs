@@ -236,6 +236,22 @@ pub(crate) async fn patch(
     match storage::incidents::change_status(&state.pool, id, target, &user.email).await? {
         storage::incidents::StatusChange::Changed(row) => {
             tracing::info!(incident_id = id, status = %target, by = %user.email, "incident status changed");
+            if let Ok(agent_id) = wire_models::AgentId::parse(&row.agent_id) {
+                state
+                    .feed
+                    .incident_updated(&wire_models::IncidentUpdated {
+                        v: PROTOCOL_VERSION,
+                        incident_id: id,
+                        agent_id,
+                        change: wire_models::IncidentChange::Status,
+                        status: Some(row.status.as_str().to_owned()),
+                        occurrences: Some(row.occurrences),
+                        last_seen_at: Some(row.last_seen_at),
+                        analysis_status: None,
+                        updated_at: row.updated_at,
+                    })
+                    .await;
+            }
             Ok(Json((*row).into()))
         }
         storage::incidents::StatusChange::NotFound => {

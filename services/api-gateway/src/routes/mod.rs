@@ -6,6 +6,7 @@ pub(crate) mod auth;
 pub(crate) mod enrollment;
 pub(crate) mod incidents;
 pub(crate) mod inventory;
+pub(crate) mod stream;
 
 use utoipa::OpenApi;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
@@ -27,6 +28,7 @@ use crate::state::AppState;
         (name = "auth", description = "Logging in"),
         (name = "agents", description = "Agents, their presence, inventory, incidents and actions"),
         (name = "incidents", description = "Incidents, analysis and suggested actions"),
+        (name = "stream", description = "Changes as they happen (Server-Sent Events)"),
         (name = "admin", description = "Users, enrollment tokens and the audit log (admins)")
     )
 )]
@@ -143,6 +145,8 @@ pub(crate) fn api() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(agents::presence))
         .routes(routes!(agents::execute))
         .routes(routes!(incidents::list))
+        .routes(routes!(stream::stream))
+        .routes(routes!(stream::ticket))
         .routes(routes!(incidents::summary))
         .routes(routes!(incidents::get, incidents::patch))
         .routes(routes!(incidents::analyze))

@@ -17,4 +17,5 @@ mod lifecycle;
 mod nats_init;
 mod presence;
 mod roles;
+mod stream;
 mod tracing;

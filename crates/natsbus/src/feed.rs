@@ -1,0 +1,210 @@
+//! The change feed: what operators are shown as it happens. The incidents stream keeps
+//! it (`Subjects::change_feed`: incidents created and updated, presence, actions
+//! finished), so every gateway replica reads it from NATS and a client that dropped
+//! replays what it missed by stream sequence.
+//!
+//! `IncidentCreated` is published by the ingestor exactly as before (acknowledged,
+//! deduplicated). The other messages here are at most once: the record is in Postgres,
+//! a lost message only means a client re-reads later than it could have.
+
+use async_nats::jetstream::{self, consumer};
+use futures::StreamExt;
+use wire_models::{
+    ActionFinished, IncidentCreated, IncidentUpdated, PresenceChanged, Subjects, WireMessage, decode,
+};
+
+use crate::NatsError;
+
+/// Publishes the at-most-once feed messages. A failure is logged and counted, never
+/// returned: nothing that publishes here should fail or wait because of the feed.
+#[derive(Clone)]
+pub struct FeedPublisher {
+    client: async_nats::Client,
+    subjects: Subjects,
+}
+
+impl FeedPublisher {
+    pub fn new(client: async_nats::Client, subjects: Subjects) -> Self {
+        Self { client, subjects }
+    }
+
+    pub async fn incident_updated(&self, msg: &IncidentUpdated) {
+        self.publish(self.subjects.incident_updated(), msg).await;
+    }
+
+    pub async fn action_finished(&self, msg: &ActionFinished) {
+        self.publish(self.subjects.action_finished(), msg).await;
+    }
+
+    async fn publish<M: WireMessage>(&self, subject: String, msg: &M) {
+        if let Err(err) = crate::publish(&self.client, subject, msg).await {
+            metrics::counter!("opspilot_feed_publish_failures_total", "message" => M::NAME).increment(1);
+            tracing::warn!(error = %err, message = M::NAME, "publishing to the change feed failed");
+        }
+    }
+}
+
+/// One change, as the feed carries it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    IncidentCreated(IncidentCreated),
+    IncidentUpdated(IncidentUpdated),
+    Presence(PresenceChanged),
+    ActionFinished(ActionFinished),
+}
+
+impl Change {
+    /// The event name operators' streams use.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Change::IncidentCreated(_) => "incident.created",
+            Change::IncidentUpdated(_) => "incident.updated",
+            Change::Presence(_) => "presence",
+            Change::ActionFinished(_) => "action.finished",
+        }
+    }
+
+    pub fn agent_id(&self) -> &wire_models::AgentId {
+        match self {
+            Change::IncidentCreated(m) => &m.agent_id,
+            Change::IncidentUpdated(m) => &m.agent_id,
+            Change::Presence(m) => &m.agent_id,
+            Change::ActionFinished(m) => &m.agent_id,
+        }
+    }
+
+    /// The message as JSON, the body of the stream's event.
+    pub fn to_json(&self) -> serde_json::Value {
+        let value = match self {
+            Change::IncidentCreated(m) => serde_json::to_value(m),
+            Change::IncidentUpdated(m) => serde_json::to_value(m),
+            Change::Presence(m) => serde_json::to_value(m),
+            Change::ActionFinished(m) => serde_json::to_value(m),
+        };
+        value.unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Decodes a feed message by its subject; `None` for a subject or body that is not
+    /// one (the stream only takes the backend's own subjects, so this is a bug or a
+    /// newer publisher, and is skipped).
+    pub fn decode(subjects: &Subjects, subject: &str, payload: &[u8]) -> Option<Self> {
+        let root = subjects.root().as_str();
+        let rest = subject.strip_prefix(root)?.strip_prefix(".sys.")?;
+        let change = if rest == "incidents.created" {
+            Change::IncidentCreated(decode(payload).ok()?)
+        } else if rest == "incidents.updated" {
+            Change::IncidentUpdated(decode(payload).ok()?)
+        } else if rest == "actions.finished" {
+            Change::ActionFinished(decode(payload).ok()?)
+        } else if rest.starts_with("presence.") {
+            Change::Presence(decode(payload).ok()?)
+        } else {
+            return None;
+        };
+        Some(change)
+    }
+}
+
+/// A change with its place in the feed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedEntry {
+    /// The incidents stream's sequence number: the resume point.
+    pub seq: u64,
+    pub change: Change,
+}
+
+/// Where the feed is: the oldest sequence it still holds and the newest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeedBounds {
+    pub first_seq: u64,
+    pub last_seq: u64,
+}
+
+pub async fn bounds(js: &jetstream::Context, name: &str) -> Result<FeedBounds, NatsError> {
+    let failed =
+        |e: &dyn std::fmt::Display| NatsError::Stream { name: name.to_owned(), detail: e.to_string() };
+    let mut stream = js.get_stream(name).await.map_err(|e| failed(&e))?;
+    let info = stream.info().await.map_err(|e| failed(&e))?;
+    Ok(FeedBounds { first_seq: info.state.first_sequence, last_seq: info.state.last_sequence })
+}
+
+/// The feed from `start` on (the next new message when `None`), in order, with an
+/// ordered consumer of its own: no durable state on the server, recreated by the client
+/// library if it falls behind or the connection drops.
+pub async fn read_from(
+    js: &jetstream::Context,
+    stream: &str,
+    subjects: Subjects,
+    start: Option<u64>,
+) -> Result<impl futures::Stream<Item = Result<FeedEntry, NatsError>> + use<>, NatsError> {
+    let handle = js
+        .get_stream(stream)
+        .await
+        .map_err(|e| NatsError::Stream { name: stream.to_owned(), detail: e.to_string() })?;
+    let deliver_policy = match start {
+        Some(seq) => consumer::DeliverPolicy::ByStartSequence { start_sequence: seq },
+        None => consumer::DeliverPolicy::New,
+    };
+    let config = consumer::pull::OrderedConfig { deliver_policy, ..Default::default() };
+    let messages = handle
+        .create_consumer(config)
+        .await
+        .map_err(|e| NatsError::Stream { name: stream.to_owned(), detail: e.to_string() })?
+        .messages()
+        .await
+        .map_err(|e| NatsError::Stream { name: stream.to_owned(), detail: e.to_string() })?;
+    let stream_name = stream.to_owned();
+    Ok(messages.filter_map(move |msg| {
+        let result = match msg {
+            Err(err) => Some(Err(NatsError::Stream { name: stream_name.clone(), detail: err.to_string() })),
+            Ok(msg) => match msg.info() {
+                Err(err) => Some(Err(NatsError::Stream { name: stream_name.clone(), detail: err.to_string() })),
+                Ok(info) => {
+                    let seq = info.stream_sequence;
+                    match Change::decode(&subjects, msg.subject.as_str(), &msg.payload) {
+                        Some(change) => Some(Ok(FeedEntry { seq, change })),
+                        None => {
+                            tracing::debug!(subject = %msg.subject, seq, "skipping a message the feed does not know");
+                            None
+                        }
+                    }
+                }
+            },
+        };
+        std::future::ready(result)
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use wire_models::{AgentId, IncidentChange, PROTOCOL_VERSION, SubjectRoot};
+
+    use super::*;
+
+    #[test]
+    fn feed_subjects_decode_to_their_change() {
+        let subjects = Subjects::new(SubjectRoot::parse("ops").unwrap());
+        let agent = AgentId::parse("a1b2c3d4e5f6").unwrap();
+        let updated = IncidentUpdated {
+            v: PROTOCOL_VERSION,
+            incident_id: 7,
+            agent_id: agent.clone(),
+            change: IncidentChange::Status,
+            status: Some("resolved".into()),
+            occurrences: None,
+            last_seen_at: None,
+            analysis_status: None,
+            updated_at: Utc::now(),
+        };
+        let body = wire_models::encode(&updated).unwrap();
+        let change = Change::decode(&subjects, &subjects.incident_updated(), &body).unwrap();
+        assert_eq!(change.kind(), "incident.updated");
+        assert_eq!(change.agent_id(), &agent);
+        assert_eq!(change.to_json()["change"], "status");
+        // The body must match the subject; other roots and subjects are not the feed.
+        assert_eq!(Change::decode(&subjects, &subjects.incident_created(), &body), None);
+        assert_eq!(Change::decode(&subjects, "other.sys.incidents.updated", &body), None);
+        assert_eq!(Change::decode(&subjects, "ops.sys.dlq.events", &body), None);
+    }
+}
