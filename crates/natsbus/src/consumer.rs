@@ -1,5 +1,6 @@
 //! The durable pull consumers the backend shares between replicas: one definition, so
-//! every shared consumer acknowledges explicitly and starts from the stream's start.
+//! every shared consumer acknowledges explicitly and, unless told otherwise, starts from
+//! the stream's start.
 
 use std::time::Duration;
 
@@ -22,6 +23,10 @@ pub struct DurableSpec {
     pub max_deliver: i64,
     /// Messages delivered and not yet acknowledged, over every replica.
     pub max_ack_pending: i64,
+    /// Start at the messages published after the consumer's creation instead of the
+    /// stream's start: for a consumer added to a deployment whose history it must not
+    /// act on (notifications of last week's incidents).
+    pub from_now: bool,
 }
 
 /// Creates the consumer, or updates it to `spec` (idempotent, from every replica).
@@ -35,7 +40,7 @@ pub async fn ensure_durable(js: &jetstream::Context, spec: &DurableSpec) -> Resu
         description: Some(spec.description.clone()),
         filter_subject: spec.filter.clone(),
         ack_policy: AckPolicy::Explicit,
-        deliver_policy: DeliverPolicy::All,
+        deliver_policy: if spec.from_now { DeliverPolicy::New } else { DeliverPolicy::All },
         ack_wait: spec.ack_wait,
         max_deliver: spec.max_deliver,
         max_ack_pending: spec.max_ack_pending,

@@ -14,6 +14,7 @@ pub mod dead_letters;
 mod error;
 pub mod incidents;
 pub mod inventory;
+pub mod notifications;
 pub mod presence;
 pub mod redis;
 pub mod tokens;

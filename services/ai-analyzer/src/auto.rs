@@ -14,10 +14,9 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-use wire_models::{AnalyzeOutcome, IncidentCreated};
+use wire_models::IncidentCreated;
 
 use crate::engine::{Engine, Trigger};
-use crate::notify::{Notification, Notifier};
 
 /// How long a delivered message may go without an acknowledgement (or a progress
 /// signal, sent every third of it while an analysis runs) before it is redelivered.
@@ -54,6 +53,7 @@ impl AutoSpec {
             ack_wait: ACK_WAIT,
             max_deliver: MAX_DELIVER,
             max_ack_pending: 1000,
+            from_now: false,
         };
         Self { bus, created_subject, concurrency }
     }
@@ -65,7 +65,6 @@ pub(crate) async fn run(
     js: jetstream::Context,
     spec: AutoSpec,
     engine: Arc<Engine>,
-    notifier: Arc<dyn Notifier>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let slots = Arc::new(Semaphore::new(spec.concurrency));
@@ -126,9 +125,9 @@ pub(crate) async fn run(
                     let _ = msg.ack().await;
                 }
                 Some(Ok(msg)) => {
-                    let (engine, notifier) = (Arc::clone(&engine), Arc::clone(&notifier));
+                    let engine = Arc::clone(&engine);
                     tasks.spawn(async move {
-                        process(&engine, notifier.as_ref(), msg).await;
+                        process(&engine, msg).await;
                         drop(permit);
                     });
                 }
@@ -148,7 +147,7 @@ pub(crate) async fn run(
     Ok(())
 }
 
-async fn process(engine: &Engine, notifier: &dyn Notifier, msg: Message) {
+async fn process(engine: &Engine, msg: Message) {
     let created = match wire_models::decode::<IncidentCreated>(&msg.payload) {
         Ok(created) => created,
         Err(err) => {
@@ -171,16 +170,8 @@ async fn process(engine: &Engine, notifier: &dyn Notifier, msg: Message) {
         let analysis = engine.analyze(created.incident_id, false, Trigger::Auto);
         let outcome = with_progress(&msg, analysis).await;
         match outcome {
-            Ok(outcome) => {
+            Ok(_) => {
                 let _ = msg.ack().await;
-                if let (AnalyzeOutcome::Analyzed { cached: false, .. }, true) =
-                    (&outcome.reply, outcome.is_critical)
-                {
-                    let notification = Notification::from_outcome(&created, &outcome);
-                    if let Err(err) = notifier.notify(&notification).await {
-                        tracing::warn!(notifier = notifier.name(), error = %err, "notification failed");
-                    }
-                }
             }
             Err(err) => {
                 tracing::warn!(

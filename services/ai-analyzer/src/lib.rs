@@ -39,7 +39,6 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::analyzer::Analyzer;
-use crate::notify::{Notifier, SlackNotifier};
 
 /// Configuration of the ai-analyzer.
 #[derive(Debug, Clone, clap::Parser)]
@@ -114,6 +113,8 @@ pub struct Config {
     #[arg(long = "recent-incidents", env = "RECENT_INCIDENTS", value_name = "RECENT_INCIDENTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=50))]
     pub recent_incidents: u32,
     #[command(flatten)]
+    pub notify: notify::NotifyArgs,
+    #[command(flatten)]
     pub admin: AdminArgs,
 }
 
@@ -154,7 +155,10 @@ impl Config {
         {
             return Err("AUTO_ANALYZE_CONSUMER: use 1 to 64 letters, digits, '-' and '_'".into());
         }
-        Ok(())
+        if self.notify.consumer == self.auto_analyze_consumer {
+            return Err("NOTIFY_CONSUMER: must differ from AUTO_ANALYZE_CONSUMER".into());
+        }
+        self.notify.validate(self.dev.dev)
     }
 
     /// The key, unless unset or blank.
@@ -253,7 +257,6 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             "OPENROUTER_KEY is not set; the rule-based analyzer answers"
         ),
     }
-    let notifier: Arc<dyn Notifier> = Arc::new(SlackNotifier::disabled());
 
     let concurrency = usize::try_from(config.ai_concurrency).unwrap_or(1);
     let engine = Arc::new(engine::Engine {
@@ -289,9 +292,42 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         );
         // Created before reporting ready, so a ready replica is part of the consumer.
         natsbus::ensure_durable(&js, &spec.bus).await.context("creating the auto-analysis consumer")?;
-        service.worker(auto::run(js.clone(), spec, Arc::clone(&engine), notifier, shutdown.clone()));
+        service.worker(auto::run(js.clone(), spec, Arc::clone(&engine), shutdown.clone()));
     } else {
         tracing::info!("automatic analysis of critical incidents is off (AUTO_ANALYZE=false)");
+    }
+    if config.notify.enabled {
+        config
+            .notify
+            .sync_env_targets(&pool)
+            .await
+            .context("writing the environment's notification targets")?;
+        let spec = notify::route::spec(topology.incidents_stream.clone(), config.notify.consumer.clone());
+        natsbus::ensure_durable(&js, &spec).await.context("creating the notification consumer")?;
+        let written = Arc::new(tokio::sync::Notify::new());
+        let router = notify::route::Router {
+            pool: pool.clone(),
+            subjects: topology.subjects.clone(),
+            written: Arc::clone(&written),
+        };
+        service.worker(notify::route::run(js.clone(), spec, router, shutdown.clone()));
+        let n = &config.notify;
+        let sender = notify::send::Sender {
+            pool: pool.clone(),
+            http: notify::send::client(n.timeout).context("building the notification HTTP client")?,
+            settings: notify::send::Settings {
+                timeout: n.timeout,
+                backoff: service_kit::backoff::Backoff::new(n.backoff, n.backoff_max),
+                retry_for: n.retry_for,
+                poll: n.poll,
+                concurrency: n.concurrency,
+                retention: n.retention,
+            },
+            written,
+        };
+        service.worker(notify::send::run(sender, shutdown.clone()));
+    } else {
+        tracing::info!("notifications are off in this replica (NOTIFY=false)");
     }
     // Subscribed before reporting ready, so a ready replica answers requests.
     let subscriber = requests::subscribe(&client, &topology.subjects).await?;
@@ -342,6 +378,24 @@ mod tests {
     }
 
     #[test]
+    fn notification_secrets_are_never_in_debug_output() {
+        let config = parse(&[
+            "--notify-webhook-url",
+            "https://example.net/hook/url-token",
+            "--notify-webhook-secret",
+            "webhook-signing-secret",
+            "--notify-slack-webhook-url",
+            "https://hooks.slack.com/services/T0/B0/slack-token",
+        ])
+        .unwrap();
+        config.validate().unwrap();
+        let debug = format!("{config:?}");
+        for secret in ["url-token", "webhook-signing-secret", "slack-token"] {
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
+    }
+
+    #[test]
     fn a_blank_key_means_rules() {
         let config = parse(&["--openrouter-key", "  "]).unwrap();
         assert_eq!(config.build_analyzer().unwrap().name(), "rules");
@@ -360,6 +414,9 @@ mod tests {
             ("--ai-timeout", "soon", "AI_TIMEOUT"),
             ("--auto-analyze", "maybe", "AUTO_ANALYZE"),
             ("--openrouter-base-url", "https://user:pw@openrouter.ai/api/v1", "OPENROUTER_BASE_URL"),
+            ("--notify-events", "incident,everything", "NOTIFY_EVENTS"),
+            ("--notify-min-severity", "fatal", "NOTIFY_MIN_SEVERITY"),
+            ("--notify-rate-per-minute", "0", "NOTIFY_RATE_PER_MINUTE"),
         ] {
             let err = parse(&[flag, value]).unwrap_err();
             assert!(err.contains(var), "{flag} {value}: {err}");
@@ -371,6 +428,37 @@ mod tests {
             (&["--analysis-cache-ttl", "10ms"][..], "ANALYSIS_CACHE_TTL"),
             (&["--auto-analyze-consumer", "a.b"][..], "AUTO_ANALYZE_CONSUMER"),
             (&["--openrouter-key", "sk-or\u{7f}-secret"][..], "OPENROUTER_KEY"),
+            (&["--notify-consumer", "ai-analyzer"][..], "NOTIFY_CONSUMER"),
+            (&["--notify-webhook-url", "https://example.net/h"][..], "NOTIFY_WEBHOOK_SECRET"),
+            (
+                &["--notify-webhook-url", "https://example.net/h", "--notify-webhook-secret", "short"][..],
+                "NOTIFY_WEBHOOK_SECRET",
+            ),
+            (
+                &[
+                    "--notify-webhook-url",
+                    "ftp://example.net/h",
+                    "--notify-webhook-secret",
+                    "0123456789abcdef",
+                ][..],
+                "NOTIFY_WEBHOOK_URL",
+            ),
+            (
+                &[
+                    "--notify-webhook-url",
+                    "https://u:p@example.net/h",
+                    "--notify-webhook-secret",
+                    "0123456789abcdef",
+                ][..],
+                "NOTIFY_WEBHOOK_URL",
+            ),
+            (
+                &["--notify-slack-webhook-url", "http://hooks.slack.com/services/x"][..],
+                "NOTIFY_SLACK_WEBHOOK_URL",
+            ),
+            (&["--notify-backoff", "2s", "--notify-backoff-max", "1s"][..], "NOTIFY_BACKOFF_MAX"),
+            (&["--notify-poll", "1ms"][..], "NOTIFY_POLL"),
+            (&["--notify-retention", "10m"][..], "NOTIFY_RETENTION"),
         ] {
             let err = parse(args).unwrap().validate().unwrap_err();
             assert!(err.starts_with(var), "{args:?}: {err}");

@@ -82,22 +82,6 @@ pub(crate) async fn execute(
             finished_at,
         })
         .await;
-    if let Some(incident_id) = incident_id {
-        state
-            .feed
-            .incident_updated(&wire_models::IncidentUpdated {
-                v: PROTOCOL_VERSION,
-                incident_id,
-                agent_id: agent.clone(),
-                change: wire_models::IncidentChange::Action,
-                status: None,
-                occurrences: None,
-                last_seen_at: None,
-                analysis_status: None,
-                updated_at: finished_at,
-            })
-            .await;
-    }
     let reply = outcome?;
     Ok(ExecuteResponse {
         request_id,

@@ -5,5 +5,6 @@ mod analyze;
 mod auto;
 mod helpers;
 mod lifecycle;
+mod notify;
 mod replicas;
 mod trace;

@@ -352,11 +352,32 @@ pub(crate) async fn execute(
             // The attempt is part of the incident's story even when it failed.
             let failure = serde_json::json!({"status": "failed", "error": err.to_string(), "by": user.email});
             storage::incidents::record_action(&state.pool, id, &failure).await?;
+            announce_action(&state, id, &agent_id).await;
             return Err(err);
         }
     };
     let recorded = serde_json::to_value(&result).map_err(|e| ApiError::Internal(e.into()))?;
     storage::incidents::record_action(&state.pool, id, &recorded).await?;
+    announce_action(&state, id, &agent_id).await;
     let incident = load(&state, id).await?;
     Ok(Json(IncidentExecuteResponse { result, incident: incident.into() }))
+}
+
+/// Tells the change feed the incident's action result is recorded: after the write,
+/// so a client that reloads the incident on this event reads the result.
+async fn announce_action(state: &AppState, incident_id: i64, agent_id: &wire_models::AgentId) {
+    state
+        .feed
+        .incident_updated(&wire_models::IncidentUpdated {
+            v: wire_models::PROTOCOL_VERSION,
+            incident_id,
+            agent_id: agent_id.clone(),
+            change: wire_models::IncidentChange::Action,
+            status: None,
+            occurrences: None,
+            last_seen_at: None,
+            analysis_status: None,
+            updated_at: chrono::Utc::now(),
+        })
+        .await;
 }

@@ -6,6 +6,7 @@ pub(crate) mod auth;
 pub(crate) mod enrollment;
 pub(crate) mod incidents;
 pub(crate) mod inventory;
+pub(crate) mod notifications;
 pub(crate) mod stream;
 
 use utoipa::OpenApi;
@@ -29,7 +30,7 @@ use crate::state::AppState;
         (name = "agents", description = "Agents, their presence, inventory, incidents and actions"),
         (name = "incidents", description = "Incidents, analysis and suggested actions"),
         (name = "stream", description = "Changes as they happen (Server-Sent Events)"),
-        (name = "admin", description = "Users, enrollment tokens and the audit log (admins)")
+        (name = "admin", description = "Users, enrollment tokens, the audit log and notification targets (admins)")
     )
 )]
 struct ApiDoc;
@@ -158,6 +159,10 @@ pub(crate) fn api() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(admin::audit))
         .routes(routes!(admin::list_conflicts))
         .routes(routes!(admin::resolve_conflict))
+        .routes(routes!(notifications::list_targets, notifications::create_target))
+        .routes(routes!(notifications::update_target, notifications::delete_target))
+        .routes(routes!(notifications::test_target))
+        .routes(routes!(notifications::deliveries))
         .split_for_parts();
     utoipa::Modify::modify(&CommonContract, &mut openapi);
     (router, openapi)
