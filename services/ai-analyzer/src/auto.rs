@@ -158,7 +158,9 @@ async fn process(engine: &Engine, msg: Message) {
             return;
         }
     };
-    if !created.is_critical {
+    // The tracker's own incident: no error text from the agent to explain, and a
+    // fleet-wide outage must not become one AI call per host. Operators can still ask.
+    if !created.is_critical || created.kind.as_str() == storage::incidents::OFFLINE_INCIDENT_TYPE {
         metrics::counter!("opspilot_analyses_total", "trigger" => "auto", "outcome" => "skipped")
             .increment(1);
         let _ = msg.ack().await;

@@ -299,6 +299,9 @@ impl Transitions {
         {
             tracing::warn!(agent_id = %t.agent_id, error = %err, "publishing presence-changed failed");
         }
+        if let Some(incident_id) = t.incident_id {
+            self.announce_incident(t, incident_id).await;
+        }
         let last_seen = t.last_seen_at.map(|at| at.to_rfc3339());
         match t.state {
             PresenceState::Online => tracing::info!(
@@ -324,6 +327,49 @@ impl Transitions {
             }
         }
         metrics::counter!("opspilot_presence_transitions_total", "state" => t.state.as_str()).increment(1);
+    }
+}
+
+impl Transitions {
+    /// Tells the change feed about the `agent_offline` incident the transition opened
+    /// (offline) or resolved (online), at most once like the presence change: the
+    /// record is in Postgres, the feed only spares operators a reload.
+    async fn announce_incident(&self, t: &AppliedTransition, incident_id: i64) {
+        let published = match t.state {
+            PresenceState::Offline => {
+                let msg = wire_models::IncidentCreated {
+                    v: PROTOCOL_VERSION,
+                    incident_id,
+                    agent_id: t.agent_id.clone(),
+                    kind: match wire_models::EventKind::parse(storage::incidents::OFFLINE_INCIDENT_TYPE) {
+                        Ok(kind) => kind,
+                        Err(_) => return,
+                    },
+                    severity: wire_models::Severity::Critical,
+                    is_critical: true,
+                    fingerprint: storage::incidents::offline_fingerprint(&t.agent_id),
+                    created_at: t.changed_at,
+                };
+                natsbus::publish(&self.client, self.subjects.incident_created(), &msg).await
+            }
+            PresenceState::Online => {
+                let msg = wire_models::IncidentUpdated {
+                    v: PROTOCOL_VERSION,
+                    incident_id,
+                    agent_id: t.agent_id.clone(),
+                    change: wire_models::IncidentChange::Status,
+                    status: Some(storage::incidents::IncidentStatus::Resolved.as_str().to_owned()),
+                    occurrences: None,
+                    last_seen_at: t.last_seen_at,
+                    analysis_status: None,
+                    updated_at: t.changed_at,
+                };
+                natsbus::publish(&self.client, self.subjects.incident_updated(), &msg).await
+            }
+        };
+        if let Err(err) = published {
+            tracing::warn!(agent_id = %t.agent_id, incident_id, error = %err, "publishing the offline incident's change failed");
+        }
     }
 }
 

@@ -142,6 +142,9 @@ pub fn permissions(identity: &Identity, topology: &Topology) -> Permissions {
             publish: vec![
                 js_api,
                 s.all_presence_changes(),
+                // The agent_offline incidents it opens and resolves, on the change feed.
+                s.incident_created(),
+                s.incident_updated(),
                 s.dead_letter(wire_models::DlqOrigin::Heartbeats),
             ],
             subscribe: vec![inbox],

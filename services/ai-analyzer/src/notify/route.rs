@@ -131,6 +131,10 @@ fn action_notice(m: &ActionFinished, hostname: &str) -> Notice {
 fn wanted<'t>(change: &Change, targets: &'t [Target]) -> Vec<&'t Target> {
     let pick = |f: &dyn Fn(&Target) -> bool| targets.iter().filter(|t| f(t)).collect();
     match change {
+        // An agent_offline incident is what the `offline` notification already says.
+        Change::IncidentCreated(m) if m.kind.as_str() == storage::incidents::OFFLINE_INCIDENT_TYPE => {
+            Vec::new()
+        }
         Change::IncidentCreated(m) => pick(&|t| t.wants_incident(m.kind.as_str(), m.severity, m.is_critical)),
         Change::Presence(m) if m.state == PresenceState::Offline => pick(&|t| t.wants(NotifyEvent::Offline)),
         Change::ActionFinished(m) if m.outcome != "ok" => pick(&|t| t.wants(NotifyEvent::ActionFailed)),
@@ -338,6 +342,9 @@ mod tests {
         assert_eq!(names(&created("oom", Severity::Error, false)), Vec::<usize>::new());
         // A critical flag counts as critical whatever the severity field says.
         assert_eq!(names(&created("oom", Severity::Warning, true)), vec![0]);
+        assert!(
+            names(&created(storage::incidents::OFFLINE_INCIDENT_TYPE, Severity::Critical, true)).is_empty()
+        );
         let offline = Change::Presence(PresenceChanged {
             v: 1,
             agent_id: agent(),

@@ -390,17 +390,29 @@ async fn the_live_stream_shows_what_the_real_services_do_as_it_happens() {
         .await;
     assert!(offline.data["last_seen_at"].is_string(), "{:?}", offline.data);
     let offline_after = offline.at - stopped;
+    // The tracker's agent_offline incident is announced like any other.
+    let opened = everything
+        .wait_for("A's offline incident", SOON, |e| {
+            e.is("incident.created", &a) && e.data["kind"] == "agent_offline"
+        })
+        .await;
+    assert_eq!(opened.data["is_critical"], true, "{:?}", opened.data);
+    let offline_incident = opened.data["incident_id"].as_i64().unwrap();
     let restarted = Instant::now();
     agents[0].start();
     let online = everything
         .wait_for("A online again", SOON, |e| e.is("presence", &a) && e.data["state"] == "online")
         .await;
     let online_after = online.at - restarted;
+    let resolved = everything
+        .wait_for("A's offline incident resolved", SOON, |e| e.updated(offline_incident, "status"))
+        .await;
+    assert_eq!(resolved.data["status"], "resolved", "{:?}", resolved.data);
 
     // The filtered client saw exactly A's share of the feed, in the same order and with
     // the same ids; the unfiltered one saw B too.
-    only_a.wait_for("A online again", SOON, |e| e.id == online.id).await;
-    let last = online.id.unwrap();
+    only_a.wait_for("A's offline incident resolved", SOON, |e| e.id == resolved.id).await;
+    let last = resolved.id.unwrap();
     let ids = everything.ids();
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids grow: {}", everything.log());
     let a_share: Vec<u64> =
@@ -423,7 +435,9 @@ async fn the_live_stream_shows_what_the_real_services_do_as_it_happens() {
             "incident.updated",
             "incident.updated",
             "presence",
-            "presence"
+            "incident.created",
+            "presence",
+            "incident.updated"
         ],
         "{}",
         only_a.log()
