@@ -51,3 +51,55 @@ pub async fn ensure_durable(js: &jetstream::Context, spec: &DurableSpec) -> Resu
         detail: e.to_string(),
     })
 }
+
+/// How much one pull asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct PullLimits {
+    pub messages: usize,
+    /// Bytes per pull, when bounded.
+    pub bytes: Option<usize>,
+}
+
+/// The messages of `spec`'s durable consumer, creating (or updating) it first; retried
+/// with backoff until it works, `None` once `shutdown` is cancelled. `label` names the
+/// consumer in the warnings, which come at growing intervals during an outage.
+pub async fn pull_until(
+    js: &jetstream::Context,
+    spec: &DurableSpec,
+    limits: PullLimits,
+    label: &str,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Option<pull::Stream> {
+    use service_kit::backoff::{Backoff, worth_logging};
+    let mut attempt: u32 = 0;
+    while !shutdown.is_cancelled() {
+        let started = match ensure_durable(js, spec).await {
+            Ok(consumer) => {
+                let mut stream = consumer
+                    .stream()
+                    .max_messages_per_batch(limits.messages)
+                    .heartbeat(std::time::Duration::from_secs(5))
+                    .expires(std::time::Duration::from_secs(30));
+                if let Some(bytes) = limits.bytes {
+                    stream = stream.max_bytes_per_batch(bytes);
+                }
+                stream.messages().await.map_err(|e| e.to_string())
+            }
+            Err(err) => Err(err.to_string()),
+        };
+        match started {
+            Ok(messages) => return Some(messages),
+            Err(err) => {
+                attempt = attempt.saturating_add(1);
+                if worth_logging(attempt) {
+                    tracing::warn!(consumer = label, attempt, error = %err, "cannot start consumer; retrying");
+                }
+                if service_kit::service::sleep_or_shutdown(Backoff::RECONNECT.delay(attempt), shutdown).await
+                {
+                    break;
+                }
+            }
+        }
+    }
+    None
+}

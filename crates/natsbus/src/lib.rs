@@ -19,7 +19,7 @@ pub use config::{NatsConfig, ServerUrls, parse_server_urls};
 pub use connect::{
     MIN_SERVER_VERSION, check_server_version, connect, connect_until, connect_with, creds_file_options,
 };
-pub use consumer::{DurableSpec, ensure_durable};
+pub use consumer::{DurableSpec, PullLimits, ensure_durable, pull_until};
 pub use deadletter::{
     Admission, DeadLetter, DeadLetterBudget, Parked, Usage, dead_letter, dead_letter_within,
 };

@@ -222,41 +222,47 @@ fn into_targets(rows: Vec<TargetRow>) -> Result<Vec<Target>, StorageError> {
 
 /// Creates an API-managed target; a taken name is a conflict.
 pub async fn create_target(pool: &PgPool, new: &NewTarget<'_>) -> Result<Target, StorageError> {
-    let row: TargetRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO notification_targets
-             (id, name, kind, url, secret, events, min_severity, kinds, rate_per_minute, enabled, source)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'api')
-         RETURNING {TARGET_COLUMNS}"
-    )))
-    .bind(Uuid::now_v7())
-    .bind(new.name)
-    .bind(new.kind.as_str())
-    .bind(new.url)
-    .bind(new.secret)
-    .bind(event_names(new.events))
-    .bind(new.min_severity.as_str())
-    .bind(new.kinds)
-    .bind(rate(new.rate_per_minute))
-    .bind(new.enabled)
-    .fetch_one(pool)
-    .await
-    .map_err(|e| unique_to_conflict(e, "a notification target with this name exists"))?;
-    row.try_into()
+    write_target(pool, new, TargetSource::Api)
+        .await
+        .map_err(|e| unique_to_conflict(e, "a notification target with this name exists"))?
+        .ok_or_else(|| StorageError::Data("a created target was not returned".into()))?
+        .try_into()
 }
 
 /// Writes a target from the analyzer's environment, replacing what an earlier start
 /// wrote under the same name. A name an API target holds is a conflict: the
 /// environment never overwrites what an admin configured.
 pub async fn upsert_env_target(pool: &PgPool, new: &NewTarget<'_>) -> Result<Target, StorageError> {
-    let row: Option<TargetRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    write_target(pool, new, TargetSource::Env)
+        .await?
+        .ok_or_else(|| {
+            StorageError::Conflict(format!("an API-managed notification target is named {}", new.name))
+        })?
+        .try_into()
+}
+
+/// Inserts a target; an environment target replaces the environment's earlier one of
+/// the same name (and only such a one: `None` when the name is an API target's).
+async fn write_target(
+    pool: &PgPool,
+    new: &NewTarget<'_>,
+    source: TargetSource,
+) -> Result<Option<TargetRow>, sqlx::Error> {
+    let on_conflict = match source {
+        TargetSource::Api => "",
+        TargetSource::Env => {
+            "ON CONFLICT (name) DO UPDATE SET
+                 kind = EXCLUDED.kind, url = EXCLUDED.url, secret = EXCLUDED.secret, events = EXCLUDED.events,
+                 min_severity = EXCLUDED.min_severity, kinds = EXCLUDED.kinds,
+                 rate_per_minute = EXCLUDED.rate_per_minute, enabled = EXCLUDED.enabled, updated_at = now()
+             WHERE notification_targets.source = 'env'"
+        }
+    };
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO notification_targets
              (id, name, kind, url, secret, events, min_severity, kinds, rate_per_minute, enabled, source)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'env')
-         ON CONFLICT (name) DO UPDATE SET
-             kind = EXCLUDED.kind, url = EXCLUDED.url, secret = EXCLUDED.secret, events = EXCLUDED.events,
-             min_severity = EXCLUDED.min_severity, kinds = EXCLUDED.kinds,
-             rate_per_minute = EXCLUDED.rate_per_minute, enabled = EXCLUDED.enabled, updated_at = now()
-         WHERE notification_targets.source = 'env'
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+         {on_conflict}
          RETURNING {TARGET_COLUMNS}"
     )))
     .bind(Uuid::now_v7())
@@ -269,12 +275,9 @@ pub async fn upsert_env_target(pool: &PgPool, new: &NewTarget<'_>) -> Result<Tar
     .bind(new.kinds)
     .bind(rate(new.rate_per_minute))
     .bind(new.enabled)
+    .bind(source.as_str())
     .fetch_optional(pool)
-    .await?;
-    row.ok_or_else(|| {
-        StorageError::Conflict(format!("an API-managed notification target is named {}", new.name))
-    })?
-    .try_into()
+    .await
 }
 
 /// Removes an environment target no longer configured.

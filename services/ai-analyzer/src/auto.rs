@@ -69,32 +69,10 @@ pub(crate) async fn run(
 ) -> anyhow::Result<()> {
     let slots = Arc::new(Semaphore::new(spec.concurrency));
     let mut tasks: JoinSet<()> = JoinSet::new();
-    let mut attempt: u32 = 0;
-    'outer: while !shutdown.is_cancelled() {
-        let messages = match natsbus::ensure_durable(&js, &spec.bus).await {
-            Ok(consumer) => consumer
-                .stream()
-                .max_messages_per_batch(spec.concurrency)
-                .heartbeat(Duration::from_secs(5))
-                .expires(Duration::from_secs(30))
-                .messages()
-                .await
-                .map_err(anyhow::Error::from),
-            Err(err) => Err(err.into()),
-        };
-        let mut messages = match messages {
-            Ok(messages) => messages,
-            Err(err) => {
-                attempt += 1;
-                tracing::warn!(attempt, error = %err, "cannot start the auto-analysis consumer; retrying");
-                let delay = Duration::from_millis(100u64 << attempt.min(6)).min(Duration::from_secs(5));
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(delay) => continue,
-                }
-            }
-        };
-        attempt = 0;
+    let limits = natsbus::PullLimits { messages: spec.concurrency, bytes: None };
+    'outer: while let Some(mut messages) =
+        natsbus::pull_until(&js, &spec.bus, limits, "auto-analysis", &shutdown).await
+    {
         tracing::info!(durable = %spec.bus.durable, stream = %spec.bus.stream, "auto-analysis consumer started");
         loop {
             while tasks.try_join_next().is_some() {}

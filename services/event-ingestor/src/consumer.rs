@@ -62,33 +62,9 @@ pub(crate) async fn run<H: BatchHandler>(
     // Batches in flight at once: while one waits on Postgres the next is decoded and
     // written on another connection; acks follow each batch's own commit.
     let mut inflight: tokio::task::JoinSet<()> = tokio::task::JoinSet::new();
-    let mut attempt: u32 = 0;
     let mut started_once = false;
-    while !shutdown.is_cancelled() {
-        let messages = match natsbus::ensure_durable(&js, &spec.bus).await {
-            Ok(consumer) => consumer
-                .stream()
-                .max_messages_per_batch(spec.batch_size)
-                .max_bytes_per_batch(spec.batch_bytes)
-                .heartbeat(Duration::from_secs(5))
-                .expires(Duration::from_secs(30))
-                .messages()
-                .await
-                .map_err(anyhow::Error::from),
-            Err(err) => Err(err.into()),
-        };
-        let messages = match messages {
-            Ok(messages) => messages,
-            Err(err) => {
-                attempt += 1;
-                tracing::warn!(consumer = spec.label, attempt, error = %err, "cannot start consumer; retrying");
-                if sleep_or_shutdown(Backoff::RECONNECT.delay(attempt), &shutdown).await {
-                    break;
-                }
-                continue;
-            }
-        };
-        attempt = 0;
+    let limits = natsbus::PullLimits { messages: spec.batch_size, bytes: Some(spec.batch_bytes) };
+    while let Some(messages) = natsbus::pull_until(&js, &spec.bus, limits, spec.label, &shutdown).await {
         if started_once {
             tracing::info!(consumer = spec.label, durable = %spec.bus.durable, "{} consumer resumed", spec.label);
         } else {

@@ -204,34 +204,8 @@ pub(crate) async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut targets = Targets { pool: router.pool.clone(), targets: Vec::new(), read_at: None };
-    let mut attempt: u32 = 0;
-    while !shutdown.is_cancelled() {
-        let messages = match natsbus::ensure_durable(&js, &spec).await {
-            Ok(consumer) => consumer
-                .stream()
-                .max_messages_per_batch(BATCH)
-                .heartbeat(Duration::from_secs(5))
-                .expires(Duration::from_secs(30))
-                .messages()
-                .await
-                .map_err(anyhow::Error::from),
-            Err(err) => Err(err.into()),
-        };
-        let mut messages = match messages {
-            Ok(messages) => messages,
-            Err(err) => {
-                if service_kit::backoff::worth_logging(attempt + 1) {
-                    tracing::warn!(attempt, error = %err, "cannot start the notification consumer; retrying");
-                }
-                let delay = service_kit::backoff::Backoff::RECONNECT.delay(attempt);
-                attempt = attempt.saturating_add(1);
-                if service_kit::service::sleep_or_shutdown(delay, &shutdown).await {
-                    break;
-                }
-                continue;
-            }
-        };
-        attempt = 0;
+    let limits = natsbus::PullLimits { messages: BATCH, bytes: None };
+    while let Some(mut messages) = natsbus::pull_until(&js, &spec, limits, "notifications", &shutdown).await {
         tracing::info!(durable = %spec.durable, "notification routing started");
         loop {
             let first = tokio::select! {
