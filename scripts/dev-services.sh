@@ -6,7 +6,8 @@
 # Writes .stack/env with the variables `make run` and `make test` use.
 #
 #   scripts/dev-services.sh           # everything, including a NATS server for `make run`
-#   scripts/dev-services.sh --test    # what the tests need (they start their own NATS)
+#   scripts/dev-services.sh --test    # what the tests need (they start their own NATS),
+#                                     # and Chromium with chromedriver for the console tests
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -197,11 +198,23 @@ ensure_nats_server() {
     wait_for "nats" port_open "$NATS_PORT"
 }
 
+# --- A browser for the console's tests ----------------------------------------------
+# The console tests drive headless Chromium through chromedriver (WebDriver).
+ensure_browser() {
+    if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then
+        return
+    fi
+    apt_install chromium chromium-driver
+    log "browser: $(chromium --version 2>/dev/null || echo chromium), chromedriver for the console tests"
+}
+
 ensure_postgres
 ensure_redis
 ensure_nats_binary
 if [ "$MODE" != "--test" ]; then
     ensure_nats_server
+else
+    ensure_browser
 fi
 
 PG_PASSWORD="${PGPASSWORD:-postgres}"

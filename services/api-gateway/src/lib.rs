@@ -8,6 +8,7 @@ mod bus_auth;
 mod cache;
 mod client_ip;
 mod config;
+mod console;
 mod error;
 mod extract;
 mod http;
@@ -227,6 +228,7 @@ fn router(
         .merge(api)
         .merge(SwaggerUi::new("/api/v1/docs").url("/api/v1/openapi.json", openapi))
         .merge(service_kit::admin::probes(readiness))
+        .merge(console::routes())
         .fallback(http::not_found)
         .method_not_allowed_fallback(http::method_not_allowed)
         .layer(axum::middleware::from_fn(http::metrics))

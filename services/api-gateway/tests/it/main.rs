@@ -6,6 +6,7 @@ mod agents;
 mod analysis;
 mod auth;
 mod bus_security;
+mod console;
 mod docs;
 mod enroll;
 mod execute;

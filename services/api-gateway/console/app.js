@@ -1,0 +1,109 @@
+// The console's shell: who is logged in, the hash routes, the live stream's state.
+//
+//   #/login            log in
+//   #/fleet?...        agents and their presence (hostname_prefix, status, after)
+//   #/incidents?...    incidents across the fleet (q, status, severity)
+//   #/incidents/{id}   one incident
+
+import { api, query, setToken, token } from "./api.js";
+import { fill, notice, refreshTimes } from "./dom.js";
+import { Live } from "./live.js";
+import { fleetPage, incidentPage, incidentsPage, loginPage } from "./pages.js";
+
+const main = document.getElementById("main");
+const nav = document.getElementById("nav");
+const who = document.getElementById("who");
+const liveStatus = document.getElementById("live");
+const live = new Live();
+let user = null;
+let leave = () => {};
+let signedOutReason = "";
+
+const LIVE_TEXT = {
+  connecting: "Connecting to live updates…",
+  live: "Live",
+  reconnecting: "Connection lost, reconnecting…",
+  idle: "",
+};
+
+live.addEventListener("state", ({ detail }) => {
+  liveStatus.textContent = LIVE_TEXT[detail] ?? "";
+  liveStatus.dataset.state = detail;
+  liveStatus.hidden = detail === "idle";
+});
+
+function go(page, params = {}) {
+  location.hash = `#/${page}${query(params)}`;
+}
+
+function signedIn(me) {
+  user = me;
+  document.getElementById("who-email").textContent = me.email;
+  document.getElementById("who-role").textContent = me.role;
+  who.hidden = false;
+  nav.hidden = false;
+  live.start();
+}
+
+function signOut(reason = "") {
+  setToken(null);
+  user = null;
+  live.stop();
+  who.hidden = true;
+  nav.hidden = true;
+  signedOutReason = reason;
+  if (location.hash.startsWith("#/login")) route();
+  else location.hash = "#/login";
+}
+
+async function route() {
+  leave();
+  leave = () => {};
+  const hash = location.hash.replace(/^#/, "") || "/";
+  const [path, search = ""] = hash.split("?");
+  const params = new URLSearchParams(search);
+  const parts = path.split("/").filter(Boolean);
+
+  if (!token()) {
+    if (parts[0] !== "login") {
+      location.hash = "#/login";
+      return;
+    }
+    const reason = signedOutReason;
+    signedOutReason = "";
+    leave = loginPage(main, { reason, onLoggedIn: () => (location.hash = "#/fleet") });
+    return;
+  }
+  if (!user) {
+    try {
+      signedIn(await api("GET", "/api/v1/auth/me"));
+    } catch (err) {
+      if (err.status === 401) return; // signed out by the API helper
+      fill(main, notice("error", "The console could not start.", err.message, " Reload the page to retry."));
+      return;
+    }
+  }
+  for (const link of nav.querySelectorAll("a")) {
+    if (link.dataset.nav === parts[0]) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
+  }
+  const context = { live, params, go, role: user.role };
+  switch (parts[0]) {
+    case "incidents":
+      leave = parts[1] ? incidentPage(main, { ...context, id: parts[1] }) : incidentsPage(main, context);
+      break;
+    case "fleet":
+      leave = fleetPage(main, context);
+      break;
+    default:
+      location.hash = "#/fleet";
+      return;
+  }
+  main.focus({ preventScroll: true });
+}
+
+document.getElementById("logout").addEventListener("click", () => signOut("You logged out."));
+window.addEventListener("opspilot:signed-out", (event) => signOut(event.detail));
+window.addEventListener("hashchange", route);
+setInterval(() => refreshTimes(), 15000);
+route();
