@@ -80,6 +80,10 @@ export function can(role, what) {
     case "acknowledge":
     case "resolve":
       return operator;
+    case "audit":
+    case "users":
+    case "tokens":
+      return role === "admin";
     default:
       return false;
   }

@@ -4,8 +4,14 @@
 //   #/fleet?...        agents and their presence (hostname_prefix, status, after)
 //   #/incidents?...    incidents across the fleet (q, status, severity)
 //   #/incidents/{id}   one incident
+//   #/agents/{id}      one agent: presence, incidents, inventory, commands
+//   #/audit?...        the audit log (admins; agent_id, before)
+//   #/users            users (admins)
+//   #/tokens           enrollment tokens (admins)
 
-import { api, query, setToken, token } from "./api.js";
+import { adminDenied, auditPage, tokensPage, usersPage } from "./admin.js";
+import { agentPage } from "./agent.js";
+import { api, can, query, setToken, token } from "./api.js";
 import { fill, notice, refreshTimes } from "./dom.js";
 import { Live } from "./live.js";
 import { fleetPage, incidentPage, incidentsPage, loginPage } from "./pages.js";
@@ -41,6 +47,11 @@ function signedIn(me) {
   document.getElementById("who-email").textContent = me.email;
   document.getElementById("who-role").textContent = me.role;
   who.hidden = false;
+  // Only what the role can use is offered.
+  for (const link of nav.querySelectorAll("a")) {
+    const page = link.dataset.nav;
+    if (page === "audit" || page === "users" || page === "tokens") link.hidden = !can(me.role, page);
+  }
   nav.hidden = false;
   live.start();
 }
@@ -84,7 +95,8 @@ async function route() {
     }
   }
   for (const link of nav.querySelectorAll("a")) {
-    if (link.dataset.nav === parts[0]) link.setAttribute("aria-current", "page");
+    const section = parts[0] === "agents" ? "fleet" : parts[0];
+    if (link.dataset.nav === section) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
   }
   const context = { live, params, go, role: user.role };
@@ -94,6 +106,21 @@ async function route() {
       break;
     case "fleet":
       leave = fleetPage(main, context);
+      break;
+    case "agents":
+      if (!parts[1]) {
+        location.hash = "#/fleet";
+        return;
+      }
+      leave = agentPage(main, { ...context, id: decodeURIComponent(parts[1]) });
+      break;
+    case "audit":
+    case "users":
+    case "tokens":
+      if (!can(user.role, parts[0])) leave = adminDenied(main);
+      else if (parts[0] === "audit") leave = auditPage(main, context);
+      else if (parts[0] === "users") leave = usersPage(main, { ...context, email: user.email });
+      else leave = tokensPage(main, context);
       break;
     default:
       location.hash = "#/fleet";

@@ -72,6 +72,41 @@ export function time(iso, empty = "never") {
   return h("time", { datetime: iso, title: absolute.format(date), "data-relative": "" }, relativeText(date));
 }
 
+/** The exact time in the viewer's zone, as text. */
+export function exactTime(iso) {
+  const date = new Date(iso);
+  return Number.isNaN(date.getTime()) ? String(iso) : absolute.format(date);
+}
+
+/** "3 h 5 min", "42 s": a length of time for reading. */
+export function duration(ms) {
+  const s = Math.max(0, Math.round(ms / 1000));
+  if (s < 60) return `${s} s`;
+  const m = Math.floor(s / 60);
+  if (m < 60) return `${m} min ${s % 60} s`;
+  const hours = Math.floor(m / 60);
+  if (hours < 48) return `${hours} h ${m % 60} min`;
+  return `${Math.floor(hours / 24)} d ${hours % 24} h`;
+}
+
+/**
+ * Asks before a change in the page's #ask dialog: `title` names the change and its
+ * target, `what` its effect, `yes` labels the button that does it. Resolves true when
+ * the admin chose it (Escape or Cancel: false).
+ */
+export function ask(title, what, yes) {
+  const dialog = document.getElementById("ask");
+  document.getElementById("ask-title").textContent = title;
+  document.getElementById("ask-what").textContent = what;
+  document.getElementById("ask-yes").textContent = yes;
+  dialog.returnValue = "";
+  return new Promise((resolve) => {
+    dialog.addEventListener("close", () => resolve(dialog.returnValue === "yes"), { once: true });
+    dialog.showModal();
+    document.getElementById("ask-cancel").focus();
+  });
+}
+
 /** Keeps every relative time on the page current. */
 export function refreshTimes(root = document) {
   for (const el of root.querySelectorAll("time[data-relative]")) {

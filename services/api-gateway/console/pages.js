@@ -6,9 +6,9 @@ import { fill, h, notice, pretty, time } from "./dom.js";
 
 const STATUSES = ["new", "analyzed", "acknowledged", "resolved"];
 const SEVERITIES = ["info", "warning", "error", "critical"];
-const PAGE = 50;
+export const PAGE = 50;
 
-function errorNotice(err, what) {
+export function errorNotice(err, what) {
   const detail = err instanceof ApiError ? err.message : String(err);
   let next = "Retry in a moment; if it persists, check the gateway's health (/readyz).";
   if (err instanceof ApiError && err.status === 403) next = "Your role does not allow this; ask an admin.";
@@ -17,19 +17,19 @@ function errorNotice(err, what) {
   return notice("error", what, detail, " ", next);
 }
 
-function heading(text) {
+export function heading(text) {
   return h("h1", { id: "page-title" }, text);
 }
 
-function badge(kind, value) {
+export function badge(kind, value) {
   return h("span", { class: `badge ${kind}-${value}` }, value);
 }
 
-function field(label, control) {
+export function field(label, control) {
   return h("label", { class: "field" }, h("span", {}, label), control);
 }
 
-function options(values, selected, anyLabel) {
+export function options(values, selected, anyLabel) {
   return [
     h("option", { value: "", selected: !selected }, anyLabel),
     ...values.map((v) => h("option", { value: v, selected: v === selected }, v)),
@@ -111,7 +111,7 @@ export function fleetPage(main, { live, params, go }) {
     const tr = h(
       "tr",
       { "data-agent-id": agent.id },
-      h("td", {}, agent.hostname),
+      h("td", {}, h("a", { href: `#/agents/${encodeURIComponent(agent.id)}` }, agent.hostname)),
       h("td", {}, h("code", {}, agent.id)),
       h("td", { class: "status" }, badge("presence", p.state || "unknown")),
       h("td", { class: "heartbeat" }, time(p.last_heartbeat_at)),
@@ -241,7 +241,7 @@ export function incidentsPage(main, { live, params, go }) {
       h("td", { class: "status" }, badge("status", incident.status)),
       h("td", {}, h("a", { href: `#/incidents/${incident.id}` }, incident.raw_error || incident.type)),
       h("td", {}, incident.type),
-      h("td", {}, incident.hostname || incident.agent_id),
+      h("td", {}, h("a", { href: `#/agents/${encodeURIComponent(incident.agent_id)}` }, incident.hostname || incident.agent_id)),
       h("td", { class: "occurrences num" }, incident.occurrences),
       h("td", { class: "last-seen" }, time(incident.last_seen_at)),
     );
@@ -485,7 +485,7 @@ export function incidentPage(main, { live, id, role }) {
         "dl",
         { class: "facts" },
         h("dt", {}, "Agent"),
-        h("dd", {}, h("code", {}, i.agent_id)),
+        h("dd", {}, h("a", { id: "incident-agent", href: `#/agents/${encodeURIComponent(i.agent_id)}` }, h("code", {}, i.agent_id))),
         h("dt", {}, "Source"),
         h("dd", {}, i.source),
         h("dt", {}, "Occurrences"),
@@ -526,52 +526,19 @@ export function incidentPage(main, { live, id, role }) {
   function confirmAndRun(incident, action) {
     // What is shown is what is sent: the same object, frozen at this moment.
     const shown = { command: action.command, params: action.params ?? {} };
-    const dialog = document.getElementById("confirm");
-    document.getElementById("confirm-agent").textContent = incident.agent_id;
-    document.getElementById("confirm-command").textContent = shown.command;
-    document.getElementById("confirm-params").textContent = pretty(shown.params);
-    dialog.returnValue = "";
-    dialog.addEventListener(
-      "close",
-      () => {
-        if (dialog.returnValue !== "run") return;
-        act("run the suggested action", async () => {
-          fill(reply, h("h2", { id: "reply-title" }, "Agent's reply"), h("p", {}, "Waiting for the agent…"));
-          try {
-            const out = await api("POST", `/api/v1/incidents/${incident.id}/execute`, shown);
-            current = out.incident;
-            showReply(out.result);
-          } catch (err) {
-            fill(reply);
-            throw err;
-          }
-        });
-      },
-      { once: true },
+    confirmCommand(incident.agent_id, shown, () =>
+      act("run the suggested action", async () => {
+        fill(reply, h("h2", { id: "reply-title" }, "Agent's reply"), h("p", {}, "Waiting for the agent…"));
+        try {
+          const out = await api("POST", `/api/v1/incidents/${incident.id}/execute`, shown);
+          current = out.incident;
+          showReply(reply, out.result);
+        } catch (err) {
+          fill(reply);
+          throw err;
+        }
+      }),
     );
-    dialog.showModal();
-    document.getElementById("confirm-cancel").focus();
-  }
-
-  function showReply(result) {
-    fill(
-      reply,
-      h("h2", { id: "reply-title" }, "Agent's reply"),
-      h(
-        "dl",
-        { class: "facts" },
-        h("dt", {}, "Command"),
-        h("dd", {}, h("code", {}, result.command)),
-        h("dt", {}, "Outcome"),
-        h("dd", { id: "reply-status" }, result.status),
-        result.exit_code != null ? [h("dt", {}, "Exit code"), h("dd", {}, result.exit_code)] : null,
-        h("dt", {}, "Took"),
-        h("dd", {}, `${result.duration_ms} ms on the agent, ${result.round_trip_ms} ms in all`),
-      ),
-      result.output != null ? h("pre", { id: "reply-output" }, result.output) : null,
-      result.error ? notice("error", `The agent refused: ${result.error.code}`, result.error.message) : null,
-    );
-    reply.focus();
   }
 
   let reloadTimer = null;
@@ -592,4 +559,50 @@ export function incidentPage(main, { live, id, role }) {
     live.removeEventListener("message", onMessage);
     live.removeEventListener("reload", onReload);
   };
+}
+
+// ---------------------------------------------------------------------------------
+// Shared by the pages that run commands
+
+/**
+ * Shows exactly what will run (the agent, the command, its parameters) in the
+ * confirmation dialog; calls `onRun` only when the operator chooses "Run it".
+ */
+export function confirmCommand(agentId, shown, onRun) {
+  const dialog = document.getElementById("confirm");
+  document.getElementById("confirm-agent").textContent = agentId;
+  document.getElementById("confirm-command").textContent = shown.command;
+  document.getElementById("confirm-params").textContent = pretty(shown.params);
+  dialog.returnValue = "";
+  dialog.addEventListener(
+    "close",
+    () => {
+      if (dialog.returnValue === "run") onRun();
+    },
+    { once: true },
+  );
+  dialog.showModal();
+  document.getElementById("confirm-cancel").focus();
+}
+
+/** The agent's reply to a command, into `reply` (a focusable section). */
+export function showReply(reply, result) {
+  fill(
+    reply,
+    h("h2", { id: "reply-title" }, "Agent's reply"),
+    h(
+      "dl",
+      { class: "facts" },
+      h("dt", {}, "Command"),
+      h("dd", {}, h("code", {}, result.command)),
+      h("dt", {}, "Outcome"),
+      h("dd", { id: "reply-status" }, result.status),
+      result.exit_code != null ? [h("dt", {}, "Exit code"), h("dd", {}, result.exit_code)] : null,
+      h("dt", {}, "Took"),
+      h("dd", {}, `${result.duration_ms} ms on the agent, ${result.round_trip_ms} ms in all`),
+    ),
+    result.output != null ? h("pre", { id: "reply-output" }, result.output) : null,
+    result.error ? notice("error", `The agent refused: ${result.error.code}`, result.error.message) : null,
+  );
+  reply.focus();
 }

@@ -43,6 +43,8 @@ const ASSETS: &[Asset] = &[
     asset!("dom.js", JS),
     asset!("live.js", JS),
     asset!("pages.js", JS),
+    asset!("agent.js", JS),
+    asset!("admin.js", JS),
     asset!("favicon.svg", "image/svg+xml"),
 ];
 

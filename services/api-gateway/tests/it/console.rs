@@ -454,3 +454,202 @@ async fn operator_analyzes_again_runs_only_what_was_shown_and_resolves() {
     let _ = analyzer.wait().await;
     api.stop().await;
 }
+
+/// The navigation links the page offers (not hidden), in order.
+async fn offered_pages(browser: &Browser) -> Vec<String> {
+    let script =
+        "return [...document.querySelectorAll('#nav a')].filter(a => !a.hidden).map(a => a.dataset.nav);";
+    serde_json::from_value(browser.client.execute(script, vec![]).await.unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn operator_runs_a_command_from_the_agent_page_and_hears_when_it_is_offline() {
+    let api = start(&[]).await;
+    let fleet = api.online_fleet("console-agent", 1).await;
+    let agent = fleet.agents()[0].clone();
+    let id = agent.id.to_string();
+    let stop = api.serve_rpc(&fleet, RpcBehaviour::default()).await;
+    let incident = api.incident(&id, "service_down", "nginx died on this host").await;
+    let browser = Browser::start().await;
+
+    browser.log_in(&api.base, "operator@example.com").await;
+    assert_eq!(offered_pages(&browser).await, ["fleet", "incidents"], "an operator is offered no admin page");
+    // From the fleet list to the agent.
+    browser.click(&format!("tr[data-agent-id=\"{id}\"] a")).await;
+    browser.wait_text("#page-title", &agent.hostname).await;
+    browser.wait_text("#agent-presence", "online").await;
+    browser.wait_text(&format!("#agent-incidents tr[data-incident-id=\"{incident}\"]"), "nginx died").await;
+
+    // The form follows the allow-list: service_status asks for a service, and the
+    // confirmation shows exactly what is sent.
+    browser.element("#command-name").await.select_by_value("service_status").await.unwrap();
+    browser.type_into("#command-service", "nginx").await;
+    browser.click("#run-command").await;
+    browser.wait_text("#confirm-command", "service_status").await;
+    browser.wait_text("#confirm-params", "\"service\": \"nginx\"").await;
+    browser.wait_text("#confirm-agent", &id).await;
+    browser.click("#confirm-run").await;
+    browser.wait_text("#reply-output", "nginx: active (running)").await;
+    browser.wait_text("#reply-status", "ok").await;
+    assert_eq!(api.audit_outcomes(&id).await, vec![("execute".to_owned(), "ok".to_owned())]);
+
+    // An agent gone offline: the gateway sends nothing, and the page says so.
+    sqlx::query("UPDATE agents SET status = 'offline', status_changed_at = now() WHERE id = $1")
+        .bind(&id)
+        .execute(&api.stack.db.pool)
+        .await
+        .unwrap();
+    browser.element("#command-name").await.select_by_value("ping").await.unwrap();
+    browser.click("#run-command").await;
+    browser.wait_text("#confirm-command", "ping").await;
+    browser.click("#confirm-run").await;
+    browser.wait_text("#command-message", "The agent is offline: nothing was sent").await;
+    assert_eq!(browser.text("#reply-output").await, None, "no reply is shown for a command not sent");
+    let outcomes = api.audit_outcomes(&id).await;
+    assert_eq!(outcomes.iter().filter(|(_, o)| o == "ok").count(), 1, "{outcomes:?}");
+
+    // The incident links back to its agent.
+    browser.click(&format!("#agent-incidents tr[data-incident-id=\"{incident}\"] a")).await;
+    browser.click("#incident-agent").await;
+    browser.wait_text("#agent-id", &id).await;
+
+    browser.assert_only_from(&api.base).await;
+    browser.stop().await;
+    stop.cancel();
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn viewer_compares_two_inventory_snapshots_and_is_offered_no_commands() {
+    let api = start(&[]).await;
+    let fleet = api.online_fleet("console-inventory", 1).await;
+    let agent = fleet.agents()[0].clone();
+    let id = agent.id.to_string();
+    // Two snapshots, through the ingestor's storage path: openssl moves to 3.0.1.
+    let snapshot = |report: &wire_models::InventoryReport| storage::inventory::Snapshot {
+        agent_id: report.agent_id.clone(),
+        hash: report.snapshot_hash(),
+        hostname: report.snapshot.hostname.clone(),
+        meta: Value::Object(report.snapshot.meta.clone()),
+        data: serde_json::to_value(&report.snapshot).unwrap(),
+        collected_at: report.collected_at,
+    };
+    let (first, second) = (agent.inventory(false), agent.inventory(true));
+    storage::inventory::ingest_snapshots(&api.stack.db.pool, &[snapshot(&first), snapshot(&second)])
+        .await
+        .unwrap();
+    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM agents_inventory WHERE agent_id = $1 ORDER BY id")
+        .bind(&id)
+        .fetch_all(&api.stack.db.pool)
+        .await
+        .unwrap();
+    let (older, newer) = (ids[0], ids[1]);
+    // Down for six minutes, then back.
+    sqlx::query(
+        "INSERT INTO presence_transitions (agent_id, state, changed_at, threshold_secs, reason)
+         VALUES ($1, 'offline', now() - interval '10 minutes', 30, 'timeout'),
+                ($1, 'online', now() - interval '4 minutes', 30, 'heartbeat')",
+    )
+    .bind(&id)
+    .execute(&api.stack.db.pool)
+    .await
+    .unwrap();
+    let browser = Browser::start().await;
+
+    browser.log_in(&api.base, "viewer@example.com").await;
+    assert_eq!(offered_pages(&browser).await, ["fleet", "incidents"], "a viewer is offered no admin page");
+    browser.goto(&format!("{}/#/agents/{id}", api.base)).await;
+    browser.wait_text("#page-title", &agent.hostname).await;
+    browser.wait_text("#timeline tbody tr:last-child", "offline").await;
+    browser.wait_text("#timeline tbody tr:last-child", "6 min 0 s").await;
+    browser.wait_text("#timeline tbody tr:last-child", "timeout").await;
+    browser.wait_text("#timeline tbody tr:first-child", "now").await;
+    // The latest change shows at once: from the older snapshot to the newer.
+    browser.wait_text("#diff caption", &format!("From #{older} to #{newer}: 1 change")).await;
+    browser.wait_text("#diff tbody", "packages.openssl.version").await;
+    browser.wait_text("#diff tbody", "changed3.0.03.0.1").await;
+    // Any two, either way round.
+    browser.element("#diff-from").await.select_by_value(&newer.to_string()).await.unwrap();
+    browser.element("#diff-to").await.select_by_value(&older.to_string()).await.unwrap();
+    browser.click("#show-diff").await;
+    browser.wait_text("#diff caption", &format!("From #{newer} to #{older}: 1 change")).await;
+    browser.wait_text("#inventory-data", "openssl").await;
+    browser.wait_text("#agent-incidents", "No incidents on this agent").await;
+    assert_eq!(browser.text("#command").await, None, "a viewer is offered the command form");
+
+    // The admin pages are not offered, and not shown when typed in.
+    browser.goto(&format!("{}/#/tokens", api.base)).await;
+    browser.wait_text("#main", "Your role cannot see this page").await;
+    assert_eq!(browser.text("#token-name").await, None);
+
+    browser.stop().await;
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn admin_creates_an_enrollment_token_sees_it_once_and_revokes_it() {
+    let api = start(&[]).await;
+    let browser = Browser::start().await;
+
+    browser.log_in(&api.base, "admin@example.com").await;
+    assert_eq!(offered_pages(&browser).await, ["fleet", "incidents", "audit", "users", "tokens"]);
+    browser.click("a[data-nav=tokens]").await;
+    browser.wait_text("#tokens", "No enrollment tokens yet").await;
+    browser.type_into("#token-name", "rack 12").await;
+    browser.type_into("#token-max-uses", "5").await;
+    browser.click("#create-token").await;
+    browser.wait_text("#created", "shown only this once").await;
+    let value = browser
+        .client
+        .execute("return document.querySelector('#created-token').value;", vec![])
+        .await
+        .unwrap();
+    let token = value.as_str().unwrap().to_owned();
+    assert!(token.starts_with("opt_"), "{token}");
+    // It is the token the gateway keeps the hash of.
+    let stored: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM enrollment_tokens WHERE token_hash = $1 AND name = 'rack 12'",
+    )
+    .bind(wire_models::sha256_hex(token.as_bytes()))
+    .fetch_one(&api.stack.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(stored, 1);
+    browser.wait_text("#tokens tbody", "rack 12").await;
+    browser.wait_text("#tokens tbody", "0 of 5").await;
+
+    // Once: back on the page, the list has it and the token is nowhere.
+    browser.click("a[data-nav=fleet]").await;
+    browser.element("#fleet").await;
+    browser.click("a[data-nav=tokens]").await;
+    browser.wait_text("#tokens tbody .state", "active").await;
+    assert_eq!(browser.text("#created-token").await, None);
+    let page = browser.client.source().await.unwrap();
+    assert!(!page.contains(&token), "the token is shown again");
+
+    // Revoking asks first, naming the token.
+    browser.click("#tokens button.revoke").await;
+    browser.wait_text("#ask-title", "rack 12").await;
+    browser.click("#ask-yes").await;
+    browser.wait_text("#tokens tbody .state", "revoked").await;
+
+    // Disabling a user asks first too; the audit log has every change.
+    browser.click("a[data-nav=users]").await;
+    browser.click("tr[data-user=\"viewer@example.com\"] button.toggle").await;
+    browser.wait_text("#ask-title", "Disable viewer@example.com").await;
+    browser.click("#ask-yes").await;
+    browser.wait_text("tr[data-user=\"viewer@example.com\"] .state", "disabled").await;
+    assert_eq!(
+        browser.text("tr[data-user=\"admin@example.com\"] button").await,
+        None,
+        "an admin can disable themselves"
+    );
+    browser.click("a[data-nav=audit]").await;
+    browser.wait_text("#audit tbody", "revoke_enrollment_token").await;
+    browser.wait_text("#audit tbody", "create_enrollment_token").await;
+    browser.wait_text("#audit tbody", "update_user").await;
+
+    browser.assert_only_from(&api.base).await;
+    browser.stop().await;
+    api.stop().await;
+}
