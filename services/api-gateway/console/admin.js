@@ -99,7 +99,9 @@ export function auditPage(main, { params, go }) {
             h(
               "tr",
               {},
-              ["When", "By", "Action", "On", "Command or details", "Outcome", "Took"].map((c) => h("th", { scope: "col" }, c)),
+              ["When", "By", "Action", "On", "Command or details", "Outcome", "Took"].map((c) =>
+                h("th", { scope: "col", class: c === "Took" ? "num" : null }, c),
+              ),
             ),
           ),
           h("tbody", {}, rows),
@@ -437,7 +439,9 @@ export function tokensPage(main) {
             h(
               "tr",
               {},
-              ["Name", "State", "Enrollments", "Expires", "Last used", "Created", "Revoke"].map((c) => h("th", { scope: "col" }, c)),
+              ["Name", "State", "Enrollments", "Expires", "Last used", "Created", "Revoke"].map((c) =>
+                h("th", { scope: "col", class: c === "Enrollments" ? "num" : null }, c),
+              ),
             ),
           ),
           h("tbody", {}, tokens.map(row)),

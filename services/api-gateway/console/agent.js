@@ -116,7 +116,7 @@ export function agentPage(main, { live, id, role }) {
             h(
               "thead",
               {},
-              h("tr", {}, ["State", "From", "Until", "Lasted", "Why"].map((c) => h("th", { scope: "col" }, c))),
+              h("tr", {}, ["State", "From", "Until", "Lasted", "Why"].map((c) => h("th", { scope: "col", class: c === "Lasted" ? "num" : null }, c))),
             ),
             tbody,
           ),
@@ -173,7 +173,9 @@ export function agentPage(main, { live, id, role }) {
               h(
                 "tr",
                 {},
-                ["Severity", "Status", "Error", "Kind", "Occurrences", "Last seen"].map((c) => h("th", { scope: "col" }, c)),
+                ["Severity", "Status", "Error", "Kind", "Occurrences", "Last seen"].map((c) =>
+                  h("th", { scope: "col", class: c === "Occurrences" ? "num" : null }, c),
+                ),
               ),
             ),
             tbody,

@@ -241,7 +241,7 @@ export function incidentsPage(main, { live, params, go }) {
       h("td", { class: "status" }, badge("status", incident.status)),
       h("td", {}, h("a", { href: `#/incidents/${incident.id}` }, incident.raw_error || incident.type)),
       h("td", {}, incident.type),
-      h("td", {}, h("a", { href: `#/agents/${encodeURIComponent(incident.agent_id)}` }, incident.hostname || incident.agent_id)),
+      h("td", { class: "host" }, h("a", { href: `#/agents/${encodeURIComponent(incident.agent_id)}` }, incident.hostname || incident.agent_id)),
       h("td", { class: "occurrences num" }, incident.occurrences),
       h("td", { class: "last-seen" }, time(incident.last_seen_at)),
     );
@@ -269,7 +269,7 @@ export function incidentsPage(main, { live, params, go }) {
           "tr",
           {},
           ["Severity", "Status", "Error", "Kind", "Host", "Occurrences", "Last seen"].map((c) =>
-            h("th", { scope: "col" }, c),
+            h("th", { scope: "col", class: c === "Occurrences" ? "num" : null }, c),
           ),
         ),
       ),
@@ -478,7 +478,7 @@ export function incidentPage(main, { live, id, role }) {
         "header",
         { class: "incident-head" },
         h("h1", { id: "page-title" }, `Incident ${i.id}: ${i.type}`),
-        h("p", {}, badge("severity", i.severity), " ", h("span", { id: "incident-status" }, badge("status", i.status)), i.is_critical ? " critical" : ""),
+        h("p", {}, badge("severity", i.severity), " ", h("span", { id: "incident-status" }, badge("status", i.status)), i.is_critical ? [" ", h("span", { class: "badge flag-critical" }, "critical incident")] : ""),
       ),
       h("div", { class: "actions", role: "group", "aria-label": "Incident actions" }, operations),
       h(
