@@ -12,12 +12,8 @@ use serde_json::json;
 use wire_models::{Command, PROTOCOL_VERSION, RpcRequest};
 
 use crate::ingest::prepare;
-use crate::report::Row;
+use crate::report::{Row, percentile};
 use crate::{gateway, services};
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted.get(((sorted.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(f64::NAN)
-}
 
 struct Measured {
     p50_ms: f64,

@@ -18,25 +18,24 @@ pub(crate) struct Gateway {
 
 pub(crate) async fn start(stack: &Stack) -> anyhow::Result<Gateway> {
     let port = test_support::free_port();
-    let service = services::start(
-        stack,
-        &Identity::ApiGateway,
-        "api-gateway",
-        &[
-            ("JWT_SECRET", SECRET.into()),
-            ("HTTP_ADDR", format!("127.0.0.1:{port}")),
-            ("ADMIN_EMAIL", "bench@example.com".into()),
-            ("ADMIN_PASSWORD", PASSWORD.into()),
-            // A load generator is one address and one user; the limits are not what
-            // is measured here.
-            ("RATE_LIMIT_PER_IP", "0".into()),
-            ("RATE_LIMIT_PER_USER", "0".into()),
-            // Sized like a production pool: about twice the database server's cores, which
-            // here are the machine's own. More connections only add context switches.
-            ("DB_MAX_CONNECTIONS", pool_size()),
-        ],
-    )
-    .await?;
+    let mut env = vec![
+        ("JWT_SECRET", SECRET.into()),
+        ("HTTP_ADDR", format!("127.0.0.1:{port}")),
+        ("ADMIN_EMAIL", "bench@example.com".into()),
+        ("ADMIN_PASSWORD", PASSWORD.into()),
+        // A load generator is one address and one user; the limits are not what
+        // is measured here.
+        ("RATE_LIMIT_PER_IP", "0".into()),
+        ("RATE_LIMIT_PER_USER", "0".into()),
+        // Sized like a production pool: about twice the database server's cores, which
+        // here are the machine's own. More connections only add context switches.
+        ("DB_MAX_CONNECTIONS", pool_size()),
+    ];
+    // For profiling: the page cache's TTL (0 turns it off).
+    if let Ok(ttl) = std::env::var("BENCH_GATEWAY_CACHE_TTL") {
+        env.push(("API_CACHE_TTL", ttl));
+    }
+    let service = services::start(stack, &Identity::ApiGateway, "api-gateway", &env).await?;
     let base = format!("http://127.0.0.1:{port}");
     let login: serde_json::Value = reqwest::Client::new()
         .post(format!("{base}/api/v1/auth/login"))
@@ -51,7 +50,7 @@ pub(crate) async fn start(stack: &Stack) -> anyhow::Result<Gateway> {
 }
 
 /// `BENCH_GATEWAY_DB_CONNECTIONS`, or twice the machine's cores (at least 4).
-fn pool_size() -> String {
+pub(crate) fn pool_size() -> String {
     std::env::var("BENCH_GATEWAY_DB_CONNECTIONS").unwrap_or_else(|_| {
         let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
         (cores * 2).max(4).to_string()

@@ -13,6 +13,7 @@ mod proc;
 mod reads;
 mod report;
 mod services;
+mod stream;
 
 use clap::Parser;
 
@@ -42,9 +43,28 @@ struct Args {
     read_agents: usize,
     #[arg(long, default_value_t = 1_000_000)]
     read_incidents: usize,
-    /// Scenarios to run (comma-separated: ingest,inventory,presence,actions,reads,footprint;
+    /// Clients on the live stream in the stream scenario.
+    #[arg(long, default_value_t = 1000)]
+    stream_clients: usize,
+    /// Events a second the agents publish in the stream scenario, for `--stream-seconds`.
+    #[arg(long, default_value_t = 10_000)]
+    stream_rate: u32,
+    #[arg(long, default_value_t = 20)]
+    stream_seconds: u64,
+    /// Of `--stream-rate`, events a second that open a new incident (the rest recur).
+    #[arg(long, default_value_t = 100)]
+    stream_new_rate: u32,
+    /// Agents whose events recur in the stream scenario (seven open incidents each, each
+    /// one coalesced update a second on the stream).
+    #[arg(long, default_value_t = 2)]
+    stream_recurring_agents: usize,
+    /// Scenarios to run (comma-separated: ingest,inventory,presence,actions,reads,stream,footprint;
     /// `statement` times the ingest SQL statement alone, for profiling, and is not in the default).
-    #[arg(long, value_delimiter = ',', default_value = "ingest,inventory,presence,actions,reads,footprint")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "ingest,inventory,presence,actions,reads,stream,footprint"
+    )]
     only: Vec<String>,
     /// Where to write the results.
     #[arg(long, default_value = "tools/bench/results")]
@@ -81,6 +101,16 @@ async fn main() -> anyhow::Result<()> {
     }
     if wants("reads") {
         reads::run(args.read_agents, args.read_incidents, &mut rows).await?;
+    }
+    if wants("stream") {
+        let load = stream::Load {
+            clients: args.stream_clients,
+            rate: args.stream_rate,
+            seconds: args.stream_seconds,
+            new_rate: args.stream_new_rate,
+            recurring_agents: args.stream_recurring_agents,
+        };
+        stream::run(&load, &mut rows).await?;
     }
     if wants("footprint") {
         footprint::run(&mut rows).await?;

@@ -48,13 +48,18 @@ impl Row {
     }
 }
 
+/// The `p` quantile (0..=1) of sorted values; NaN when there are none.
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted.get(((sorted.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(f64::NAN)
+}
+
 pub(crate) fn print_table(rows: &[Row]) {
     println!();
     println!(
-        "{:<10} {:<44} {:>12} {:<8} {:>12} {:<26} {:>7}  floor",
+        "{:<10} {:<60} {:>12} {:<8} {:>12} {:<26} {:>7}  floor",
         "scenario", "metric", "value", "unit", "baseline", "baseline of", "ratio"
     );
-    println!("{}", "-".repeat(140));
+    println!("{}", "-".repeat(156));
     for r in rows {
         let baseline = r.baseline.map(fmt).unwrap_or_default();
         let ratio = r.ratio.map(|x| format!("{x:.2}")).unwrap_or_default();
@@ -64,7 +69,7 @@ pub(crate) fn print_table(rows: &[Row]) {
             _ => String::new(),
         };
         println!(
-            "{:<10} {:<44} {:>12} {:<8} {:>12} {:<26} {:>7}  {}",
+            "{:<10} {:<60} {:>12} {:<8} {:>12} {:<26} {:>7}  {}",
             r.scenario,
             r.metric,
             fmt(r.value),
