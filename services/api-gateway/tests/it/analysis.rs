@@ -1,42 +1,24 @@
 use std::time::Duration;
 
 use agent_sim::RpcBehaviour;
-use clap::Parser;
 use reqwest::StatusCode;
 use serde_json::json;
 use test_support::otlp::{OtlpReceiver, binary};
 use test_support::process::ServiceProcess;
 use test_support::{Stack, free_port};
-use tokio_util::sync::CancellationToken;
 
 use crate::helpers::*;
-
-async fn start_analyzer(stack: &Stack) -> (ai_analyzer::Running, CancellationToken) {
-    let mut args = vec!["ai-analyzer".to_owned(), "--admin-addr".into(), "127.0.0.1:0".into()];
-    args.extend(stack.args_for(&natsbus::auth::Identity::AiAnalyzer));
-    args.extend(stack.redis_args());
-    let config = ai_analyzer::Config::try_parse_from(args).unwrap();
-    let shutdown = CancellationToken::new();
-    (ai_analyzer::start(config, shutdown.clone()).await.unwrap(), shutdown)
-}
 
 /// Analyze, then execute the suggestion, against a simulated agent: the audit log shows
 /// the suggested action with its incident.
 #[tokio::test]
 async fn analyze_then_execute_the_suggestion_end_to_end() {
     let api = start(&[]).await;
-    let (analyzer, stop_analyzer) = start_analyzer(&api.stack).await;
+    let (analyzer, stop_analyzer) = start_analyzer(&api.stack, &[]).await;
     let fleet = api.online_fleet("e2e", 1).await;
     let agent = fleet.agents()[0].id.to_string();
     let stop_rpc = api.serve_rpc(&fleet, RpcBehaviour::default()).await;
-    let id = api
-        .incident(&agent, "service_down", "nginx.service: Main process exited, code=killed, status=9/KILL")
-        .await;
-    sqlx::query("UPDATE incidents SET source = 'nginx' WHERE id = $1")
-        .bind(id)
-        .execute(&api.stack.db.pool)
-        .await
-        .unwrap();
+    let id = api.nginx_incident(&agent).await;
 
     let (status, incident) =
         api.post(&format!("/api/v1/incidents/{id}/analyze"), &api.operator, json!({})).await;

@@ -394,33 +394,14 @@ async fn a_dropped_stream_says_so_and_resumes_where_it_left_off() {
     api.stop().await;
 }
 
-async fn start_analyzer(
-    stack: &test_support::Stack,
-) -> (ai_analyzer::Running, tokio_util::sync::CancellationToken) {
-    use clap::Parser;
-    let mut args = vec!["ai-analyzer".to_owned(), "--admin-addr".into(), "127.0.0.1:0".into()];
-    args.extend(stack.args_for(&natsbus::auth::Identity::AiAnalyzer));
-    args.extend(stack.redis_args());
-    let config = ai_analyzer::Config::try_parse_from(args).unwrap();
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    (ai_analyzer::start(config, shutdown.clone()).await.unwrap(), shutdown)
-}
-
 #[tokio::test]
 async fn operator_analyzes_again_runs_only_what_was_shown_and_resolves() {
     let api = start(&[]).await;
-    let (analyzer, stop_analyzer) = start_analyzer(&api.stack).await;
+    let (analyzer, stop_analyzer) = start_analyzer(&api.stack, &[]).await;
     let fleet = api.online_fleet("console-analyze", 1).await;
     let agent = fleet.agents()[0].id.to_string();
     let stop_rpc = api.serve_rpc(&fleet, RpcBehaviour::default()).await;
-    let id = api
-        .incident(&agent, "service_down", "nginx.service: Main process exited, code=killed, status=9/KILL")
-        .await;
-    sqlx::query("UPDATE incidents SET source = 'nginx' WHERE id = $1")
-        .bind(id)
-        .execute(&api.stack.db.pool)
-        .await
-        .unwrap();
+    let id = api.nginx_incident(&agent).await;
     let browser = Browser::start().await;
 
     browser.log_in(&api.base, "operator@example.com").await;

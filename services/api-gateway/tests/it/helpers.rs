@@ -277,3 +277,30 @@ impl Replica {
             .await;
     }
 }
+
+/// An ai-analyzer (rules, no AI key) on `stack`, with `extra` arguments.
+pub async fn start_analyzer(stack: &Stack, extra: &[&str]) -> (ai_analyzer::Running, CancellationToken) {
+    let mut args = vec!["ai-analyzer".to_owned(), "--admin-addr".into(), "127.0.0.1:0".into()];
+    args.extend(stack.args_for(&natsbus::auth::Identity::AiAnalyzer));
+    args.extend(stack.redis_args());
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    let config = ai_analyzer::Config::try_parse_from(args).unwrap();
+    config.validate().unwrap();
+    let shutdown = CancellationToken::new();
+    (ai_analyzer::start(config, shutdown.clone()).await.unwrap(), shutdown)
+}
+
+impl Api {
+    /// A `service_down` incident of nginx on `agent`: the rules suggest restarting nginx.
+    pub async fn nginx_incident(&self, agent: &str) -> i64 {
+        let id = self
+            .incident(agent, "service_down", "nginx.service: Main process exited, code=killed, status=9/KILL")
+            .await;
+        sqlx::query("UPDATE incidents SET source = 'nginx' WHERE id = $1")
+            .bind(id)
+            .execute(&self.stack.db.pool)
+            .await
+            .unwrap();
+        id
+    }
+}

@@ -4,7 +4,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use clap::Parser;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -215,17 +214,8 @@ async fn a_test_notification_reaches_the_receiver_and_shows_in_the_deliveries() 
     let id = created["target"]["id"].as_str().unwrap().to_owned();
     let secret = created["secret"].as_str().unwrap().to_owned();
 
-    let mut args: Vec<String> =
-        ["ai-analyzer", "--admin-addr", "127.0.0.1:0", "--auto-analyze", "false", "--notify-poll", "100ms"]
-            .into_iter()
-            .map(str::to_owned)
-            .collect();
-    args.extend(api.stack.args_for(&natsbus::auth::Identity::AiAnalyzer));
-    args.extend(api.stack.redis_args());
-    let config = ai_analyzer::Config::try_parse_from(args).unwrap();
-    config.validate().unwrap();
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let analyzer = ai_analyzer::start(config, shutdown.clone()).await.unwrap();
+    let (analyzer, shutdown) =
+        start_analyzer(&api.stack, &["--auto-analyze", "false", "--notify-poll", "100ms"]).await;
 
     let (status, queued) = api.post(&format!("{TARGETS}/{id}/test"), &api.admin, json!({})).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{queued}");
