@@ -159,7 +159,13 @@ impl Router {
         let mut hostnames: HashMap<String, String> = HashMap::new();
         let mut rows = Vec::new();
         for msg in batch {
-            let Some(change) = Change::decode(&self.subjects, &msg.subject, &msg.payload) else { continue };
+            let Some(change) = Change::decode(&self.subjects, &msg.subject, &msg.payload) else {
+                // Only the backend publishes here: a newer publisher or a bug, not an
+                // agent's input. Said and counted, then left; it is still in the stream.
+                tracing::warn!(subject = %msg.subject, "feed message not understood; not routed");
+                metrics::counter!("opspilot_notifications_unroutable_total").increment(1);
+                continue;
+            };
             let to = wanted(&change, targets);
             if to.is_empty() {
                 continue;

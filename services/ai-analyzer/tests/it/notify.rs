@@ -435,6 +435,8 @@ async fn routing_follows_each_target_and_a_refusal_is_not_retried() {
     let agent = agent(&stack, "web-01").await;
     let (analyzer, shutdown) = start(notify_config(&stack, &[])).await;
     let feed = Feed::new(&stack).await;
+    // A feed message nobody can read is passed over, not a reason to stop routing.
+    feed.client.publish(feed.subjects.incident_created(), "not a message".into()).await.unwrap();
     feed.incident(&agent, 1, Severity::Critical, "oom").await;
     feed.presence(&agent, PresenceState::Offline).await;
     feed.flush().await;
