@@ -135,44 +135,84 @@ fn like_literal(s: &str) -> String {
     out
 }
 
-/// The `WHERE` clause both reads share.
-fn push_filter(qb: &mut QueryBuilder<Postgres>, filter: &FleetFilter, sort: FleetSort) {
-    qb.push(" WHERE EXISTS (SELECT 1 FROM agents a WHERE a.id = i.agent_id AND a.revoked_at IS NULL)");
-    if !filter.statuses.is_empty() {
-        let statuses: Vec<&str> = filter.statuses.iter().map(|s| s.as_str()).collect();
-        qb.push(" AND i.status = ANY(").push_bind(statuses).push(")");
+/// The ids of the live agents whose hostname starts with `prefix`.
+async fn agents_with_prefix(pool: &PgPool, prefix: &str) -> Result<Vec<String>, StorageError> {
+    Ok(sqlx::query_scalar("SELECT id FROM agents WHERE hostname LIKE $1 ESCAPE '\\' AND revoked_at IS NULL")
+        .bind(format!("{}%", like_literal(prefix)))
+        .fetch_all(pool)
+        .await?)
+}
+
+/// A filter ready to be written into SQL: a hostname prefix is resolved to its agents
+/// first, so that the incidents are filtered by a set Postgres hashes once (an array
+/// bound as a constant) instead of probing the agents table for every row it walks.
+struct Resolved<'a> {
+    filter: &'a FleetFilter,
+    /// `Some` when the filter has a hostname prefix: the agents it names.
+    prefix_agents: Option<Vec<String>>,
+}
+
+impl<'a> Resolved<'a> {
+    async fn new(pool: &PgPool, filter: &'a FleetFilter) -> Result<Self, StorageError> {
+        let prefix_agents = match &filter.hostname_prefix {
+            Some(prefix) => Some(agents_with_prefix(pool, prefix).await?),
+            None => None,
+        };
+        Ok(Self { filter, prefix_agents })
     }
-    if !filter.severities.is_empty() {
-        let severities: Vec<&str> = filter.severities.iter().map(|s| s.as_str()).collect();
-        qb.push(" AND i.severity = ANY(").push_bind(severities).push(")");
+
+    /// Nothing can match: a hostname prefix no live agent has.
+    fn is_empty(&self) -> bool {
+        self.prefix_agents.as_ref().is_some_and(Vec::is_empty)
     }
-    if let Some(critical) = filter.critical {
-        qb.push(" AND i.is_critical = ").push_bind(critical);
+
+    /// Whether the statement must be planned with its parameters' values. An array
+    /// parameter is hashed only when the planner sees it as a constant, which a plan
+    /// cached for any value (a generic plan) does not: such statements are sent unnamed.
+    fn needs_custom_plan(&self) -> bool {
+        self.prefix_agents.is_some()
     }
-    if let Some(kind) = &filter.kind {
-        qb.push(" AND i.type = ").push_bind(kind.clone());
-    }
-    if let Some(agent) = &filter.agent_id {
-        qb.push(" AND i.agent_id = ").push_bind(agent.as_str().to_owned());
-    }
-    if let Some(prefix) = &filter.hostname_prefix {
-        // As a set of agents, so a rare prefix is answered from the agents' hostname
-        // index and their incidents, not by filtering the whole table.
-        qb.push(" AND i.agent_id IN (SELECT a.id FROM agents a WHERE a.hostname LIKE ")
-            .push_bind(format!("{}%", like_literal(prefix)))
-            .push(" ESCAPE '\\')");
-    }
-    if let Some(since) = filter.since {
-        qb.push(format_args!(" AND {} >= ", sort.time_column())).push_bind(since);
-    }
-    if let Some(until) = filter.until {
-        qb.push(format_args!(" AND {} < ", sort.time_column())).push_bind(until);
-    }
-    if let Some(text) = &filter.text {
-        // The expression of the trigram index, so the index serves it.
-        qb.push(" AND (i.source || ' ' || i.raw_error) ILIKE ")
-            .push_bind(format!("%{}%", like_literal(text)))
-            .push(" ESCAPE '\\'");
+
+    /// The `WHERE` clause both reads share.
+    fn push_where(&self, qb: &mut QueryBuilder<Postgres>, sort: FleetSort) {
+        let filter = self.filter;
+        // Few agents are ever revoked: their partial index makes this a probe of a tiny
+        // index per row kept (or one hash of it for a count), not one of every agent.
+        qb.push(
+            " WHERE NOT EXISTS (SELECT 1 FROM agents a WHERE a.id = i.agent_id AND a.revoked_at IS NOT NULL)",
+        );
+        if !filter.statuses.is_empty() {
+            let statuses: Vec<&str> = filter.statuses.iter().map(|s| s.as_str()).collect();
+            qb.push(" AND i.status = ANY(").push_bind(statuses).push(")");
+        }
+        if !filter.severities.is_empty() {
+            let severities: Vec<&str> = filter.severities.iter().map(|s| s.as_str()).collect();
+            qb.push(" AND i.severity = ANY(").push_bind(severities).push(")");
+        }
+        if let Some(critical) = filter.critical {
+            qb.push(" AND i.is_critical = ").push_bind(critical);
+        }
+        if let Some(kind) = &filter.kind {
+            qb.push(" AND i.type = ").push_bind(kind.clone());
+        }
+        if let Some(agent) = &filter.agent_id {
+            qb.push(" AND i.agent_id = ").push_bind(agent.as_str().to_owned());
+        }
+        if let Some(agents) = &self.prefix_agents {
+            qb.push(" AND i.agent_id = ANY(").push_bind(agents.clone()).push(")");
+        }
+        if let Some(since) = filter.since {
+            qb.push(format_args!(" AND {} >= ", sort.time_column())).push_bind(since);
+        }
+        if let Some(until) = filter.until {
+            qb.push(format_args!(" AND {} < ", sort.time_column())).push_bind(until);
+        }
+        if let Some(text) = &filter.text {
+            // The expression of the trigram index, so the index serves it.
+            qb.push(" AND (i.source || ' ' || i.raw_error) ILIKE ")
+                .push_bind(format!("%{}%", like_literal(text)))
+                .push(" ESCAPE '\\'");
+        }
     }
 }
 
@@ -184,12 +224,16 @@ pub async fn list(
     cursor: Option<FleetCursor>,
     limit: i64,
 ) -> Result<FleetPage, StorageError> {
+    let resolved = Resolved::new(pool, filter).await?;
+    if resolved.is_empty() {
+        return Ok(FleetPage { items: Vec::new(), next: None });
+    }
     let mut qb = QueryBuilder::new(format!(
         "SELECT {INCIDENT_COLUMNS}, \
          COALESCE((SELECT a.hostname FROM agents a WHERE a.id = i.agent_id), '') AS hostname \
          FROM incidents i"
     ));
-    push_filter(&mut qb, filter, sort);
+    resolved.push_where(&mut qb, sort);
     match cursor {
         Some(FleetCursor::Created { id }) => {
             qb.push(" AND i.id < ").push_bind(id);
@@ -208,7 +252,8 @@ pub async fn list(
         FleetSort::LastSeen => " ORDER BY i.last_seen_at DESC, i.id DESC",
     });
     qb.push(" LIMIT ").push_bind(limit);
-    let items: Vec<FleetIncident> = qb.build_query_as().fetch_all(pool).await?;
+    let items: Vec<FleetIncident> =
+        qb.build_query_as().persistent(!resolved.needs_custom_plan()).fetch_all(pool).await?;
     let next = (items.len() as i64 == limit)
         .then(|| items.last().map(|row| FleetCursor::after(row, sort)))
         .flatten();
@@ -217,16 +262,21 @@ pub async fn list(
 
 /// How many incidents `filter` keeps, per status.
 pub async fn summary(pool: &PgPool, filter: &FleetFilter) -> Result<FleetSummary, StorageError> {
-    let mut qb = QueryBuilder::new(
-        "SELECT i.status, count(*) AS n, count(*) FILTER (WHERE i.is_critical) AS critical FROM incidents i",
-    );
-    push_filter(&mut qb, filter, FleetSort::Created);
-    qb.push(" GROUP BY i.status");
-    let rows: Vec<(String, i64, i64)> = qb.build_query_as().fetch_all(pool).await?;
     let mut summary = FleetSummary {
         by_status: IncidentStatus::ALL.iter().map(|s| (s.as_str(), 0)).collect(),
         ..FleetSummary::default()
     };
+    let resolved = Resolved::new(pool, filter).await?;
+    if resolved.is_empty() {
+        return Ok(summary);
+    }
+    let mut qb = QueryBuilder::new(
+        "SELECT i.status, count(*) AS n, count(*) FILTER (WHERE i.is_critical) AS critical FROM incidents i",
+    );
+    resolved.push_where(&mut qb, FleetSort::Created);
+    qb.push(" GROUP BY i.status");
+    let rows: Vec<(String, i64, i64)> =
+        qb.build_query_as().persistent(!resolved.needs_custom_plan()).fetch_all(pool).await?;
     for (status, n, critical) in rows {
         let status = IncidentStatus::parse(&status)
             .ok_or_else(|| StorageError::Data(format!("unknown incident status {status:?}")))?;

@@ -202,6 +202,12 @@ async fn every_filter_and_every_pair_match_the_reference_in_both_sorts() {
             filters.push((Box::leak(format!("{a} + {b}").into_boxed_str()), both));
         }
     }
+    let paired = filters.len();
+    // A prefix no agent has, and one only the revoked agent has: both keep nothing.
+    let nobody = [("unknown prefix", "zz-"), ("revoked prefix", "web-9")];
+    for (name, prefix) in nobody {
+        filters.push((name, FleetFilter { hostname_prefix: Some(prefix.into()), ..Default::default() }));
+    }
     let mut non_empty = 0;
     for (name, filter) in &filters {
         for sort in [FleetSort::Created, FleetSort::LastSeen] {
@@ -223,7 +229,11 @@ async fn every_filter_and_every_pair_match_the_reference_in_both_sorts() {
     }
     // The reference is not vacuous: most filters keep something, and the revoked
     // agent's incidents exist but are never shown.
-    assert!(non_empty > filters.len(), "{non_empty} of {}", filters.len() * 2);
+    assert!(non_empty > paired, "{non_empty} of {}", paired * 2);
+    for (name, _) in nobody {
+        let (_, filter) = filters.iter().find(|(n, _)| *n == name).unwrap();
+        assert!(expected(&all, filter, FleetSort::Created).is_empty(), "{name} keeps nothing");
+    }
     assert!(all.iter().any(|t| t.revoked));
 }
 
