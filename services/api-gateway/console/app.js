@@ -132,5 +132,12 @@ async function route() {
 document.getElementById("logout").addEventListener("click", () => signOut("You logged out."));
 window.addEventListener("opspilot:signed-out", (event) => signOut(event.detail));
 window.addEventListener("hashchange", route);
+// A stream left open by a page the browser keeps (back/forward cache) holds one of the
+// few connections a browser allows per host: six reloads would leave the seventh
+// waiting. Close it when the page is hidden, and resume when it is shown again.
+window.addEventListener("pagehide", () => live.stop());
+window.addEventListener("pageshow", (event) => {
+  if (event.persisted && user) live.start();
+});
 setInterval(() => refreshTimes(), 15000);
 route();

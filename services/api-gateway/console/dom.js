@@ -29,6 +29,15 @@ function append(el, children) {
   }
 }
 
+/**
+ * Records (as a User Timing mark, `opspilot:{name}`) when a page first shows what it
+ * loaded, once the browser has painted it: the wait an operator sees, from the start
+ * of the navigation. `make bench` reads these marks; they cost nothing otherwise.
+ */
+export function markShown(name) {
+  requestAnimationFrame(() => setTimeout(() => performance.mark(`opspilot:${name}`), 0));
+}
+
 /** Replaces an element's content. */
 export function fill(el, ...children) {
   el.replaceChildren();

@@ -2,7 +2,7 @@
 // updates when the operator leaves it.
 
 import { api, ApiError, can, query, setToken } from "./api.js";
-import { fill, h, notice, pretty, time } from "./dom.js";
+import { fill, h, markShown, notice, pretty, time } from "./dom.js";
 
 const STATUSES = ["new", "analyzed", "acknowledged", "resolved"];
 const SEVERITIES = ["info", "warning", "error", "critical"];
@@ -126,6 +126,7 @@ export function fleetPage(main, { live, params, go }) {
     .then((page) => {
       body.removeAttribute("aria-busy");
       rows.clear();
+      markShown("fleet");
       if (!page.items.length) {
         const filtered = filters.hostname_prefix || filters.status;
         fill(
@@ -292,6 +293,7 @@ export function incidentsPage(main, { live, params, go }) {
         summary,
         ["total", "critical", ...STATUSES].map((k) => h("div", {}, h("dt", {}, k), h("dd", { id: `count-${k}` }, s[k]))),
       );
+      markShown("incidents-summary");
     } catch {
       fill(summary);
     }
@@ -301,6 +303,7 @@ export function incidentsPage(main, { live, params, go }) {
     try {
       const page = await api("GET", `/api/v1/incidents${query({ ...filters, cursor, limit: PAGE })}`);
       body.removeAttribute("aria-busy");
+      if (!cursor) markShown("incidents");
       if (!cursor) {
         tbody.replaceChildren();
         rows.clear();
@@ -393,6 +396,7 @@ export function incidentPage(main, { live, id, role }) {
       current = await api("GET", `/api/v1/incidents/${id}`);
       details.removeAttribute("aria-busy");
       render();
+      markShown("incident");
     } catch (err) {
       details.removeAttribute("aria-busy");
       fill(details, errorNotice(err, `Incident ${id} could not be loaded.`));
