@@ -42,7 +42,7 @@ pub(crate) struct FeedHub {
     js: async_nats::jetstream::Context,
     stream: String,
     subjects: Subjects,
-    tx: broadcast::Sender<Arc<FeedEntry>>,
+    tx: broadcast::Sender<Arc<Rendered>>,
     shutdown: CancellationToken,
     keep_alive: Duration,
 }
@@ -90,7 +90,7 @@ impl FeedHub {
                                 next = Some(entry.seq + 1);
                                 metrics::counter!("opspilot_stream_feed_messages_total").increment(1);
                                 // No client listening is not an error.
-                                let _ = self.tx.send(Arc::new(entry));
+                                let _ = self.tx.send(Arc::new(Rendered::new(entry)));
                             }
                             Some(Err(err)) => {
                                 tracing::warn!(error = %err, "change feed read failed; resuming");
@@ -133,6 +133,20 @@ impl ClientFilter {
     }
 }
 
+/// A feed entry with its event, encoded once for every client of the replica: a
+/// thousand clients copy its bytes rather than serialize it a thousand times.
+struct Rendered {
+    entry: FeedEntry,
+    event: Event,
+}
+
+impl Rendered {
+    fn new(entry: FeedEntry) -> Self {
+        let event = event_of(&entry);
+        Self { entry, event }
+    }
+}
+
 fn event_of(entry: &FeedEntry) -> Event {
     let body = entry.change.to_json();
     Event::default().id(entry.seq.to_string()).event(entry.change.kind()).data(body.to_string())
@@ -171,7 +185,7 @@ async fn deliver(tx: &mpsc::Sender<Event>, event: Event) -> bool {
 /// `live` was joined before the replay's end is fixed, so nothing falls between the two.
 async fn feed_client(
     hub: &FeedHub,
-    mut live: broadcast::Receiver<Arc<FeedEntry>>,
+    mut live: broadcast::Receiver<Arc<Rendered>>,
     filter: &ClientFilter,
     last_seen: Option<u64>,
     tx: &mpsc::Sender<Event>,
@@ -197,12 +211,12 @@ async fn feed_client(
             entry = live.recv() => entry,
         };
         match entry {
-            Ok(entry) => {
-                if entry.seq <= seen {
+            Ok(live) => {
+                if live.entry.seq <= seen {
                     continue;
                 }
-                seen = entry.seq;
-                if filter.wants(&entry.change) && !deliver(tx, event_of(&entry)).await {
+                seen = live.entry.seq;
+                if filter.wants(&live.entry.change) && !deliver(tx, live.event.clone()).await {
                     return;
                 }
             }
