@@ -56,3 +56,19 @@ pub(crate) fn pool_size() -> String {
         (cores * 2).max(4).to_string()
     })
 }
+
+/// The page cache's TTL the gateway runs with: `BENCH_GATEWAY_CACHE_TTL` (`{n}ms` or
+/// `{n}s`) or the gateway's default of 2 s.
+pub(crate) fn cache_ttl() -> std::time::Duration {
+    let parse = |v: &str| {
+        if let Some(ms) = v.strip_suffix("ms") {
+            ms.parse().ok().map(std::time::Duration::from_millis)
+        } else {
+            v.strip_suffix('s').unwrap_or(v).parse().ok().map(std::time::Duration::from_secs)
+        }
+    };
+    std::env::var("BENCH_GATEWAY_CACHE_TTL")
+        .ok()
+        .and_then(|v| parse(v.trim()))
+        .unwrap_or(std::time::Duration::from_secs(2))
+}

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod actions;
+mod console;
 mod footprint;
 mod gateway;
 mod ingest;
@@ -58,12 +59,13 @@ struct Args {
     /// one coalesced update a second on the stream).
     #[arg(long, default_value_t = 2)]
     stream_recurring_agents: usize,
-    /// Scenarios to run (comma-separated: ingest,inventory,presence,actions,reads,stream,footprint;
+    /// Scenarios to run (comma-separated: ingest,inventory,presence,actions,reads,console,stream,footprint;
+    /// `console` renders the console's pages on the read scenario's data;
     /// `statement` times the ingest SQL statement alone, for profiling, and is not in the default).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "ingest,inventory,presence,actions,reads,stream,footprint"
+        default_value = "ingest,inventory,presence,actions,reads,console,stream,footprint"
     )]
     only: Vec<String>,
     /// Where to write the results.
@@ -99,8 +101,9 @@ async fn main() -> anyhow::Result<()> {
     if wants("actions") {
         actions::run(&mut rows).await?;
     }
-    if wants("reads") {
-        reads::run(args.read_agents, args.read_incidents, &mut rows).await?;
+    if wants("reads") || wants("console") {
+        let parts = reads::Parts { api: wants("reads"), console: wants("console") };
+        reads::run(args.read_agents, args.read_incidents, parts, &mut rows).await?;
     }
     if wants("stream") {
         let load = stream::Load {

@@ -193,13 +193,35 @@ fn pool_connections() -> u32 {
     gateway::pool_size().parse().unwrap_or(4)
 }
 
-pub(crate) async fn run(agents: usize, incidents: usize, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+/// What to measure on the loaded data: the API under wrk, the console in a browser.
+pub(crate) struct Parts {
+    pub(crate) api: bool,
+    pub(crate) console: bool,
+}
+
+pub(crate) async fn run(
+    agents: usize,
+    incidents: usize,
+    parts: Parts,
+    rows: &mut Vec<Row>,
+) -> anyhow::Result<()> {
     let setup = prepare(0, "bench-reads").await?;
     let pool = &setup.stack.db.pool;
     seed(pool, agents, incidents).await?;
     let newest: i64 = sqlx::query_scalar("SELECT max(id) FROM incidents").fetch_one(pool).await?;
 
     let gw = gateway::start(&setup.stack).await?;
+    if parts.api {
+        api(&gw, agents, newest, rows).await?;
+    }
+    if parts.console {
+        crate::console::run(&gw, newest, gateway::cache_ttl(), rows).await?;
+    }
+    gw.service.stop().await;
+    Ok(())
+}
+
+async fn api(gw: &gateway::Gateway, agents: usize, newest: i64, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     // Incidents of many different agents, so no cache can answer them all.
     let agent_incidents = script(
         "agent-incidents",
@@ -224,7 +246,7 @@ pub(crate) async fn run(agents: usize, incidents: usize, rows: &mut Vec<Row>) ->
 
     // The fleet-wide list and its summary.
     let queries = fleet_queries(agents);
-    check_hits(&gw, &queries).await?;
+    check_hits(gw, &queries).await?;
     let mut reads: Vec<FleetRead> = queries
         .iter()
         .map(|(name, query)| FleetRead {
@@ -271,7 +293,5 @@ pub(crate) async fn run(agents: usize, incidents: usize, rows: &mut Vec<Row>) ->
         );
         rows.push(Row::new("reads", &hit_name, cached.per_sec, "req/s").baseline("/healthz", health.per_sec));
     }
-    gw.service.stop().await;
-    let _ = gw.port;
     Ok(())
 }
