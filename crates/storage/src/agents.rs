@@ -60,47 +60,146 @@ pub struct AgentRow {
     pub last_seen_at: Option<chrono::DateTime<chrono::Utc>>,
     pub status_changed_at: Option<chrono::DateTime<chrono::Utc>>,
     pub meta: serde_json::Value,
+    /// Labels operators set.
+    pub labels: serde_json::Value,
+    /// The agent's labels: its inventory's, overridden by the operators'.
+    pub effective_labels: serde_json::Value,
     pub enrolled_at: Option<chrono::DateTime<chrono::Utc>>,
     pub revoked_at: Option<chrono::DateTime<chrono::Utc>>,
     pub inventory_at: Option<chrono::DateTime<chrono::Utc>>,
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
-const AGENT_COLUMNS: &str = "id, hostname, status, last_seen_at, status_changed_at, meta, enrolled_at, revoked_at, inventory_at, created_at";
+const AGENT_COLUMNS: &str = "id, hostname, status, last_seen_at, status_changed_at, meta, labels, effective_labels, \
+    enrolled_at, revoked_at, inventory_at, created_at";
 
 /// Filters of the agent list.
 #[derive(Debug, Clone, Default)]
 pub struct AgentFilter<'a> {
     pub status: Option<&'a str>,
     pub hostname_prefix: Option<&'a str>,
+    /// Agents whose labels meet every requirement.
+    pub selector: Option<&'a wire_models::LabelSelector>,
     /// Keyset cursor: the last id of the previous page.
     pub after: Option<&'a str>,
     pub limit: i64,
     pub include_revoked: bool,
 }
 
+/// `{key: value}` as JSON, for a containment test (`@>`) the labels index answers.
+fn label(key: &str, value: &str) -> serde_json::Value {
+    serde_json::json!({ key: value })
+}
+
+/// The selector as SQL on `effective_labels`, every value bound. `!=` and `notin` match
+/// an agent without the key, as in Kubernetes.
+fn push_selector(qb: &mut sqlx::QueryBuilder<sqlx::Postgres>, selector: &wire_models::LabelSelector) {
+    use wire_models::Requirement;
+    for requirement in &selector.requirements {
+        qb.push(" AND ");
+        match requirement {
+            Requirement::Equals(k, v) => {
+                qb.push("effective_labels @> ").push_bind(label(k, v));
+            }
+            Requirement::NotEquals(k, v) => {
+                qb.push("NOT effective_labels @> ").push_bind(label(k, v));
+            }
+            Requirement::In(k, values) | Requirement::NotIn(k, values) => {
+                if matches!(requirement, Requirement::NotIn(..)) {
+                    qb.push("NOT ");
+                }
+                // One containment per value, so each is an index lookup.
+                qb.push("(");
+                for (i, v) in values.iter().enumerate() {
+                    if i > 0 {
+                        qb.push(" OR ");
+                    }
+                    qb.push("effective_labels @> ").push_bind(label(k, v));
+                }
+                qb.push(")");
+            }
+            Requirement::Exists(k) => {
+                qb.push("effective_labels ? ").push_bind(k.clone());
+            }
+            Requirement::DoesNotExist(k) => {
+                qb.push("NOT effective_labels ? ").push_bind(k.clone());
+            }
+        }
+    }
+}
+
 /// Agents ordered by id (keyset pagination).
 pub async fn list(pool: &PgPool, filter: &AgentFilter<'_>) -> Result<Vec<AgentRow>, StorageError> {
-    // LIKE metacharacters in the prefix are escaped: a prefix is a prefix, not a pattern.
-    let pattern = filter.hostname_prefix.map(|p| {
-        let escaped = p.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
-        format!("{escaped}%")
-    });
-    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {AGENT_COLUMNS} FROM agents
-         WHERE ($1::text IS NULL OR status = $1)
-           AND ($2::text IS NULL OR hostname LIKE $2)
-           AND ($3::text IS NULL OR id > $3)
-           AND ($5 OR revoked_at IS NULL)
-         ORDER BY id LIMIT $4"
+    let mut qb = sqlx::QueryBuilder::new(format!("SELECT {AGENT_COLUMNS} FROM agents WHERE TRUE"));
+    if let Some(status) = filter.status {
+        qb.push(" AND status = ").push_bind(status.to_owned());
+    }
+    if let Some(prefix) = filter.hostname_prefix {
+        // LIKE metacharacters in the prefix are escaped: a prefix is a prefix, not a pattern.
+        let escaped = prefix.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+        qb.push(" AND hostname LIKE ").push_bind(format!("{escaped}%"));
+    }
+    if let Some(selector) = filter.selector {
+        push_selector(&mut qb, selector);
+    }
+    if let Some(after) = filter.after {
+        qb.push(" AND id > ").push_bind(after.to_owned());
+    }
+    if !filter.include_revoked {
+        qb.push(" AND revoked_at IS NULL");
+    }
+    qb.push(" ORDER BY id LIMIT ").push_bind(filter.limit);
+    Ok(qb.build_query_as().fetch_all(pool).await?)
+}
+
+/// What [`set_labels`] did.
+#[derive(Debug)]
+pub enum LabelsSet {
+    /// The agent as it is now.
+    Done(Box<AgentRow>),
+    /// No such live agent.
+    NotFound,
+    /// The agent would carry more than the bound of operator labels: nothing changed.
+    TooMany,
+}
+
+/// Merges `changes` into the labels operators set on an agent: a value sets the label,
+/// `None` removes it, and the agent keeps at most `max` of them. The caller checked
+/// keys and values.
+pub async fn set_labels(
+    pool: &PgPool,
+    id: &AgentId,
+    changes: &std::collections::BTreeMap<String, Option<String>>,
+    max: usize,
+) -> Result<LabelsSet, StorageError> {
+    let set: serde_json::Map<String, serde_json::Value> = changes
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| (k.clone(), serde_json::Value::String(v.clone()))))
+        .collect();
+    let removed: Vec<&str> = changes.iter().filter(|(_, v)| v.is_none()).map(|(k, _)| k.as_str()).collect();
+    // The bound is checked on the merged labels in the same statement, so concurrent
+    // changes cannot add up past it.
+    let row: Option<AgentRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE agents SET labels = (labels - $2::text[]) || $3, updated_at = now()
+         WHERE id = $1 AND revoked_at IS NULL
+           AND (SELECT count(*) FROM jsonb_object_keys((labels - $2::text[]) || $3)) <= $4
+         RETURNING {AGENT_COLUMNS}"
     )))
-    .bind(filter.status)
-    .bind(pattern)
-    .bind(filter.after)
-    .bind(filter.limit)
-    .bind(filter.include_revoked)
-    .fetch_all(pool)
-    .await?)
+    .bind(id.as_str())
+    .bind(&removed)
+    .bind(serde_json::Value::Object(set))
+    .bind(i64::try_from(max).unwrap_or(i64::MAX))
+    .fetch_optional(pool)
+    .await?;
+    if let Some(row) = row {
+        return Ok(LabelsSet::Done(Box::new(row)));
+    }
+    let live: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM agents WHERE id = $1 AND revoked_at IS NULL)")
+            .bind(id.as_str())
+            .fetch_one(pool)
+            .await?;
+    Ok(if live { LabelsSet::TooMany } else { LabelsSet::NotFound })
 }
 
 pub async fn get(pool: &PgPool, id: &AgentId) -> Result<Option<AgentRow>, StorageError> {

@@ -106,12 +106,15 @@ pub async fn ingest_snapshots(
         let hostnames: Vec<Option<&str>> =
             touched.iter().map(|id| newest.get(id).map(|s| s.hostname.as_str())).collect();
         let metas: Vec<Option<&Value>> = touched.iter().map(|id| newest.get(id).map(|s| &s.meta)).collect();
+        let meta_labels: Vec<Option<Value>> =
+            touched.iter().map(|id| newest.get(id).map(|s| labels_of(&s.meta))).collect();
         sqlx::query(
             "UPDATE agents SET inventory_hash = u.hash, inventory_at = u.at,
                                hostname = COALESCE(u.hostname, agents.hostname),
-                               meta = COALESCE(u.meta, agents.meta), updated_at = now()
-             FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::jsonb[])
-                  AS u(id, hash, at, hostname, meta)
+                               meta = COALESCE(u.meta, agents.meta),
+                               meta_labels = COALESCE(u.meta_labels, agents.meta_labels), updated_at = now()
+             FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::jsonb[], $6::jsonb[])
+                  AS u(id, hash, at, hostname, meta, meta_labels)
              WHERE agents.id = u.id",
         )
         .bind(&touched)
@@ -119,11 +122,21 @@ pub async fn ingest_snapshots(
         .bind(&ats)
         .bind(&hostnames)
         .bind(&metas)
+        .bind(&meta_labels)
         .execute(&mut *tx)
         .await?;
     }
     tx.commit().await?;
     Ok(outcome)
+}
+
+/// The labels a snapshot's `meta` gives its agent (see `wire_models::effective_labels`).
+fn labels_of(meta: &Value) -> Value {
+    let labels = match meta {
+        Value::Object(meta) => wire_models::effective_labels(meta, &std::collections::BTreeMap::new()),
+        _ => std::collections::BTreeMap::new(),
+    };
+    Value::Object(labels.into_iter().map(|(k, v)| (k, Value::String(v))).collect())
 }
 
 /// One stored snapshot.

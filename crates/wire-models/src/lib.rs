@@ -17,6 +17,7 @@ mod canonical;
 mod codec;
 mod command;
 mod enrollment;
+mod labels;
 mod messages;
 mod subjects;
 mod text;
@@ -26,6 +27,10 @@ pub use canonical::{canonical_json, sha256_hex};
 pub use codec::{DecodeError, EncodeError, WireMessage, decode, encode};
 pub use command::{Command, CommandError, CommandName, LogPath, ServiceName};
 pub use enrollment::{ENROLL_PROOF_CONTEXT, enroll_proof_message};
+pub use labels::{
+    LabelError, LabelSelector, MAX_LABELS, Requirement, check_key as check_label_key,
+    check_value as check_label_value, effective_labels,
+};
 pub use messages::{
     ActionFinished, AnalyzeOutcome, AnalyzeReply, AnalyzeRequest, Event, EventKind, Heartbeat,
     IncidentChange, IncidentCreated, IncidentUpdated, Inventory, InventoryReport, OsInfo, PackageInfo,

@@ -67,6 +67,8 @@ pub(crate) async fn agent_views(state: &AppState, rows: Vec<storage::agents::Age
                 hostname: row.hostname,
                 presence,
                 meta: row.meta,
+                labels: row.effective_labels,
+                operator_labels: row.labels,
                 enrolled_at: row.enrolled_at,
                 revoked_at: row.revoked_at,
                 inventory_at: row.inventory_at,

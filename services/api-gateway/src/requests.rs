@@ -22,6 +22,15 @@ pub struct LoginRequest {
     pub password: String,
 }
 
+/// Changes to an agent. Unknown fields are refused.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentPatch {
+    /// Labels to set (`"key": "value"`) or remove (`"key": null`); the others stay.
+    #[schema(value_type = Option<std::collections::BTreeMap<String, Option<String>>>)]
+    pub labels: Option<std::collections::BTreeMap<String, Option<String>>>,
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct PatchIncident {
     pub status: TargetStatus,

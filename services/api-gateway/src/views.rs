@@ -62,6 +62,13 @@ pub struct AgentView {
     pub hostname: String,
     pub presence: PresenceInfo,
     pub meta: Value,
+    /// The agent's labels, what selectors match: its latest inventory's `meta` entries
+    /// that are valid labels, overridden by the labels operators set.
+    #[schema(value_type = std::collections::BTreeMap<String, String>)]
+    pub labels: Value,
+    /// The labels operators set (`PATCH /api/v1/agents/{id}`).
+    #[schema(value_type = std::collections::BTreeMap<String, String>)]
+    pub operator_labels: Value,
     pub enrolled_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
     pub inventory_at: Option<DateTime<Utc>>,

@@ -4,6 +4,7 @@
 mod analysis;
 mod credentials;
 mod fleet;
+mod labels;
 mod migrations;
 mod pool;
 mod presence;

@@ -20,6 +20,10 @@ pub(crate) struct ListQuery {
     status: Option<String>,
     /// Only agents whose hostname starts with this.
     hostname_prefix: Option<String>,
+    /// A label selector, Kubernetes-style: requirements joined by commas, all of which
+    /// must hold: `env=prod`, `env!=dev`, `role in (web,lb)`, `zone notin (eu-1)`,
+    /// `canary` (has the label), `!legacy` (has not).
+    selector: Option<String>,
     /// The `next_cursor` of the previous page.
     after: Option<String>,
     /// 1 to 500 (default 100).
@@ -55,11 +59,20 @@ pub(crate) async fn list(
             "hostname_prefix is too long or has control characters",
         ));
     }
+    let selector = query
+        .selector
+        .as_deref()
+        .map(wire_models::LabelSelector::parse)
+        .transpose()
+        .map_err(|e| ApiError::bad_request("invalid-query", format!("selector: {e}")))?;
     let after = query.after.as_deref().map(agent_id).transpose()?;
+    // The selector's canonical form: the same selector however it was spelled.
+    let canonical = selector.as_ref().map(ToString::to_string);
     let cache_key = format!(
         "agents:{}",
         wire_models::sha256_hex(
-            format!("{:?}|{:?}|{:?}|{limit}", query.status, query.hostname_prefix, after).as_bytes()
+            format!("{:?}|{:?}|{canonical:?}|{:?}|{limit}", query.status, query.hostname_prefix, after)
+                .as_bytes()
         )
     );
     // A hit is served as the stored bytes: no decoding and re-encoding of the page.
@@ -69,6 +82,7 @@ pub(crate) async fn list(
             &storage::agents::AgentFilter {
                 status: query.status.as_deref(),
                 hostname_prefix: query.hostname_prefix.as_deref(),
+                selector: selector.as_ref().filter(|s| !s.is_empty()),
                 after: after.as_ref().map(|a| a.as_str()),
                 limit,
                 include_revoked: false,
@@ -103,6 +117,79 @@ pub(crate) async fn get(
     let agent = presence_view::agent_views(&state, vec![row]).await.into_iter().next();
     let agent = agent.ok_or_else(|| ApiError::NotFound(format!("agent {id} not found")))?;
     Ok(Json(AgentDetail { agent, latest_inventory: latest.map(Into::into) }))
+}
+
+/// Sets or removes labels operators give an agent. They override its inventory's
+/// labels of the same key.
+#[utoipa::path(
+    patch, path = "/api/v1/agents/{id}", tag = "agents", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Agent id")),
+    request_body = AgentPatch,
+    responses(
+        (status = 200, body = AgentView),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn patch(
+    State(state): State<AppState>,
+    Operator(user): Operator,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<AgentPatch>,
+) -> ApiResult<Json<AgentView>> {
+    let id = agent_id(&id)?;
+    let changes = body.labels.unwrap_or_default();
+    if changes.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid-body",
+            "labels: give at least one label to set or remove",
+        ));
+    }
+    if changes.len() > wire_models::MAX_LABELS {
+        return Err(ApiError::bad_request(
+            "invalid-body",
+            format!("labels: at most {} in one request", wire_models::MAX_LABELS),
+        ));
+    }
+    for (key, value) in &changes {
+        let checked = wire_models::check_label_key(key)
+            .and_then(|()| value.as_deref().map_or(Ok(()), wire_models::check_label_value));
+        checked.map_err(|e| ApiError::bad_request("invalid-body", e.to_string()))?;
+    }
+    let request_id = uuid::Uuid::now_v7();
+    let params = serde_json::json!({ "labels": &changes });
+    storage::audit::begin(
+        &state.pool,
+        &storage::audit::NewAudit {
+            request_id,
+            actor: &user.email,
+            action: "set_labels",
+            agent_id: Some(id.as_str()),
+            incident_id: None,
+            command: None,
+            params: Some(&params),
+        },
+    )
+    .await?;
+    let row = match storage::agents::set_labels(&state.pool, &id, &changes, wire_models::MAX_LABELS).await? {
+        storage::agents::LabelsSet::Done(row) => *row,
+        storage::agents::LabelsSet::NotFound => {
+            storage::audit::finish(&state.pool, request_id, "not_found", None, 0).await?;
+            return Err(ApiError::NotFound(format!("agent {id} not found")));
+        }
+        storage::agents::LabelsSet::TooMany => {
+            storage::audit::finish(&state.pool, request_id, "invalid", None, 0).await?;
+            return Err(ApiError::bad_request(
+                "invalid-body",
+                format!("labels: an agent has at most {} operator labels", wire_models::MAX_LABELS),
+            ));
+        }
+    };
+    storage::audit::finish(&state.pool, request_id, "ok", None, 0).await?;
+    tracing::info!(agent_id = %id, by = %user.email, labels = changes.len(), "agent labels changed");
+    let view = presence_view::agent_views(&state, vec![row]).await.into_iter().next();
+    Ok(Json(view.ok_or_else(|| ApiError::NotFound(format!("agent {id} not found")))?))
 }
 
 /// Revokes an agent: its data stays, it can no longer send anything or be enrolled

@@ -139,7 +139,7 @@ pub(crate) fn api() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(enrollment::challenge))
         .routes(routes!(agents::delete_revoked))
         .routes(routes!(agents::list))
-        .routes(routes!(agents::get, agents::revoke))
+        .routes(routes!(agents::get, agents::patch, agents::revoke))
         .routes(routes!(agents::incidents))
         .routes(routes!(inventory::inventory))
         .routes(routes!(inventory::inventory_diff))

@@ -14,6 +14,7 @@ mod helpers;
 mod hostile;
 mod hostile_agents;
 mod incidents;
+mod labels;
 mod lifecycle;
 mod nats_init;
 mod notifications;
