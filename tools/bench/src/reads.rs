@@ -279,8 +279,8 @@ async fn api(gw: &gateway::Gateway, agents: usize, newest: i64, rows: &mut Vec<R
         // As served: the page cache answers repeats, one request a TTL goes to the
         // database (the bound is for this, the read every console makes).
         let hit_name = format!("{} (as served, c=64)", read.name);
-        let mut p99 =
-            Row::new("reads", &format!("{hit_name} p99"), cached.p99_ms, "ms").baseline("/healthz p99", health.p99_ms);
+        let mut p99 = Row::new("reads", &format!("{hit_name} p99"), cached.p99_ms, "ms")
+            .baseline("/healthz p99", health.p99_ms);
         if let Some(target) = read.target_ms {
             p99 = p99.floor(&format!("< {target} ms"), cached.p99_ms < target);
         }
@@ -292,7 +292,8 @@ async fn api(gw: &gateway::Gateway, agents: usize, newest: i64, rows: &mut Vec<R
         let miss_name = format!("{} (cache miss, c={})", read.name, read.miss_connections);
         rows.push(Row::new("reads", &format!("{miss_name} p50"), missed.p50_ms, "ms"));
         rows.push(
-            Row::new("reads", &format!("{miss_name} p99"), missed.p99_ms, "ms").baseline("/healthz p99", health.p99_ms),
+            Row::new("reads", &format!("{miss_name} p99"), missed.p99_ms, "ms")
+                .baseline("/healthz p99", health.p99_ms),
         );
         rows.push(
             Row::new("reads", &miss_name, missed.per_sec, "req/s").baseline("/healthz", health.per_sec),
