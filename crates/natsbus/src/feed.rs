@@ -10,7 +10,8 @@
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
 use wire_models::{
-    ActionFinished, IncidentCreated, IncidentUpdated, PresenceChanged, Subjects, WireMessage, decode,
+    ActionFinished, FleetActionProgress, IncidentCreated, IncidentUpdated, PresenceChanged, Subjects,
+    WireMessage, decode,
 };
 
 use crate::NatsError;
@@ -36,6 +37,10 @@ impl FeedPublisher {
         self.publish(self.subjects.action_finished(), msg).await;
     }
 
+    pub async fn fleet_action(&self, msg: &FleetActionProgress) {
+        self.publish(self.subjects.fleet_action_progress(), msg).await;
+    }
+
     async fn publish<M: WireMessage>(&self, subject: String, msg: &M) {
         if let Err(err) = crate::publish(&self.client, subject, msg).await {
             metrics::counter!("opspilot_feed_publish_failures_total", "message" => M::NAME).increment(1);
@@ -51,6 +56,7 @@ pub enum Change {
     IncidentUpdated(IncidentUpdated),
     Presence(PresenceChanged),
     ActionFinished(ActionFinished),
+    FleetAction(FleetActionProgress),
 }
 
 impl Change {
@@ -61,15 +67,18 @@ impl Change {
             Change::IncidentUpdated(_) => "incident.updated",
             Change::Presence(_) => "presence",
             Change::ActionFinished(_) => "action.finished",
+            Change::FleetAction(_) => "fleet_action",
         }
     }
 
-    pub fn agent_id(&self) -> &wire_models::AgentId {
+    /// The agent the change is about; `None` for one about many (a fleet action).
+    pub fn agent_id(&self) -> Option<&wire_models::AgentId> {
         match self {
-            Change::IncidentCreated(m) => &m.agent_id,
-            Change::IncidentUpdated(m) => &m.agent_id,
-            Change::Presence(m) => &m.agent_id,
-            Change::ActionFinished(m) => &m.agent_id,
+            Change::IncidentCreated(m) => Some(&m.agent_id),
+            Change::IncidentUpdated(m) => Some(&m.agent_id),
+            Change::Presence(m) => Some(&m.agent_id),
+            Change::ActionFinished(m) => Some(&m.agent_id),
+            Change::FleetAction(_) => None,
         }
     }
 
@@ -80,6 +89,7 @@ impl Change {
             Change::IncidentUpdated(m) => serde_json::to_value(m),
             Change::Presence(m) => serde_json::to_value(m),
             Change::ActionFinished(m) => serde_json::to_value(m),
+            Change::FleetAction(m) => serde_json::to_value(m),
         };
         value.unwrap_or(serde_json::Value::Null)
     }
@@ -96,6 +106,8 @@ impl Change {
             Change::IncidentUpdated(decode(payload).ok()?)
         } else if rest == "actions.finished" {
             Change::ActionFinished(decode(payload).ok()?)
+        } else if rest == "actions.fleet" {
+            Change::FleetAction(decode(payload).ok()?)
         } else if rest.starts_with("presence.") {
             Change::Presence(decode(payload).ok()?)
         } else {
@@ -200,11 +212,23 @@ mod tests {
         let body = wire_models::encode(&updated).unwrap();
         let change = Change::decode(&subjects, &subjects.incident_updated(), &body).unwrap();
         assert_eq!(change.kind(), "incident.updated");
-        assert_eq!(change.agent_id(), &agent);
+        assert_eq!(change.agent_id(), Some(&agent));
         assert_eq!(change.to_json()["change"], "status");
         // The body must match the subject; other roots and subjects are not the feed.
         assert_eq!(Change::decode(&subjects, &subjects.incident_created(), &body), None);
         assert_eq!(Change::decode(&subjects, "other.sys.incidents.updated", &body), None);
         assert_eq!(Change::decode(&subjects, "ops.sys.dlq.events", &body), None);
+
+        // A fleet action's progress is about no one agent.
+        let body = serde_json::to_vec(&serde_json::json!({
+            "v": PROTOCOL_VERSION, "action_id": "0192f0c4-7d1e-7a3b-8c4d-5e6f7a8b9c0d", "command": "ping",
+            "state": "running", "total": 3, "done": 1, "ok": 1, "error": 0, "timeout": 0, "skipped": 0,
+            "cancelled": 0, "at": Utc::now(),
+        }))
+        .unwrap();
+        let change = Change::decode(&subjects, &subjects.fleet_action_progress(), &body).unwrap();
+        assert_eq!(change.kind(), "fleet_action");
+        assert_eq!(change.agent_id(), None);
+        assert_eq!(change.to_json()["done"], 1);
     }
 }

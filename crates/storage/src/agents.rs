@@ -128,6 +128,13 @@ fn push_selector(qb: &mut sqlx::QueryBuilder<sqlx::Postgres>, selector: &wire_mo
     }
 }
 
+/// `AND hostname LIKE '{prefix}%'`, with LIKE metacharacters in the prefix escaped: a
+/// prefix is a prefix, not a pattern.
+fn push_hostname_prefix(qb: &mut sqlx::QueryBuilder<sqlx::Postgres>, prefix: &str) {
+    let escaped = prefix.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+    qb.push(" AND hostname LIKE ").push_bind(format!("{escaped}%"));
+}
+
 /// Agents ordered by id (keyset pagination).
 pub async fn list(pool: &PgPool, filter: &AgentFilter<'_>) -> Result<Vec<AgentRow>, StorageError> {
     let mut qb = sqlx::QueryBuilder::new(format!("SELECT {AGENT_COLUMNS} FROM agents WHERE TRUE"));
@@ -135,9 +142,7 @@ pub async fn list(pool: &PgPool, filter: &AgentFilter<'_>) -> Result<Vec<AgentRo
         qb.push(" AND status = ").push_bind(status.to_owned());
     }
     if let Some(prefix) = filter.hostname_prefix {
-        // LIKE metacharacters in the prefix are escaped: a prefix is a prefix, not a pattern.
-        let escaped = prefix.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
-        qb.push(" AND hostname LIKE ").push_bind(format!("{escaped}%"));
+        push_hostname_prefix(&mut qb, prefix);
     }
     if let Some(selector) = filter.selector {
         push_selector(&mut qb, selector);
@@ -149,6 +154,42 @@ pub async fn list(pool: &PgPool, filter: &AgentFilter<'_>) -> Result<Vec<AgentRo
         qb.push(" AND revoked_at IS NULL");
     }
     qb.push(" ORDER BY id LIMIT ").push_bind(filter.limit);
+    Ok(qb.build_query_as().fetch_all(pool).await?)
+}
+
+/// Which agents an action goes to.
+#[derive(Debug, Clone, Copy)]
+pub enum Targeting<'a> {
+    Ids(&'a [String]),
+    Selector(&'a wire_models::LabelSelector),
+    HostnamePrefix(&'a str),
+}
+
+/// A live agent an action may be sent to, with its presence as Postgres mirrors it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Reachable {
+    pub id: String,
+    pub hostname: String,
+    pub online: bool,
+}
+
+/// The live (not revoked) agents `targeting` names, by id, at most `limit`.
+pub async fn resolve(
+    pool: &PgPool,
+    targeting: Targeting<'_>,
+    limit: i64,
+) -> Result<Vec<Reachable>, StorageError> {
+    let mut qb = sqlx::QueryBuilder::new(
+        "SELECT id, hostname, status = 'online' AS online FROM agents WHERE revoked_at IS NULL",
+    );
+    match targeting {
+        Targeting::Ids(ids) => {
+            qb.push(" AND id = ANY(").push_bind(ids.to_vec()).push(")");
+        }
+        Targeting::Selector(selector) => push_selector(&mut qb, selector),
+        Targeting::HostnamePrefix(prefix) => push_hostname_prefix(&mut qb, prefix),
+    }
+    qb.push(" ORDER BY id LIMIT ").push_bind(limit);
     Ok(qb.build_query_as().fetch_all(pool).await?)
 }
 

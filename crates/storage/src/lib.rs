@@ -12,6 +12,7 @@ pub mod conflicts;
 pub mod credentials;
 pub mod dead_letters;
 mod error;
+pub mod fleet_actions;
 pub mod incidents;
 pub mod inventory;
 pub mod notifications;

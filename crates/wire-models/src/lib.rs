@@ -32,9 +32,10 @@ pub use labels::{
     check_value as check_label_value, effective_labels,
 };
 pub use messages::{
-    ActionFinished, AnalyzeOutcome, AnalyzeReply, AnalyzeRequest, Event, EventKind, Heartbeat,
-    IncidentChange, IncidentCreated, IncidentUpdated, Inventory, InventoryReport, OsInfo, PackageInfo,
-    PresenceChanged, PresenceState, RpcError, RpcReply, RpcRequest, RpcStatus, ServiceInfo, Severity,
+    ActionFinished, AnalyzeOutcome, AnalyzeReply, AnalyzeRequest, Event, EventKind, FleetActionProgress,
+    Heartbeat, IncidentChange, IncidentCreated, IncidentUpdated, Inventory, InventoryReport, OsInfo,
+    PackageInfo, PresenceChanged, PresenceState, RpcError, RpcReply, RpcRequest, RpcStatus, ServiceInfo,
+    Severity,
 };
 pub use subjects::{AgentPatterns, AgentSubject, DlqOrigin, SubjectError, SubjectRoot, Subjects};
 

@@ -559,6 +559,42 @@ impl WireMessage for ActionFinished {
     }
 }
 
+/// Published by the api-gateway on `{root}.sys.actions.fleet` while a fleet-wide action
+/// runs (at most a few times a second) and once when it ends. At most once each: the
+/// action's rows in Postgres are the record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FleetActionProgress {
+    pub v: u16,
+    pub action_id: Uuid,
+    pub command: String,
+    /// `running`, `finished`, `cancelled` or `unfinished`.
+    pub state: String,
+    /// Agents targeted.
+    pub total: u32,
+    /// Agents with an outcome so far, and how many of each.
+    pub done: u32,
+    pub ok: u32,
+    pub error: u32,
+    pub timeout: u32,
+    pub skipped: u32,
+    pub cancelled: u32,
+    pub at: DateTime<Utc>,
+}
+
+impl WireMessage for FleetActionProgress {
+    const NAME: &'static str = "fleet-action-progress";
+    const MAX_BYTES: usize = 4 * 1024;
+
+    fn version(&self) -> u16 {
+        self.v
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        label("command", &self.command, 64)?;
+        label("state", &self.state, 32)
+    }
+}
+
 /// Request on `{root}.sys.analyze`, served by the ai-analyzer queue group.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AnalyzeRequest {

@@ -198,6 +198,11 @@ impl Subjects {
         format!("{}.sys.actions.finished", self.root)
     }
 
+    /// Published by the api-gateway as a fleet-wide action progresses and ends.
+    pub fn fleet_action_progress(&self) -> String {
+        format!("{}.sys.actions.fleet", self.root)
+    }
+
     pub fn all_action_messages(&self) -> String {
         format!("{}.sys.actions.>", self.root)
     }

@@ -244,6 +244,28 @@ pub struct ServeArgs {
     /// How often an idle live stream gets a keep-alive comment.
     #[arg(id = "stream-keepalive", long = "stream-keepalive", env = "STREAM_KEEPALIVE", value_name = "STREAM_KEEPALIVE", default_value = "15s", value_parser = parse_duration, global = true)]
     pub stream_keepalive: Duration,
+    /// A mutating fleet action to more agents than this must repeat their number in
+    /// `confirm`.
+    #[arg(
+        id = "action-confirm-over",
+        long = "action-confirm-over",
+        env = "ACTION_CONFIRM_OVER",
+        value_name = "ACTION_CONFIRM_OVER",
+        default_value_t = 50,
+        global = true
+    )]
+    pub action_confirm_over: u32,
+    /// The most agents one fleet action may target.
+    #[arg(
+        id = "action-max-targets",
+        long = "action-max-targets",
+        env = "ACTION_MAX_TARGETS",
+        value_name = "ACTION_MAX_TARGETS",
+        default_value_t = 100_000,
+        value_parser = clap::value_parser!(u32).range(1..=1_000_000),
+        global = true
+    )]
+    pub action_max_targets: u32,
     /// How long cached reads (agent lists) are reused; 0 disables the cache.
     #[arg(id = "cache-ttl", long = "cache-ttl", env = "API_CACHE_TTL", value_name = "API_CACHE_TTL", default_value = "2s", value_parser = parse_duration, global = true)]
     pub cache_ttl: Duration,

@@ -11,6 +11,7 @@ mod config;
 mod console;
 mod error;
 mod extract;
+mod fleet_action;
 mod http;
 mod inventory_diff;
 mod nats_init;
@@ -137,6 +138,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         shutdown.clone(),
     );
     let feed_end = feed_hub.current_end().await;
+    let runs = tokio_util::task::TaskTracker::new();
     let state = state::AppState::new(state::Inner {
         pool: pool.clone(),
         redis: redis.clone(),
@@ -168,6 +170,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         default_offline_threshold: serve.offline_threshold,
         feed: natsbus::feed::FeedPublisher::new(client.clone(), config.nats.subjects()),
         feed_hub: std::sync::Arc::clone(&feed_hub),
+        actions: state::ActionLimits {
+            confirm_over: usize::try_from(serve.action_confirm_over).unwrap_or(usize::MAX),
+            max_targets: usize::try_from(serve.action_max_targets).unwrap_or(100_000),
+        },
+        runs: runs.clone(),
+        shutdown: shutdown.clone(),
     });
 
     let readiness = Readiness::new()
@@ -209,6 +217,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         std::time::Duration::from_secs(60),
         shutdown.clone(),
     ));
+    service.background(fleet_action::sweep_forever(pool.clone(), shutdown.clone()));
+    // Running fleet actions stop sending at shutdown, record what they have and end
+    // `unfinished` before the connections they need close.
+    service.on_stop("fleet actions", async move {
+        runs.close();
+        runs.wait().await;
+        Ok(())
+    });
     service.on_stop_best_effort("flushing nats", async move { Ok(client.flush().await?) });
     service.on_stop("the admin server", async move { Ok(admin.await??) });
     let service = service.start(admin_addr, shutdown, config.admin.shutdown_grace);

@@ -43,6 +43,19 @@ pub(crate) struct Inner {
     pub(crate) feed_hub: Arc<crate::stream::FeedHub>,
     /// Agents silent longer than this are offline when Redis has no fresher word.
     pub(crate) default_offline_threshold: Duration,
+    /// Bounds of fleet-wide actions.
+    pub(crate) actions: ActionLimits,
+    /// The fleet actions this replica runs, waited for at shutdown.
+    pub(crate) runs: tokio_util::task::TaskTracker,
+    /// Cancelled when the replica stops: running actions stop sending.
+    pub(crate) shutdown: tokio_util::sync::CancellationToken,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ActionLimits {
+    /// A mutating action to more agents than this needs `confirm`.
+    pub(crate) confirm_over: usize,
+    pub(crate) max_targets: usize,
 }
 
 #[derive(Debug, Clone)]

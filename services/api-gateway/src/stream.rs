@@ -34,8 +34,8 @@ const REPLAY_IDLE: Duration = Duration::from_secs(5);
 const CLIENT_QUEUE: usize = 64;
 
 /// The event types a client may ask for.
-pub(crate) const EVENT_TYPES: [&str; 4] =
-    ["presence", "incident.created", "incident.updated", "action.finished"];
+pub(crate) const EVENT_TYPES: [&str; 5] =
+    ["presence", "incident.created", "incident.updated", "action.finished", "fleet_action"];
 
 /// This replica's reader of the change feed.
 pub(crate) struct FeedHub {
@@ -129,7 +129,8 @@ pub(crate) struct ClientFilter {
 impl ClientFilter {
     fn wants(&self, change: &Change) -> bool {
         (self.types.is_empty() || self.types.contains(&change.kind()))
-            && (self.agents.is_empty() || self.agents.contains(change.agent_id()))
+            // A change about many agents (a fleet action) is not about the ones asked for.
+            && (self.agents.is_empty() || change.agent_id().is_some_and(|a| self.agents.contains(a)))
     }
 }
 

@@ -114,6 +114,7 @@ pub fn permissions(identity: &Identity, topology: &Topology) -> Permissions {
                 s.analyze(),
                 s.incident_updated(),
                 s.action_finished(),
+                s.fleet_action_progress(),
                 // Operators' live streams read the change feed (the incidents stream)
                 // with ordered consumers of their own: no other stream, no durable.
                 format!("$JS.API.STREAM.INFO.{}", topology.incidents_stream),

@@ -138,7 +138,11 @@ fn wanted<'t>(change: &Change, targets: &'t [Target]) -> Vec<&'t Target> {
         Change::IncidentCreated(m) => pick(&|t| t.wants_incident(m.kind.as_str(), m.severity, m.is_critical)),
         Change::Presence(m) if m.state == PresenceState::Offline => pick(&|t| t.wants(NotifyEvent::Offline)),
         Change::ActionFinished(m) if m.outcome != "ok" => pick(&|t| t.wants(NotifyEvent::ActionFailed)),
-        Change::IncidentUpdated(_) | Change::Presence(_) | Change::ActionFinished(_) => Vec::new(),
+        // A fleet action's per-agent failures are in its results, not one post each.
+        Change::IncidentUpdated(_)
+        | Change::Presence(_)
+        | Change::ActionFinished(_)
+        | Change::FleetAction(_) => Vec::new(),
     }
 }
 
@@ -170,7 +174,7 @@ impl Router {
             if to.is_empty() {
                 continue;
             }
-            let agent = change.agent_id();
+            let Some(agent) = change.agent_id() else { continue };
             let hostname = match hostnames.get(agent.as_str()) {
                 Some(name) => name.clone(),
                 None => {
@@ -185,7 +189,7 @@ impl Router {
                 Change::IncidentCreated(m) => incident_notice(m, &hostname),
                 Change::Presence(m) => offline_notice(m, &hostname),
                 Change::ActionFinished(m) => action_notice(m, &hostname),
-                Change::IncidentUpdated(_) => continue,
+                Change::IncidentUpdated(_) | Change::FleetAction(_) => continue,
             };
             metrics::counter!("opspilot_notifications_routed_total", "event" => notice.event.as_str())
                 .increment(to.len() as u64);

@@ -1,5 +1,6 @@
 //! The HTTP routes under `/api/v1`, collected with their OpenAPI descriptions.
 
+pub(crate) mod actions;
 pub(crate) mod admin;
 pub(crate) mod agents;
 pub(crate) mod auth;
@@ -29,6 +30,7 @@ use crate::state::AppState;
         (name = "auth", description = "Logging in"),
         (name = "agents", description = "Agents, their presence, inventory, incidents and actions"),
         (name = "incidents", description = "Incidents, analysis and suggested actions"),
+        (name = "actions", description = "Fleet-wide actions: one command to many agents"),
         (name = "stream", description = "Changes as they happen (Server-Sent Events)"),
         (name = "admin", description = "Users, enrollment tokens, the audit log and notification targets (admins)")
     )
@@ -145,6 +147,10 @@ pub(crate) fn api() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(inventory::inventory_diff))
         .routes(routes!(agents::presence))
         .routes(routes!(agents::execute))
+        .routes(routes!(actions::create, actions::list))
+        .routes(routes!(actions::get))
+        .routes(routes!(actions::results))
+        .routes(routes!(actions::cancel))
         .routes(routes!(incidents::list))
         .routes(routes!(stream::stream))
         .routes(routes!(stream::ticket))

@@ -2,6 +2,7 @@
 #![allow(unused_crate_dependencies, unreachable_pub)]
 
 mod account_security;
+mod actions;
 mod agents;
 mod analysis;
 mod auth;

@@ -17,20 +17,20 @@ use crate::helpers::*;
 
 /// One Server-Sent Event.
 #[derive(Debug, Clone)]
-struct SseEvent {
-    id: Option<u64>,
-    event: String,
-    data: Value,
+pub(crate) struct SseEvent {
+    pub(crate) id: Option<u64>,
+    pub(crate) event: String,
+    pub(crate) data: Value,
 }
 
 /// A reader of an open stream.
-struct Sse {
+pub(crate) struct Sse {
     response: reqwest::Response,
     buffer: String,
 }
 
 impl Sse {
-    async fn open(api: &Api, query: &str, token: &str, last_event_id: Option<u64>) -> Self {
+    pub(crate) async fn open(api: &Api, query: &str, token: &str, last_event_id: Option<u64>) -> Self {
         let mut request = api.http.get(format!("{}/api/v1/stream?{query}", api.base)).bearer_auth(token);
         if let Some(id) = last_event_id {
             request = request.header("Last-Event-ID", id.to_string());
@@ -43,7 +43,7 @@ impl Sse {
 
     /// The next event (keep-alive comments skipped); `None` when the stream ended or
     /// nothing came within `wait`.
-    async fn next(&mut self, wait: Duration) -> Option<SseEvent> {
+    pub(crate) async fn next(&mut self, wait: Duration) -> Option<SseEvent> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             if let Some(end) = self.buffer.find("\n\n") {
