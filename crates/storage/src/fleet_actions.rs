@@ -81,8 +81,16 @@ pub async fn create(pool: &PgPool, action: &NewAction<'_>, targets: &[Target]) -
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
+    if targets.len() >= ANALYZE_OVER {
+        // Before the first batch of outcomes: statistics that predate this many new rows
+        // (a new table's say "empty") make the planner scan the targets for every batch.
+        sqlx::query("ANALYZE fleet_action_targets, audit_log").execute(pool).await?;
+    }
     Ok(())
 }
+
+/// Targets from which an action refreshes the planner's statistics before it runs.
+const ANALYZE_OVER: usize = 5_000;
 
 /// What became of one agent's request.
 #[derive(Debug, Clone, PartialEq)]
@@ -105,11 +113,14 @@ pub async fn record(pool: &PgPool, action: Uuid, outcomes: &[Outcome]) -> Result
     let replies: Vec<Option<&Value>> = outcomes.iter().map(|o| o.reply.as_ref()).collect();
     let durations: Vec<i32> = outcomes.iter().map(|o| o.duration_ms).collect();
     let mut tx = pool.begin().await?;
-    let requests: Vec<Uuid> = sqlx::query_scalar(
+    // The audit rows are updated from the values bound here, by their unique key: a
+    // join of the two tables would be planned as a scan of both, which grows with
+    // every action ever run.
+    let requests: Vec<(Uuid, String)> = sqlx::query_as(
         "UPDATE fleet_action_targets t SET outcome = u.o, reply = u.r, duration_ms = u.d, finished_at = now()
          FROM UNNEST($2::text[], $3::text[], $4::jsonb[], $5::int[]) AS u(a, o, r, d)
          WHERE t.action_id = $1 AND t.agent_id = u.a AND t.outcome IS NULL
-         RETURNING t.request_id",
+         RETURNING t.request_id, t.agent_id",
     )
     .bind(action)
     .bind(&agents)
@@ -118,13 +129,24 @@ pub async fn record(pool: &PgPool, action: Uuid, outcomes: &[Outcome]) -> Result
     .bind(&durations)
     .fetch_all(&mut *tx)
     .await?;
+    // Only what changed above: a replayed outcome leaves its audit row alone too.
+    let by_agent: std::collections::HashMap<&str, Uuid> =
+        requests.iter().map(|(request, agent)| (agent.as_str(), *request)).collect();
+    let changed: Vec<(Uuid, &Outcome)> =
+        outcomes.iter().filter_map(|o| by_agent.get(o.agent_id.as_str()).map(|r| (*r, o))).collect();
+    let ids: Vec<Uuid> = changed.iter().map(|(r, _)| *r).collect();
+    let labels: Vec<&str> = changed.iter().map(|(_, o)| o.outcome).collect();
+    let replies: Vec<Option<&Value>> = changed.iter().map(|(_, o)| o.reply.as_ref()).collect();
+    let durations: Vec<i64> = changed.iter().map(|(_, o)| i64::from(o.duration_ms)).collect();
     sqlx::query(
-        "UPDATE audit_log l SET outcome = t.outcome, result = t.reply, finished_at = t.finished_at,
-                                duration_ms = t.duration_ms
-         FROM fleet_action_targets t
-         WHERE t.request_id = ANY($1) AND l.request_id = t.request_id",
+        "UPDATE audit_log l SET outcome = u.o, result = u.r, finished_at = now(), duration_ms = u.d
+         FROM UNNEST($1::uuid[], $2::text[], $3::jsonb[], $4::bigint[]) AS u(q, o, r, d)
+         WHERE l.request_id = u.q",
     )
-    .bind(&requests)
+    .bind(&ids)
+    .bind(&labels)
+    .bind(&replies)
+    .bind(&durations)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;

@@ -100,7 +100,12 @@ pub async fn run(args: Args, shutdown: tokio_util::sync::CancellationToken) -> a
         events_per_sec: args.events_per_sec,
         inventory_interval: Some(args.inventory_interval),
         inventory_change_ratio: args.inventory_change,
-        rpc: RpcBehaviour { delay: args.rpc_delay, failure_rate: args.rpc_failure_rate, silent: false },
+        rpc: RpcBehaviour {
+            delay: args.rpc_delay,
+            jitter: Duration::ZERO,
+            failure_rate: args.rpc_failure_rate,
+            silent: false,
+        },
         rpc_mode: args.rpc_mode,
         concurrency: args.concurrency,
     };

@@ -25,6 +25,8 @@ use crate::{Bus, SimAgent};
 pub struct RpcBehaviour {
     /// Wait this long before answering.
     pub delay: Duration,
+    /// And a random extra wait of up to this (hosts do not all answer alike).
+    pub jitter: Duration,
     /// Fraction (0..=1) of requests answered with an error.
     pub failure_rate: f64,
     /// Never answer (the backend sees a timeout).
@@ -413,8 +415,13 @@ async fn answer(
     let reply = match wire_models::decode::<RpcRequest>(&msg.payload) {
         Ok(request) => {
             tracing::debug!(command = %request.command.name(), request_id = %request.request_id, "rpc received");
-            if !behaviour.delay.is_zero() {
-                tokio::time::sleep(behaviour.delay).await;
+            let extra = if behaviour.jitter.is_zero() {
+                Duration::ZERO
+            } else {
+                behaviour.jitter.mul_f64(rand::rng().random_range(0.0..=1.0))
+            };
+            if !(behaviour.delay + extra).is_zero() {
+                tokio::time::sleep(behaviour.delay + extra).await;
             }
             let fail = behaviour.failure_rate > 0.0
                 && rand::rng().random_bool(behaviour.failure_rate.clamp(0.0, 1.0));

@@ -5,6 +5,7 @@
 
 mod actions;
 mod console;
+mod fleet_actions;
 mod footprint;
 mod gateway;
 mod ingest;
@@ -59,13 +60,17 @@ struct Args {
     /// one coalesced update a second on the stream).
     #[arg(long, default_value_t = 2)]
     stream_recurring_agents: usize,
-    /// Scenarios to run (comma-separated: ingest,inventory,presence,actions,reads,console,stream,footprint;
+    /// Fleet sizes a fleet-wide action goes to, in the `fleet` scenario.
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
+    fleet_sizes: Vec<usize>,
+    /// Scenarios to run (comma-separated: ingest,inventory,presence,actions,fleet,reads,console,stream,footprint;
+    /// `fleet` sends one fleet-wide action to each of `--fleet-sizes` agents;
     /// `console` renders the console's pages on the read scenario's data;
     /// `statement` times the ingest SQL statement alone, for profiling, and is not in the default).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "ingest,inventory,presence,actions,reads,console,stream,footprint"
+        default_value = "ingest,inventory,presence,actions,fleet,reads,console,stream,footprint"
     )]
     only: Vec<String>,
     /// Where to write the results.
@@ -100,6 +105,11 @@ async fn main() -> anyhow::Result<()> {
     }
     if wants("actions") {
         actions::run(&mut rows).await?;
+    }
+    if wants("fleet") {
+        for size in &args.fleet_sizes {
+            fleet_actions::run(*size, &mut rows).await?;
+        }
     }
     if wants("reads") || wants("console") {
         let parts = reads::Parts { api: wants("reads"), console: wants("console") };

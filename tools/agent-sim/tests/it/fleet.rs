@@ -149,7 +149,7 @@ async fn shared_rpc_mode_and_failure_rate() {
     let shutdown = CancellationToken::new();
     let serving = tokio::spawn(Arc::clone(&fleet).serve_rpc(
         bus.clone(),
-        RpcBehaviour { delay: Duration::ZERO, failure_rate: 1.0, silent: false },
+        RpcBehaviour { failure_rate: 1.0, ..RpcBehaviour::default() },
         RpcMode::Shared,
         shutdown.clone(),
     ));
