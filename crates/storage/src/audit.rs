@@ -60,6 +60,47 @@ pub async fn begin(pool: &PgPool, entry: &NewAudit<'_>) -> Result<i64, StorageEr
     Ok(bind_entry(query, entry).fetch_one(pool).await?)
 }
 
+/// An action about to be sent, owning its fields (to be queued for [`begin_many`]).
+#[derive(Debug, Clone)]
+pub struct PendingAudit {
+    pub request_id: Uuid,
+    pub actor: String,
+    pub action: String,
+    pub agent_id: Option<String>,
+    pub incident_id: Option<i64>,
+    pub command: Option<String>,
+    pub params: Option<Value>,
+}
+
+/// Writes the "pending" rows of several actions in one statement and one commit: what
+/// concurrent requests share instead of a durable commit each.
+pub async fn begin_many(pool: &PgPool, entries: &[PendingAudit]) -> Result<(), StorageError> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let requests: Vec<Uuid> = entries.iter().map(|e| e.request_id).collect();
+    let actors: Vec<&str> = entries.iter().map(|e| e.actor.as_str()).collect();
+    let actions: Vec<&str> = entries.iter().map(|e| e.action.as_str()).collect();
+    let agents: Vec<Option<&str>> = entries.iter().map(|e| e.agent_id.as_deref()).collect();
+    let incidents: Vec<Option<i64>> = entries.iter().map(|e| e.incident_id).collect();
+    let commands: Vec<Option<&str>> = entries.iter().map(|e| e.command.as_deref()).collect();
+    let params: Vec<Option<&Value>> = entries.iter().map(|e| e.params.as_ref()).collect();
+    sqlx::query(
+        "INSERT INTO audit_log (request_id, actor, action, agent_id, incident_id, command, params)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::jsonb[])",
+    )
+    .bind(&requests)
+    .bind(&actors)
+    .bind(&actions)
+    .bind(&agents)
+    .bind(&incidents)
+    .bind(&commands)
+    .bind(&params)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// Writes a finished entry in one statement: an administrative change (users,
 /// tokens, agents) or a refused enrollment, which has no "sent" moment to wait for.
 pub async fn record(
@@ -99,6 +140,40 @@ pub async fn finish(
     .bind(outcome)
     .bind(result)
     .bind(duration_ms)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// An action's outcome, owning its fields (to be queued for [`finish_many`]).
+#[derive(Debug, Clone)]
+pub struct FinishedAudit {
+    pub request_id: Uuid,
+    pub outcome: String,
+    pub result: Option<Value>,
+    pub duration_ms: i64,
+}
+
+/// Completes several rows in one statement, as [`finish`] does one (its own commit not
+/// waited for).
+pub async fn finish_many(pool: &PgPool, entries: &[FinishedAudit]) -> Result<(), StorageError> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let requests: Vec<Uuid> = entries.iter().map(|e| e.request_id).collect();
+    let outcomes: Vec<&str> = entries.iter().map(|e| e.outcome.as_str()).collect();
+    let results: Vec<Option<&Value>> = entries.iter().map(|e| e.result.as_ref()).collect();
+    let durations: Vec<i64> = entries.iter().map(|e| e.duration_ms).collect();
+    sqlx::query(
+        "WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true))
+         UPDATE audit_log l SET outcome = u.o, result = u.r, finished_at = now(), duration_ms = u.d
+         FROM relaxed, UNNEST($1::uuid[], $2::text[], $3::jsonb[], $4::bigint[]) AS u(q, o, r, d)
+         WHERE l.request_id = u.q",
+    )
+    .bind(&requests)
+    .bind(&outcomes)
+    .bind(&results)
+    .bind(&durations)
     .execute(pool)
     .await?;
     Ok(())

@@ -3,6 +3,7 @@
 
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
+mod audit_writer;
 mod auth;
 mod bus_auth;
 mod cache;
@@ -175,6 +176,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             max_targets: usize::try_from(serve.action_max_targets).unwrap_or(100_000),
         },
         runs: runs.clone(),
+        audit: audit_writer::AuditWriter::start(pool.clone()),
         shutdown: shutdown.clone(),
     });
 

@@ -30,20 +30,37 @@ fn from_view(view: &presence::PresenceView) -> PresenceInfo {
     }
 }
 
-/// Presence for each row, Redis first.
-pub(crate) async fn presence_of(
+/// What Redis says of `ids` (nothing when it is unreachable).
+pub(crate) async fn live_views(
     state: &AppState,
-    rows: &[storage::agents::AgentRow],
-) -> HashMap<String, PresenceInfo> {
-    let ids: Vec<AgentId> = rows.iter().filter_map(|r| AgentId::parse(&r.id).ok()).collect();
-    let live = match state.presence.read(&ids).await {
+    ids: &[AgentId],
+) -> HashMap<AgentId, presence::PresenceView> {
+    match state.presence.read(ids).await {
         Ok(live) => live,
         Err(err) => {
             // Redis down: the durable record still answers, a few seconds behind.
             tracing::warn!(error = %err, "presence read from redis failed; using postgres");
             HashMap::new()
         }
-    };
+    }
+}
+
+/// Presence for each row, Redis first.
+pub(crate) async fn presence_of(
+    state: &AppState,
+    rows: &[storage::agents::AgentRow],
+) -> HashMap<String, PresenceInfo> {
+    let ids: Vec<AgentId> = rows.iter().filter_map(|r| AgentId::parse(&r.id).ok()).collect();
+    let live = live_views(state, &ids).await;
+    combine(state, rows, &live)
+}
+
+/// Presence for each row from what Redis said (`live`), the row where it said nothing.
+pub(crate) fn combine(
+    state: &AppState,
+    rows: &[storage::agents::AgentRow],
+    live: &HashMap<AgentId, presence::PresenceView>,
+) -> HashMap<String, PresenceInfo> {
     rows.iter()
         .map(|row| {
             let info = AgentId::parse(&row.id)

@@ -26,19 +26,18 @@ pub(crate) async fn execute(
     tracing::Span::current().record("request_id", tracing::field::display(request_id));
     let params = command.params();
     let action = if incident_id.is_some() { "execute_suggested" } else { "execute" };
-    storage::audit::begin(
-        &state.pool,
-        &storage::audit::NewAudit {
+    state
+        .audit
+        .begin(storage::audit::PendingAudit {
             request_id,
-            actor: &user.email,
-            action,
-            agent_id: Some(agent.as_str()),
+            actor: user.email.clone(),
+            action: action.to_owned(),
+            agent_id: Some(agent.to_string()),
             incident_id,
-            command: Some(command.name().as_str()),
-            params: Some(&params),
-        },
-    )
-    .await?;
+            command: Some(command.name().as_str().to_owned()),
+            params: Some(params.clone()),
+        })
+        .await?;
 
     let started = Instant::now();
     let outcome = send(state, agent, command, request_id).await;
@@ -55,15 +54,13 @@ pub(crate) async fn execute(
     };
     metrics::histogram!("opspilot_rpc_seconds", "command" => command.name().as_str(), "outcome" => label)
         .record(started.elapsed().as_secs_f64());
-    if let Err(err) = storage::audit::finish(
-        &state.pool,
+    let finished = storage::audit::FinishedAudit {
         request_id,
-        label,
-        Some(&result),
-        i64::try_from(elapsed_ms).unwrap_or(i64::MAX),
-    )
-    .await
-    {
+        outcome: label.to_owned(),
+        result: Some(result),
+        duration_ms: i64::try_from(elapsed_ms).unwrap_or(i64::MAX),
+    };
+    if let Err(err) = state.audit.finish(finished).await {
         // The action went out; losing its outcome row must not turn into an error here.
         tracing::error!(error = %err, %request_id, "recording the action's outcome failed");
     }

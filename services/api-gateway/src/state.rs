@@ -43,6 +43,8 @@ pub(crate) struct Inner {
     pub(crate) feed_hub: Arc<crate::stream::FeedHub>,
     /// Agents silent longer than this are offline when Redis has no fresher word.
     pub(crate) default_offline_threshold: Duration,
+    /// Writes actions' audit rows with group commit.
+    pub(crate) audit: crate::audit_writer::AuditWriter,
     /// Bounds of fleet-wide actions.
     pub(crate) actions: ActionLimits,
     /// The fleet actions this replica runs, waited for at shutdown.

@@ -136,6 +136,22 @@ pub(crate) async fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
             }
         }
     };
+    // The raw durable commit: one single-row INSERT, autocommit, from one client.
+    sqlx::query("CREATE TABLE IF NOT EXISTS bench_commit (id BIGSERIAL PRIMARY KEY, at TIMESTAMPTZ NOT NULL DEFAULT now())")
+        .execute(&setup.stack.db.pool)
+        .await?;
+    let pg_op = {
+        let pool = setup.stack.db.pool.clone();
+        move |_: usize| {
+            let pool = pool.clone();
+            async move {
+                sqlx::query("INSERT INTO bench_commit DEFAULT VALUES").execute(&pool).await?;
+                anyhow::Ok(())
+            }
+        }
+    };
+    measure(1, 200, Duration::from_secs(10), pg_op.clone()).await?;
+    let pg1 = measure(1, 2000, Duration::from_secs(20), pg_op).await?;
     // Warm both paths (connections, caches).
     measure(4, 200, Duration::from_secs(10), nats_op.clone()).await?;
     measure(4, 200, Duration::from_secs(10), api_op.clone()).await?;
@@ -152,9 +168,17 @@ pub(crate) async fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
     rows.push(
         Row::new("actions", "execute c=1 p99", api1.p99_ms, "ms").baseline("NATS c=1 p99", nats1.p99_ms),
     );
+    rows.push(Row::new("actions", "baseline: Postgres insert-and-commit c=1 p50", pg1.p50_ms, "ms"));
     rows.push(
         Row::new("actions", "added latency of the API path c=1 p50", added, "ms")
             .floor("< 1.5 ms", added < 1.5),
+    );
+    // The bound: a NATS round trip, a durable commit and half a millisecond.
+    let bound = nats1.p50_ms + pg1.p50_ms + 0.5;
+    rows.push(
+        Row::new("actions", "execute c=1 p50 against NATS + commit + 0.5 ms", api1.p50_ms, "ms")
+            .baseline("NATS p50 + commit p50 + 0.5", bound)
+            .floor("<= bound", api1.p50_ms <= bound),
     );
     rows.push(Row::new("actions", "execute c=1", api1.per_sec, "req/s").baseline("NATS c=1", nats1.per_sec));
     rows.push(
@@ -164,7 +188,9 @@ pub(crate) async fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
         Row::new("actions", "execute c=64 p99", api64.p99_ms, "ms").baseline("NATS c=64 p99", nats64.p99_ms),
     );
     rows.push(
-        Row::new("actions", "execute c=64", api64.per_sec, "req/s").baseline("NATS c=64", nats64.per_sec),
+        Row::new("actions", "execute c=64", api64.per_sec, "req/s")
+            .baseline("NATS c=64", nats64.per_sec)
+            .floor(">= 5000 req/s", api64.per_sec >= 5000.0),
     );
     stop.cancel();
     gw.service.stop().await;

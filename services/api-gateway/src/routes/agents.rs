@@ -371,8 +371,12 @@ pub(crate) async fn execute(
         return Err(ApiError::bad_request("agent-mismatch", "agent_id in the body differs from the path"));
     }
     let command = crate::rpc::command_from(&body.command, &body.params)?;
-    let agent = find_agent(&state, &id).await?;
-    ensure_online(&state, &agent).await?;
+    // The agent's row and its live presence are independent reads: both at once.
+    let ids = [id.clone()];
+    let (agent, live) = tokio::join!(find_agent(&state, &id), presence_view::live_views(&state, &ids));
+    let agent = agent?;
+    let presence = presence_view::combine(&state, std::slice::from_ref(&agent), &live).remove(&agent.id);
+    online_or_refuse(&agent, presence.as_ref())?;
     Ok(Json(crate::rpc::execute(&state, &user, &id, &command, None).await?))
 }
 
@@ -389,7 +393,14 @@ pub(crate) async fn find_agent(
 
 pub(crate) async fn ensure_online(state: &AppState, agent: &storage::agents::AgentRow) -> ApiResult<()> {
     let presence = presence_view::presence_of(state, std::slice::from_ref(agent)).await.remove(&agent.id);
-    if presence.as_ref().is_some_and(presence_view::is_online) {
+    online_or_refuse(agent, presence.as_ref())
+}
+
+fn online_or_refuse(
+    agent: &storage::agents::AgentRow,
+    presence: Option<&crate::views::PresenceInfo>,
+) -> ApiResult<()> {
+    if presence.is_some_and(presence_view::is_online) {
         Ok(())
     } else {
         Err(ApiError::AgentOffline(format!("agent {} is offline", agent.id)))

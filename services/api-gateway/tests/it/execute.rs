@@ -131,3 +131,39 @@ async fn offline_unknown_silent_and_broken_agents() {
     );
     api.stop().await;
 }
+
+#[tokio::test]
+async fn concurrent_executes_share_audit_commits_and_each_is_recorded() {
+    let api = start(&[]).await;
+    let fleet = api.online_fleet("exec-many", 8).await;
+    let stop = api.serve_rpc(&fleet, RpcBehaviour::default()).await;
+    let calls = (0..48).map(|i| {
+        let id = fleet.agents()[i % 8].id.to_string();
+        let api = &api;
+        async move {
+            api.post(&format!("/api/v1/agents/{id}/execute"), &api.operator, json!({"command": "ping"})).await
+        }
+    });
+    let answers = futures::future::join_all(calls).await;
+    let mut requests = Vec::new();
+    for (status, reply) in answers {
+        assert_eq!(status, StatusCode::OK, "{reply}");
+        requests.push(reply["request_id"].as_str().unwrap().to_owned());
+    }
+    // One audit row per request, written before it was sent and completed after.
+    let rows: Vec<(String, String, String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "SELECT request_id::text, actor, outcome, started_at FROM audit_log WHERE request_id::text = ANY($1)",
+    )
+    .bind(&requests)
+    .fetch_all(&api.stack.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 48);
+    assert!(rows.iter().all(|(_, actor, outcome, _)| actor == "operator@example.com" && outcome == "ok"));
+    // Rows written by one statement share its transaction's time: requests that came
+    // together were committed together, not each on its own.
+    let commits: std::collections::HashSet<_> = rows.iter().map(|(_, _, _, at)| *at).collect();
+    assert!(commits.len() < 48, "every row had a commit of its own");
+    stop.cancel();
+    api.stop().await;
+}
