@@ -10,6 +10,7 @@
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod browser;
 mod db;
 pub mod hostile;
 pub mod lifecycle;

@@ -63,6 +63,17 @@ where
     })
 }
 
+/// A `ping` as the gateway sends it, for the raw NATS baselines.
+pub(crate) fn ping(timeout_ms: u32) -> RpcRequest {
+    RpcRequest {
+        v: PROTOCOL_VERSION,
+        request_id: uuid::Uuid::now_v7(),
+        command: Command::Ping,
+        issued_at: chrono::Utc::now(),
+        timeout_ms,
+    }
+}
+
 pub(crate) async fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let setup = prepare(64, "bench-actions").await?;
     // Online through the real path: a tracker and one heartbeat each (a long interval
@@ -104,14 +115,7 @@ pub(crate) async fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
         move |i: usize| {
             let (ids, subjects, client) = (Arc::clone(&ids), subjects.clone(), client.clone());
             async move {
-                let request = RpcRequest {
-                    v: PROTOCOL_VERSION,
-                    request_id: uuid::Uuid::now_v7(),
-                    command: Command::Ping,
-                    issued_at: chrono::Utc::now(),
-                    timeout_ms: 5000,
-                };
-                let payload = Bytes::from(wire_models::encode(&request)?);
+                let payload = Bytes::from(wire_models::encode(&ping(5000))?);
                 client.request(subjects.rpc(&ids[i % ids.len()]), payload).await?;
                 anyhow::Ok(())
             }

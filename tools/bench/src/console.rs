@@ -56,20 +56,7 @@ async fn browser() -> anyhow::Result<(Driver, Client)> {
         anyhow::ensure!(started.elapsed() < Duration::from_secs(10), "chromedriver did not listen");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mut options = json!({
-        "args": [
-            "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-            "--window-size=1280,1000", "--no-first-run", "--disable-extensions",
-            "--disable-background-networking", "--disable-breakpad", "--disable-component-update",
-            "--disable-sync",
-        ],
-    });
-    if std::path::Path::new("/usr/bin/chromium").exists() {
-        options["binary"] = json!("/usr/bin/chromium");
-    }
-    let mut capabilities = serde_json::Map::new();
-    capabilities.insert("browserName".into(), json!("chrome"));
-    capabilities.insert("goog:chromeOptions".into(), options);
+    let capabilities = test_support::browser::chromium_capabilities(1280, 1000);
     let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
         .capabilities(capabilities)
         .connect(&format!("http://127.0.0.1:{port}"))

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use agent_sim::{RpcBehaviour, RpcMode};
 use bytes::Bytes;
 use serde_json::{Value, json};
-use wire_models::{Command, PROTOCOL_VERSION, RpcRequest};
 
 use crate::gateway;
 use crate::ingest::prepare;
@@ -34,13 +33,7 @@ async fn raw_nats(
         .map(|id| {
             let (client, subject) = (client.clone(), subjects.rpc(&id));
             async move {
-                let request = RpcRequest {
-                    v: PROTOCOL_VERSION,
-                    request_id: uuid::Uuid::now_v7(),
-                    command: Command::Ping,
-                    issued_at: chrono::Utc::now(),
-                    timeout_ms: 10_000,
-                };
+                let request = crate::actions::ping(10_000);
                 client.request(subject, Bytes::from(wire_models::encode(&request)?)).await?;
                 anyhow::Ok(())
             }

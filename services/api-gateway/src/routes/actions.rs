@@ -376,6 +376,12 @@ fn action_id(id: &str) -> ApiResult<Uuid> {
     Uuid::parse_str(id).map_err(|_| ApiError::bad_request("invalid-path", "the action id is a UUID"))
 }
 
+async fn load(state: &AppState, id: Uuid) -> ApiResult<storage::fleet_actions::ActionRow> {
+    storage::fleet_actions::get(&state.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("action {id} not found")))
+}
+
 /// One fleet action: its counts by outcome and its timing.
 #[utoipa::path(
     get, path = "/api/v1/actions/{id}", tag = "actions", security(("bearer" = [])),
@@ -391,9 +397,7 @@ pub(crate) async fn get(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<FleetActionView>> {
     let id = action_id(&id)?;
-    let row = storage::fleet_actions::get(&state.pool, id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("action {id} not found")))?;
+    let row = load(&state, id).await?;
     let counts: BTreeMap<String, i64> = storage::fleet_actions::counts(&state.pool, id).await?;
     let count = |k: &str| counts.get(k).copied().unwrap_or(0);
     let end = row.finished_at.unwrap_or_else(chrono::Utc::now);
@@ -448,9 +452,7 @@ pub(crate) async fn results(
         ));
     }
     let after = query.after.as_deref().map(crate::extract::agent_id).transpose()?;
-    if storage::fleet_actions::get(&state.pool, id).await?.is_none() {
-        return Err(ApiError::NotFound(format!("action {id} not found")));
-    }
+    load(&state, id).await?;
     let rows = storage::fleet_actions::results(
         &state.pool,
         id,
@@ -515,8 +517,6 @@ pub(crate) async fn cancel(
     )
     .await?;
     tracing::info!(action_id = %id, by = %user.email, "fleet action cancellation asked");
-    let row = storage::fleet_actions::get(&state.pool, id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("action {id} not found")))?;
+    let row = load(&state, id).await?;
     Ok((StatusCode::ACCEPTED, Json(FleetActionView::from_row(row))))
 }

@@ -55,20 +55,7 @@ impl Browser {
             tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ())
         })
         .await;
-        let mut options = json!({
-            "args": [
-                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1280,1000", "--no-first-run", "--disable-extensions",
-                "--disable-background-networking",
-                "--disable-breakpad", "--disable-component-update", "--disable-sync",
-            ],
-        });
-        if std::path::Path::new("/usr/bin/chromium").exists() {
-            options["binary"] = json!("/usr/bin/chromium");
-        }
-        let mut capabilities = serde_json::Map::new();
-        capabilities.insert("browserName".into(), json!("chrome"));
-        capabilities.insert("goog:chromeOptions".into(), options);
+        let capabilities = test_support::browser::chromium_capabilities(1280, 1000);
         let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
             .capabilities(capabilities)
             .connect(&url)
@@ -137,8 +124,22 @@ impl Browser {
         input.send_keys(text).await.unwrap();
     }
 
+    /// Clicks the element matching `css`. A page that re-renders on a live update
+    /// replaces its elements: one found just before that is stale, so it is looked up
+    /// again, as a person's second click would find the new button.
     async fn click(&self, css: &str) {
-        self.element(css).await.click().await.unwrap();
+        for _ in 0..5 {
+            match self.element(css).await.click().await {
+                Ok(()) => return,
+                Err(fantoccini::error::CmdError::Standard(e))
+                    if e.error == fantoccini::error::ErrorStatus::StaleElementReference =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("clicking {css}: {e}"),
+            }
+        }
+        panic!("{css} went stale five times in a row; the page: {}", self.dump().await);
     }
 
     /// Logs in through the form as one of the helpers' users.
