@@ -213,7 +213,7 @@ pub struct ServeArgs {
     #[arg(id = "trusted-proxies", long = "trusted-proxies", env = "TRUSTED_PROXIES", value_name = "TRUSTED_PROXIES", value_parser = parse_networks, global = true)]
     pub trusted_proxies: Option<Networks>,
     /// Password hashes (logins, password changes) computed at once; each holds 19 MiB.
-    /// Past it a request waits up to 2 s, then gets 503 with Retry-After.
+    /// Past it a request waits up to `PASSWORD_HASH_WAIT`, then gets 503 with Retry-After.
     #[arg(
         id = "max-concurrent-password-hashes",
         long = "max-concurrent-password-hashes",
@@ -224,6 +224,9 @@ pub struct ServeArgs {
         global = true
     )]
     pub max_concurrent_hashes: u16,
+    /// How long a login waits for a hashing slot before it gets 503 with Retry-After.
+    #[arg(id = "password-hash-wait", long = "password-hash-wait", env = "PASSWORD_HASH_WAIT", value_name = "PASSWORD_HASH_WAIT", default_value = "2s", value_parser = parse_duration, global = true)]
+    pub password_hash_wait: Duration,
     /// Live-stream events a client may fall behind by before it is sent `lagged` and
     /// closed (the replica's broadcast ring; each slot holds one event).
     #[arg(
@@ -340,6 +343,9 @@ impl Config {
         }
         if !(1..=3600).contains(&self.serve.agent_heartbeat_interval) {
             return Err("AGENT_HEARTBEAT_INTERVAL: between 1 and 3600 seconds".into());
+        }
+        if self.serve.password_hash_wait > Duration::from_secs(60) {
+            return Err("PASSWORD_HASH_WAIT: at most 60s".into());
         }
         if self.serve.rpc_timeout.is_zero() || self.serve.rpc_timeout > Duration::from_secs(300) {
             return Err("RPC_TIMEOUT: between 1ms and 5m".into());

@@ -150,10 +150,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         jwt: auth::JwtKeys::new(&secret, &serve.jwt_issuer, serve.token_ttl),
         limiter: ratelimit::RateLimiter::new(redis.clone(), config.redis.keys(), limits),
         users: auth::UserCache::default(),
-        hasher: auth::Hasher::new(
-            usize::from(serve.max_concurrent_hashes),
-            std::time::Duration::from_secs(2),
-        ),
+        hasher: auth::Hasher::new(usize::from(serve.max_concurrent_hashes), serve.password_hash_wait),
         rpc_timeout: serve.rpc_timeout,
         analyze_timeout: serve.analyze_timeout,
         bootstrap_token_hash: serve
