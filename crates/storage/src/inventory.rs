@@ -20,6 +20,22 @@ pub struct Snapshot {
     pub collected_at: DateTime<Utc>,
 }
 
+impl Snapshot {
+    /// The row an agent's inventory report is stored as (the report already checked).
+    pub fn from_report(report: wire_models::InventoryReport) -> Result<Self, serde_json::Error> {
+        let hash = report.snapshot_hash();
+        let data = serde_json::to_value(&report.snapshot)?;
+        Ok(Self {
+            agent_id: report.agent_id,
+            hash,
+            hostname: report.snapshot.hostname,
+            meta: Value::Object(report.snapshot.meta),
+            data,
+            collected_at: report.collected_at,
+        })
+    }
+}
+
 /// What one batch did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct InventoryOutcome {

@@ -35,7 +35,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// One agent to send to.
 #[derive(Debug, Clone)]
-pub(crate) struct Send {
+pub(crate) struct Recipient {
     pub(crate) agent: AgentId,
     pub(crate) request_id: Uuid,
     /// Offline by the last presence: recorded as skipped, never sent.
@@ -46,7 +46,7 @@ pub(crate) struct Send {
 pub(crate) struct Plan {
     pub(crate) id: Uuid,
     pub(crate) command: Command,
-    pub(crate) targets: Vec<Send>,
+    pub(crate) targets: Vec<Recipient>,
     pub(crate) max_concurrency: usize,
     pub(crate) timeout: Duration,
 }
@@ -87,7 +87,8 @@ pub(crate) async fn run(state: AppState, plan: Plan) {
     let recorder =
         tokio::spawn(record(state.clone(), plan.id, plan.command.name().as_str(), total, rx, stop.clone()));
 
-    let (offline, online): (Vec<Send>, Vec<Send>) = plan.targets.into_iter().partition(|t| !t.online);
+    let (offline, online): (Vec<Recipient>, Vec<Recipient>) =
+        plan.targets.into_iter().partition(|t| !t.online);
     for target in offline {
         let outcome = skipped(&target.agent, "the agent is offline");
         if tx.send(outcome).await.is_err() {
@@ -163,7 +164,7 @@ fn skipped(agent: &AgentId, why: &str) -> Outcome {
 }
 
 /// One agent's request and what became of it.
-async fn send_one(state: &AppState, command: &Command, target: &Send, timeout: Duration) -> Outcome {
+async fn send_one(state: &AppState, command: &Command, target: &Recipient, timeout: Duration) -> Outcome {
     let started = Instant::now();
     let request = RpcRequest {
         v: PROTOCOL_VERSION,

@@ -36,17 +36,8 @@ pub(crate) fn decode(
     let report: InventoryReport =
         wire_models::decode(payload).map_err(|e| Rejection::new(e.code(), e.to_string()))?;
     report.check_subject(&agent_id).map_err(|e| Rejection::new(e.code(), e.to_string()))?;
-    let hash = report.snapshot_hash();
-    let data = serde_json::to_value(&report.snapshot)
-        .map_err(|e| Rejection::new("invalid_message", e.to_string()))?;
-    Ok(storage::inventory::Snapshot {
-        agent_id: report.agent_id,
-        hash,
-        hostname: report.snapshot.hostname,
-        meta: serde_json::Value::Object(report.snapshot.meta),
-        data,
-        collected_at: report.collected_at,
-    })
+    storage::inventory::Snapshot::from_report(report)
+        .map_err(|e| Rejection::new("invalid_message", e.to_string()))
 }
 
 impl BatchHandler for InventoryHandler {

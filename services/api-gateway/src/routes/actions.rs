@@ -16,7 +16,7 @@ use wire_models::{AgentId, LabelSelector};
 use crate::auth::{Operator, Viewer};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
-use crate::fleet_action::{Plan, Send};
+use crate::fleet_action::{Plan, Recipient};
 use crate::routes::page_size;
 use crate::state::AppState;
 
@@ -328,7 +328,7 @@ pub(crate) async fn create(
         .filter_map(|(a, t)| {
             // Ids came from the agents table, which only holds valid ones.
             let agent = AgentId::parse(&a.id).ok()?;
-            Some(Send { agent, request_id: t.request_id, online: a.online })
+            Some(Recipient { agent, request_id: t.request_id, online: a.online })
         })
         .collect();
     let plan = Plan {

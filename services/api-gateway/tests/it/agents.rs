@@ -72,13 +72,8 @@ async fn agent_detail_incidents_and_inventory() {
     let id = agent.id.to_string();
 
     // Inventory history: two snapshots, via the ingestor's storage path.
-    let snapshot = |report: &wire_models::InventoryReport| storage::inventory::Snapshot {
-        agent_id: report.agent_id.clone(),
-        hash: report.snapshot_hash(),
-        hostname: report.snapshot.hostname.clone(),
-        meta: Value::Object(report.snapshot.meta.clone()),
-        data: serde_json::to_value(&report.snapshot).unwrap(),
-        collected_at: report.collected_at,
+    let snapshot = |report: &wire_models::InventoryReport| {
+        storage::inventory::Snapshot::from_report(report.clone()).unwrap()
     };
     let first = agent.inventory(false);
     let second = agent.inventory(true);

@@ -544,13 +544,8 @@ async fn viewer_compares_two_inventory_snapshots_and_is_offered_no_commands() {
     let agent = fleet.agents()[0].clone();
     let id = agent.id.to_string();
     // Two snapshots, through the ingestor's storage path: openssl moves to 3.0.1.
-    let snapshot = |report: &wire_models::InventoryReport| storage::inventory::Snapshot {
-        agent_id: report.agent_id.clone(),
-        hash: report.snapshot_hash(),
-        hostname: report.snapshot.hostname.clone(),
-        meta: Value::Object(report.snapshot.meta.clone()),
-        data: serde_json::to_value(&report.snapshot).unwrap(),
-        collected_at: report.collected_at,
+    let snapshot = |report: &wire_models::InventoryReport| {
+        storage::inventory::Snapshot::from_report(report.clone()).unwrap()
     };
     let (first, second) = (agent.inventory(false), agent.inventory(true));
     storage::inventory::ingest_snapshots(&api.stack.db.pool, &[snapshot(&first), snapshot(&second)])
