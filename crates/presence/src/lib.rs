@@ -20,7 +20,7 @@ use storage::redis::{Pool, RedisError};
 pub async fn keyspace_expired_events_enabled(pool: &Pool) -> Result<bool, RedisError> {
     let mut conn = pool.get().await?;
     let reply: Vec<String> =
-        redis::cmd("CONFIG").arg("GET").arg("notify-keyspace-events").query_async(&mut *conn).await?;
+        redis::cmd("CONFIG").arg("GET").arg("notify-keyspace-events").query_async(&mut conn).await?;
     let flags = reply.get(1).map(String::as_str).unwrap_or("");
     Ok(flags_send_expired_events(flags))
 }

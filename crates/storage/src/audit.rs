@@ -74,7 +74,7 @@ pub struct PendingAudit {
 
 /// Writes the "pending" rows of several actions in one statement and one commit: what
 /// concurrent requests share instead of a durable commit each.
-pub async fn begin_many(pool: &PgPool, entries: &[PendingAudit]) -> Result<(), StorageError> {
+pub async fn begin_many(db: impl sqlx::PgExecutor<'_>, entries: &[PendingAudit]) -> Result<(), StorageError> {
     if entries.is_empty() {
         return Ok(());
     }
@@ -96,7 +96,7 @@ pub async fn begin_many(pool: &PgPool, entries: &[PendingAudit]) -> Result<(), S
     .bind(&incidents)
     .bind(&commands)
     .bind(&params)
-    .execute(pool)
+    .execute(db)
     .await?;
     Ok(())
 }
@@ -156,7 +156,10 @@ pub struct FinishedAudit {
 
 /// Completes several rows in one statement, as [`finish`] does one (its own commit not
 /// waited for).
-pub async fn finish_many(pool: &PgPool, entries: &[FinishedAudit]) -> Result<(), StorageError> {
+pub async fn finish_many(
+    db: impl sqlx::PgExecutor<'_>,
+    entries: &[FinishedAudit],
+) -> Result<(), StorageError> {
     if entries.is_empty() {
         return Ok(());
     }
@@ -174,7 +177,7 @@ pub async fn finish_many(pool: &PgPool, entries: &[FinishedAudit]) -> Result<(),
     .bind(&outcomes)
     .bind(&results)
     .bind(&durations)
-    .execute(pool)
+    .execute(db)
     .await?;
     Ok(())
 }

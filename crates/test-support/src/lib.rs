@@ -46,6 +46,36 @@ pub fn redis_url() -> String {
     std::env::var("OPSPILOT_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
 }
 
+/// Removes every key under `prefix` from the test Redis (best effort, blocking: for
+/// `Drop`). Keys left behind with long TTLs slow Redis's background expiry for every
+/// later test that waits for a key to expire.
+pub fn forget_redis_prefix(prefix: &str) {
+    let Ok(mut conn) = ::redis::Client::open(redis_url()).and_then(|c| c.get_connection()) else {
+        return;
+    };
+    let pattern = format!("{prefix}*");
+    let mut cursor = 0u64;
+    loop {
+        let Ok((next, keys)): Result<(u64, Vec<String>), _> = ::redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(10_000)
+            .query(&mut conn)
+        else {
+            return;
+        };
+        if !keys.is_empty() {
+            let _: Result<(), _> = ::redis::cmd("UNLINK").arg(keys).query(&mut conn);
+        }
+        if next == 0 {
+            return;
+        }
+        cursor = next;
+    }
+}
+
 /// A topology (subject root, stream and bucket names) of this test's own.
 pub fn isolated_topology() -> natsbus::Topology {
     let token = unique_token();

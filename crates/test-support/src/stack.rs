@@ -17,6 +17,12 @@ pub struct Stack {
     pub auth: StackAuth,
 }
 
+impl Drop for Stack {
+    fn drop(&mut self) {
+        crate::forget_redis_prefix(&self.redis_prefix);
+    }
+}
+
 /// The generated security setup (keys, server config, every identity's credentials).
 pub struct StackAuth {
     dir: tempfile::TempDir,

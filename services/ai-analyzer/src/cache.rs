@@ -84,13 +84,13 @@ impl AnalysisCache {
 
     async fn get_raw(&self, key: &str) -> Result<Option<String>, RedisError> {
         let mut conn = self.pool.get().await?;
-        Ok(redis::cmd("GET").arg(key).query_async(&mut *conn).await?)
+        Ok(redis::cmd("GET").arg(key).query_async(&mut conn).await?)
     }
 
     async fn put_raw(&self, key: &str, value: &str) -> Result<(), RedisError> {
         let mut conn = self.pool.get().await?;
         let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        let () = redis::cmd("SET").arg(key).arg(value).arg("PX").arg(ttl_ms).query_async(&mut *conn).await?;
+        let () = redis::cmd("SET").arg(key).arg(value).arg("PX").arg(ttl_ms).query_async(&mut conn).await?;
         Ok(())
     }
 }

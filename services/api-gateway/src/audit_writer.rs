@@ -1,12 +1,23 @@
 //! Group commit for the audit rows of actions: the row written before an action is
-//! sent, and its outcome after. Each request still waits until its row is written, but
-//! requests that arrive while a statement is under way share the next one: one
-//! statement (and, for the rows written before sending, one WAL flush) for all of them,
-//! where each used to have its own. A request alone is written at once (nothing waits
-//! for company), so a single execute is no slower.
+//! sent, and its outcome after. Requests that arrive while a statement is under way
+//! share the next one: one statement (and, for the rows written before sending, one WAL
+//! flush) for all of them, where each used to have its own. A request alone is written
+//! at once (nothing waits for company), so a single execute is no slower.
+//!
+//! Each queue writes on a connection of its own, taken out of the pool once: no pool
+//! checkout per statement, and none of the pool's check on its return.
+//!
+//! A request waits until its "pending" row is committed (the action may then be sent).
+//! Its outcome is queued and the request answers without waiting for it: the outcome
+//! row was never durable before the answer anyway (its commit is asynchronous), and a
+//! reader of the audit log on this replica first waits for what is queued
+//! ([`AuditWriter::settled`]), so a client reads its own outcome.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
+use sqlx::PgConnection;
 use storage::audit::{FinishedAudit, PendingAudit};
 use tokio::sync::{mpsc, oneshot};
 
@@ -19,45 +30,78 @@ const QUEUE: usize = 4096;
 
 type Written = Result<(), Arc<storage::StorageError>>;
 
-/// One queue of rows and the task that writes them, a batch per statement.
-struct Batcher<T> {
-    tx: mpsc::Sender<(T, oneshot::Sender<Written>)>,
+type WriteFuture<'a> = Pin<Box<dyn Future<Output = Result<(), storage::StorageError>> + Send + 'a>>;
+
+/// Writes one batch of rows on the writer's connection.
+type Write<T> = for<'a> fn(&'a mut PgConnection, &'a [T]) -> WriteFuture<'a>;
+
+enum Item<T> {
+    /// A row and, when its writer waits, who to tell once it is written.
+    Row(T, Option<oneshot::Sender<Written>>),
+    /// Answered once everything queued before it is written.
+    Settled(oneshot::Sender<()>),
 }
 
-impl<T: Send + 'static> Batcher<T> {
-    fn start<F, Fut>(pool: storage::PgPool, write: F) -> Self
-    where
-        F: Fn(storage::PgPool, Vec<T>) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<(), storage::StorageError>> + Send,
-    {
-        let (tx, mut rx) = mpsc::channel::<(T, oneshot::Sender<Written>)>(QUEUE);
+/// One queue of rows and the task that writes them, a batch per statement.
+struct Batcher<T> {
+    tx: mpsc::Sender<Item<T>>,
+}
+
+impl<T: Send + Sync + 'static> Batcher<T> {
+    fn start(pool: storage::PgPool, name: &'static str, write: Write<T>) -> Self {
+        let (tx, mut rx) = mpsc::channel::<Item<T>>(QUEUE);
         tokio::spawn(async move {
+            let mut conn: Option<PgConnection> = None;
+            let mut rows = Vec::with_capacity(MAX_BATCH);
             let mut waiting = Vec::with_capacity(MAX_BATCH);
-            while let Some((row, done)) = rx.recv().await {
-                let mut rows = vec![row];
-                waiting.push(done);
+            let mut settled = Vec::new();
+            while let Some(first) = rx.recv().await {
+                let mut next = Some(first);
                 // Whatever queued up during the previous statement joins this one.
-                while rows.len() < MAX_BATCH {
-                    let Ok((row, done)) = rx.try_recv() else { break };
-                    rows.push(row);
-                    waiting.push(done);
+                while let Some(item) = next.take() {
+                    match item {
+                        Item::Row(row, done) => {
+                            rows.push(row);
+                            waiting.extend(done);
+                        }
+                        Item::Settled(done) => settled.push(done),
+                    }
+                    if rows.len() < MAX_BATCH {
+                        next = rx.try_recv().ok();
+                    }
                 }
-                metrics::histogram!("opspilot_audit_batch_rows").record(rows.len() as f64);
-                let result = write(pool.clone(), rows).await.map_err(Arc::new);
-                for done in waiting.drain(..) {
-                    // The request may have gone (its client left); its row is written anyway.
-                    let _ = done.send(result.clone());
+                if !rows.is_empty() {
+                    metrics::histogram!("opspilot_audit_batch_rows", "queue" => name)
+                        .record(rows.len() as f64);
+                    let result = write_batch(&pool, &mut conn, write, &rows).await.map_err(Arc::new);
+                    if let Err(err) = &result {
+                        metrics::counter!("opspilot_audit_write_failures_total", "queue" => name)
+                            .increment(1);
+                        tracing::error!(error = %err, rows = rows.len(), queue = name, "writing audit rows failed");
+                    }
+                    rows.clear();
+                    for done in waiting.drain(..) {
+                        // The request may have gone (its client left); its row is written anyway.
+                        let _ = done.send(result.clone());
+                    }
+                }
+                for done in settled.drain(..) {
+                    let _ = done.send(());
                 }
             }
         });
         Self { tx }
     }
 
-    async fn submit(&self, row: T) -> Result<(), ApiError> {
+    fn gone() -> ApiError {
+        ApiError::Unavailable("the audit log writer stopped; retry shortly".into())
+    }
+
+    /// Queues `row` and waits until it is written.
+    async fn write(&self, row: T) -> Result<(), ApiError> {
         let (done, written) = oneshot::channel();
-        let gone = || ApiError::Unavailable("the audit log writer stopped; retry shortly".into());
-        self.tx.send((row, done)).await.map_err(|_| gone())?;
-        written.await.map_err(|_| gone())?.map_err(|err| match Arc::try_unwrap(err) {
+        self.tx.send(Item::Row(row, Some(done))).await.map_err(|_| Self::gone())?;
+        written.await.map_err(|_| Self::gone())?.map_err(|err| match Arc::try_unwrap(err) {
             Ok(err) => err.into(),
             Err(shared) if shared.is_transient() => {
                 ApiError::Unavailable("the database is unavailable; retry shortly".into())
@@ -65,6 +109,37 @@ impl<T: Send + 'static> Batcher<T> {
             Err(shared) => ApiError::Internal(anyhow::anyhow!("writing the audit log: {shared}")),
         })
     }
+
+    /// Queues `row` without waiting for it to be written.
+    async fn queue(&self, row: T) -> Result<(), ApiError> {
+        self.tx.send(Item::Row(row, None)).await.map_err(|_| Self::gone())
+    }
+
+    async fn settled(&self) {
+        let (done, settled) = oneshot::channel();
+        if self.tx.send(Item::Settled(done)).await.is_ok() {
+            let _ = settled.await;
+        }
+    }
+}
+
+/// Writes `rows` on the writer's own connection, taking one from the pool if it has
+/// none; a connection that failed is dropped, and the next batch takes a new one.
+async fn write_batch<T>(
+    pool: &storage::PgPool,
+    conn: &mut Option<PgConnection>,
+    write: Write<T>,
+    rows: &[T],
+) -> Result<(), storage::StorageError> {
+    let mut live = match conn.take() {
+        Some(live) => live,
+        None => pool.acquire().await.map_err(storage::StorageError::from)?.detach(),
+    };
+    let result = write(&mut live, rows).await;
+    if result.is_ok() {
+        *conn = Some(live);
+    }
+    result
 }
 
 /// The audit log's writers; they end when every handle is dropped.
@@ -76,23 +151,27 @@ pub(crate) struct AuditWriter {
 
 impl AuditWriter {
     pub(crate) fn start(pool: storage::PgPool) -> Self {
-        let begin = Batcher::start(pool.clone(), |pool, rows: Vec<PendingAudit>| async move {
-            storage::audit::begin_many(&pool, &rows).await
+        let begin = Batcher::start(pool.clone(), "begin", |conn, rows| {
+            Box::pin(storage::audit::begin_many(conn, rows))
         });
-        let finish = Batcher::start(pool, |pool, rows: Vec<FinishedAudit>| async move {
-            storage::audit::finish_many(&pool, &rows).await
-        });
+        let finish =
+            Batcher::start(pool, "finish", |conn, rows| Box::pin(storage::audit::finish_many(conn, rows)));
         Self { begin: Arc::new(begin), finish: Arc::new(finish) }
     }
 
     /// Returns once `entry` is committed (durably: the action may then be sent).
     pub(crate) async fn begin(&self, entry: PendingAudit) -> Result<(), ApiError> {
-        self.begin.submit(entry).await
+        self.begin.write(entry).await
     }
 
-    /// Returns once the outcome is written (its commit not waited for, as
-    /// `storage::audit::finish`).
+    /// Queues the outcome of an action (see the module's documentation).
     pub(crate) async fn finish(&self, entry: FinishedAudit) -> Result<(), ApiError> {
-        self.finish.submit(entry).await
+        self.finish.queue(entry).await
+    }
+
+    /// Returns once every row queued before the call is written (or failed to be).
+    pub(crate) async fn settled(&self) {
+        self.begin.settled().await;
+        self.finish.settled().await;
     }
 }

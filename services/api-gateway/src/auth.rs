@@ -29,7 +29,7 @@ impl FromRequestParts<AppState> for CurrentUser {
             .filter(|t| !t.is_empty())
             .ok_or_else(|| ApiError::Unauthenticated("expected `Authorization: Bearer <token>`".into()))?;
         let claims = state.jwt.verify(token)?;
-        let current = match state.users.get(claims.sub) {
+        let current = match state.users.get(&claims.sub) {
             Some(user) => user,
             None => {
                 let user = storage::users::by_id(&state.pool, claims.sub)
@@ -40,7 +40,7 @@ impl FromRequestParts<AppState> for CurrentUser {
                     .ok_or_else(|| ApiError::Unauthenticated("user has no valid role".into()))?;
                 let current =
                     CurrentUser { id: user.id, email: user.email, role, token_version: user.token_version };
-                state.users.put(current.clone());
+                state.users.put(current.id, current.clone());
                 current
             }
         };

@@ -96,7 +96,7 @@ async fn shared_get(cache: &PageCache, name: &str) -> Option<Entry> {
     let mut conn = cache.redis.get().await.ok()?;
     let key = cache.keys.cache(name);
     let (body, ttl_ms): (Option<Vec<u8>>, i64) =
-        redis::pipe().cmd("GET").arg(&key).cmd("PTTL").arg(&key).query_async(&mut *conn).await.ok()?;
+        redis::pipe().cmd("GET").arg(&key).cmd("PTTL").arg(&key).query_async(&mut conn).await.ok()?;
     // PTTL is negative when the key vanished between the two commands or has no expiry.
     let left = Duration::from_millis(u64::try_from(ttl_ms).ok()?);
     Some(Entry { body: Bytes::from(body?), expires_at: Instant::now() + left })
@@ -110,7 +110,7 @@ async fn shared_put(cache: &PageCache, name: &str, body: &[u8], ttl: Duration) {
         .arg(body)
         .arg("PX")
         .arg(ttl_ms)
-        .query_async(&mut *conn)
+        .query_async(&mut conn)
         .await;
 }
 

@@ -25,6 +25,7 @@ mod rpc;
 mod sessions;
 mod state;
 mod stream;
+mod ttl_cache;
 mod views;
 
 pub use auth::Role;
@@ -149,7 +150,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         subjects: config.nats.subjects(),
         jwt: auth::JwtKeys::new(&secret, &serve.jwt_issuer, serve.token_ttl),
         limiter: ratelimit::RateLimiter::new(redis.clone(), config.redis.keys(), limits),
-        users: auth::UserCache::default(),
+        users: auth::UserCache::new(std::time::Duration::from_secs(1)),
+        agents: state::AgentCache::new(std::time::Duration::from_secs(1)),
         hasher: auth::Hasher::new(usize::from(serve.max_concurrent_hashes), serve.password_hash_wait),
         rpc_timeout: serve.rpc_timeout,
         analyze_timeout: serve.analyze_timeout,
@@ -188,6 +190,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let (admin_addr, admin) =
         service_kit::admin::spawn(config.admin.admin_addr(ADMIN_PORT), readiness.clone(), shutdown.clone())
             .await?;
+    let audit = state.audit.clone();
     let app = router(state, readiness, trust, serve.body_timeout);
 
     let listener = tokio::net::TcpListener::bind(serve.http_addr)
@@ -222,6 +225,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     service.on_stop("fleet actions", async move {
         runs.close();
         runs.wait().await;
+        // The outcomes of the last executes are still queued.
+        audit.settled().await;
         Ok(())
     });
     service.on_stop_best_effort("flushing nats", async move { Ok(client.flush().await?) });

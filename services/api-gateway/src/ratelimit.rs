@@ -122,7 +122,7 @@ impl RateLimiter {
     async fn peek(&self, key: &str) -> Result<(i64, i64), storage::redis::RedisError> {
         let mut conn = self.redis.get().await?;
         let (count, ttl): (Option<i64>, i64) =
-            redis::pipe().get(key).pttl(key).query_async(&mut *conn).await?;
+            redis::pipe().get(key).pttl(key).query_async(&mut conn).await?;
         Ok((count.unwrap_or(0), ttl))
     }
 
@@ -185,7 +185,7 @@ impl RateLimiter {
     async fn count(&self, key: &str, window: Duration) -> Result<(i64, i64), storage::redis::RedisError> {
         let mut conn = self.redis.get().await?;
         let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
-        let (count, ttl): (i64, i64) = self.script.key(key).arg(window_ms).invoke_async(&mut *conn).await?;
+        let (count, ttl): (i64, i64) = self.script.key(key).arg(window_ms).invoke_async(&mut conn).await?;
         Ok((count, ttl))
     }
 

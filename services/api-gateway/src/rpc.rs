@@ -13,7 +13,9 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use crate::views::{ExecuteResponse, RpcErrorView};
 
-/// Sends `command` to `agent` (known to exist and be online) and waits for its reply.
+/// Sends `command` to `agent` (known to exist) and waits for its reply, unless `online`,
+/// which runs while the audit row is written, refuses: then the row records the refusal
+/// and nothing is sent.
 #[tracing::instrument(skip_all, fields(agent_id = %agent, command = %command.name(), request_id))]
 pub(crate) async fn execute(
     state: &AppState,
@@ -21,23 +23,35 @@ pub(crate) async fn execute(
     agent: &AgentId,
     command: &Command,
     incident_id: Option<i64>,
+    online: impl Future<Output = Result<(), ApiError>>,
 ) -> Result<ExecuteResponse, ApiError> {
     let request_id = Uuid::now_v7();
     tracing::Span::current().record("request_id", tracing::field::display(request_id));
     let params = command.params();
     let action = if incident_id.is_some() { "execute_suggested" } else { "execute" };
-    state
-        .audit
-        .begin(storage::audit::PendingAudit {
+    let pending = storage::audit::PendingAudit {
+        request_id,
+        actor: user.email.clone(),
+        action: action.to_owned(),
+        agent_id: Some(agent.to_string()),
+        incident_id,
+        command: Some(command.name().as_str().to_owned()),
+        params: Some(params.clone()),
+    };
+    let (written, online) = tokio::join!(state.audit.begin(pending), online);
+    written?;
+    if let Err(refused) = online {
+        let refusal = storage::audit::FinishedAudit {
             request_id,
-            actor: user.email.clone(),
-            action: action.to_owned(),
-            agent_id: Some(agent.to_string()),
-            incident_id,
-            command: Some(command.name().as_str().to_owned()),
-            params: Some(params.clone()),
-        })
-        .await?;
+            outcome: "offline".to_owned(),
+            result: Some(json!({"error": refused.to_string(), "sent": false})),
+            duration_ms: 0,
+        };
+        if let Err(err) = state.audit.finish(refusal).await {
+            tracing::error!(error = %err, %request_id, "recording the refusal failed");
+        }
+        return Err(refused);
+    }
 
     let started = Instant::now();
     let outcome = send(state, agent, command, request_id).await;
@@ -65,20 +79,19 @@ pub(crate) async fn execute(
         tracing::error!(error = %err, %request_id, "recording the action's outcome failed");
     }
     tracing::info!(outcome = label, elapsed_ms, "action executed");
-    let finished_at = chrono::Utc::now();
-    state
-        .feed
-        .action_finished(&wire_models::ActionFinished {
-            v: PROTOCOL_VERSION,
-            request_id,
-            agent_id: agent.clone(),
-            command: command.name().as_str().to_owned(),
-            outcome: label.to_owned(),
-            incident_id,
-            duration_ms: i64::try_from(elapsed_ms).unwrap_or(i64::MAX),
-            finished_at,
-        })
-        .await;
+    let finished = wire_models::ActionFinished {
+        v: PROTOCOL_VERSION,
+        request_id,
+        agent_id: agent.clone(),
+        command: command.name().as_str().to_owned(),
+        outcome: label.to_owned(),
+        incident_id,
+        duration_ms: i64::try_from(elapsed_ms).unwrap_or(i64::MAX),
+        finished_at: chrono::Utc::now(),
+    };
+    // The answer does not wait for the announcement.
+    let feed = state.feed.clone();
+    tokio::spawn(async move { feed.action_finished(&finished).await });
     let reply = outcome?;
     Ok(ExecuteResponse {
         request_id,

@@ -151,29 +151,4 @@ impl CurrentUser {
 /// Users seen in the last second. A role change or a disabled account takes effect
 /// within that second on every replica (at once on the replica that made the change);
 /// it saves a query on every request.
-#[derive(Default)]
-pub(crate) struct UserCache {
-    // Locked only to read or write one entry; never across an await.
-    entries: std::sync::Mutex<std::collections::HashMap<Uuid, (CurrentUser, std::time::Instant)>>,
-}
-
-impl UserCache {
-    const TTL: Duration = Duration::from_secs(1);
-
-    pub(crate) fn get(&self, id: Uuid) -> Option<CurrentUser> {
-        let entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        entries.get(&id).filter(|(_, at)| at.elapsed() < Self::TTL).map(|(user, _)| user.clone())
-    }
-
-    pub(crate) fn put(&self, user: CurrentUser) {
-        let mut entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if entries.len() > 10_000 {
-            entries.retain(|_, (_, at)| at.elapsed() < Self::TTL);
-        }
-        entries.insert(user.id, (user, std::time::Instant::now()));
-    }
-
-    pub(crate) fn forget(&self, id: Uuid) {
-        self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&id);
-    }
-}
+pub(crate) type UserCache = crate::ttl_cache::TtlCache<Uuid, CurrentUser>;

@@ -13,6 +13,11 @@ use crate::sessions::JwtKeys;
 #[derive(Clone)]
 pub(crate) struct AppState(Arc<Inner>);
 
+/// Agent rows by id for the execute path, which reads one per request: a revocation
+/// takes effect within a second on every replica (at once on the one that made it),
+/// as a disabled user does, and the agent's credentials are revoked on the bus besides.
+pub(crate) type AgentCache = crate::ttl_cache::TtlCache<String, Arc<storage::agents::AgentRow>>;
+
 pub(crate) struct Inner {
     pub(crate) pool: PgPool,
     pub(crate) redis: storage::redis::Pool,
@@ -23,6 +28,8 @@ pub(crate) struct Inner {
     pub(crate) jwt: JwtKeys,
     pub(crate) limiter: RateLimiter,
     pub(crate) users: crate::sessions::UserCache,
+    /// Agents an execute targeted in the last second.
+    pub(crate) agents: AgentCache,
     /// Password hashing, bounded.
     pub(crate) hasher: crate::passwords::Hasher,
     /// How long an execute waits for the agent's reply.

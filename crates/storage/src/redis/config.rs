@@ -1,9 +1,11 @@
 use std::fmt;
 use std::time::Duration;
 
-use deadpool_redis::{Pool, Runtime, Timeouts};
+use deadpool::Runtime;
+use deadpool::managed::Timeouts;
 use secrecy::{ExposeSecret, SecretString};
 
+use super::pool::{Manager, Pool};
 use super::{Keys, RedisError};
 
 /// Redis settings shared by every service.
@@ -87,10 +89,9 @@ impl RedisConfig {
     }
 
     pub fn build_pool(&self) -> Result<Pool, RedisError> {
-        let config = deadpool_redis::Config::from_url(self.url.expose_secret());
-        config
-            .builder()
-            .map_err(|_| RedisError::Config("REDIS_URL: not a valid redis:// URL".into()))?
+        let manager = Manager::new(self.url.expose_secret())
+            .map_err(|_| RedisError::Config("REDIS_URL: not a valid redis:// URL".into()))?;
+        let pool = deadpool::managed::Pool::builder(manager)
             .max_size(self.pool_size)
             .timeouts(Timeouts {
                 wait: Some(self.timeout),
@@ -99,6 +100,7 @@ impl RedisConfig {
             })
             .runtime(Runtime::Tokio1)
             .build()
-            .map_err(|e| RedisError::Config(e.to_string()))
+            .map_err(|e| RedisError::Config(e.to_string()))?;
+        Ok(Pool::new(pool))
     }
 }

@@ -4,10 +4,11 @@
 
 mod config;
 mod keys;
+mod pool;
 
 pub use config::RedisConfig;
-pub use deadpool_redis::Pool;
 pub use keys::Keys;
+pub use pool::{Connection, Pool};
 
 /// What can go wrong talking to Redis.
 #[derive(Debug, thiserror::Error)]
@@ -22,8 +23,8 @@ pub enum RedisError {
     Redis(#[from] ::redis::RedisError),
 }
 
-impl From<deadpool_redis::PoolError> for RedisError {
-    fn from(err: deadpool_redis::PoolError) -> Self {
+impl From<deadpool::managed::PoolError<::redis::RedisError>> for RedisError {
+    fn from(err: deadpool::managed::PoolError<::redis::RedisError>) -> Self {
         RedisError::Pool(err.to_string())
     }
 }
@@ -39,7 +40,7 @@ pub async fn connect(config: &RedisConfig) -> Result<Pool, RedisError> {
 /// Readiness probe.
 pub async fn ping(pool: &Pool) -> Result<(), RedisError> {
     let mut conn = pool.get().await?;
-    let _: String = ::redis::cmd("PING").query_async(&mut *conn).await?;
+    let _: String = ::redis::cmd("PING").query_async(&mut conn).await?;
     Ok(())
 }
 

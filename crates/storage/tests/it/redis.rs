@@ -57,3 +57,51 @@ async fn rediss_urls_speak_tls() {
     assert!(tls.check_secrets(false).unwrap_err().contains("#insecure"));
     tls.check_secrets(true).unwrap();
 }
+
+/// What Redis says about one client connection (`CLIENT LIST ID`), as field=value pairs.
+async fn client_fields(observer: &mut ::redis::aio::MultiplexedConnection, id: i64) -> String {
+    ::redis::cmd("CLIENT").arg("LIST").arg("ID").arg(id).query_async(observer).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_busy_connection_is_reused_without_a_ping_and_a_broken_one_is_replaced() {
+    test_support::init_tracing();
+    let server = RedisServer::with_password("pool-redis-password").await;
+    let url = format!("redis://:pool-redis-password@127.0.0.1:{}", server.port());
+    let mut args = config(&url);
+    args.pool_size = 1;
+    let pool = storage::redis::connect(&args).await.unwrap();
+    let mut observer =
+        ::redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+
+    let mut conn = pool.get().await.unwrap();
+    let id: i64 = ::redis::cmd("CLIENT").arg("ID").query_async(&mut conn).await.unwrap();
+    drop(conn);
+    // Taken again at once: the same connection, and Redis saw no PING for it (the last
+    // command it ran is still ours).
+    let mut conn = pool.get().await.unwrap();
+    let fields = client_fields(&mut observer, id).await;
+    assert!(fields.contains("cmd=client|id"), "{fields}");
+    let again: i64 = ::redis::cmd("CLIENT").arg("ID").query_async(&mut conn).await.unwrap();
+    assert_eq!(again, id);
+    drop(conn);
+
+    // Redis drops the connection: the next command on it fails once, and the pool hands
+    // out a new connection after that instead of the dead one.
+    let () = ::redis::cmd("CLIENT").arg("KILL").arg("ID").arg(id).query_async(&mut observer).await.unwrap();
+    let mut conn = pool.get().await.unwrap();
+    let failed: Result<String, _> = ::redis::cmd("PING").query_async(&mut conn).await;
+    assert!(failed.is_err(), "{failed:?}");
+    drop(conn);
+    let mut conn = pool.get().await.unwrap();
+    let fresh: i64 = ::redis::cmd("CLIENT").arg("ID").query_async(&mut conn).await.unwrap();
+    assert_ne!(fresh, id);
+    // An error reply is not a broken connection: it stays in use.
+    let () = ::redis::cmd("SET").arg("text").arg("abc").query_async(&mut conn).await.unwrap();
+    let wrong: Result<i64, _> = ::redis::cmd("INCR").arg("text").query_async(&mut conn).await;
+    assert!(wrong.is_err());
+    drop(conn);
+    let mut conn = pool.get().await.unwrap();
+    let same: i64 = ::redis::cmd("CLIENT").arg("ID").query_async(&mut conn).await.unwrap();
+    assert_eq!(same, fresh);
+}

@@ -340,7 +340,7 @@ async fn the_same_fingerprint_is_answered_from_the_cache_unless_forced() {
     let redis = storage::redis::connect(&config(&stack, None, &[]).redis).await.unwrap();
     let mut conn = redis.get().await.unwrap();
     let key = format!("{}cache:analysis:{}", stack.redis_prefix, same.fingerprint);
-    let ttl: i64 = redis::cmd("TTL").arg(&key).query_async(&mut *conn).await.unwrap();
+    let ttl: i64 = redis::cmd("TTL").arg(&key).query_async(&mut conn).await.unwrap();
     assert!((86_000..=86_400).contains(&ttl), "{key}: ttl {ttl}");
 
     // Asking again for an analyzed incident reuses its analysis; forcing pays again.

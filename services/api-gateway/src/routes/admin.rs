@@ -230,7 +230,7 @@ pub(crate) async fn update_user(
     )
     .await?
     .ok_or_else(|| ApiError::NotFound(format!("user {id} not found")))?;
-    state.users.forget(id);
+    state.users.forget(&id);
     audit_change(&state, &admin, "update_user", None, "ok", changed).await?;
     tracing::info!(user_id = %id, by = %admin.email, "user updated");
     Ok(Json(user.into()))
@@ -262,6 +262,8 @@ pub(crate) async fn audit(
 ) -> ApiResult<Json<AuditPage>> {
     let limit = page_size(query.limit)?;
     let agent = query.agent_id.as_deref().map(crate::extract::agent_id).transpose()?;
+    // Outcomes this replica has queued are in what follows (a client reads its own).
+    state.audit.settled().await;
     let rows =
         storage::audit::list(&state.pool, agent.as_ref().map(|a| a.as_str()), query.before, limit).await?;
     let next_cursor = (rows.len() as i64 == limit).then(|| rows.last().map(|r| r.id)).flatten();

@@ -1,3 +1,5 @@
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -224,6 +226,7 @@ pub(crate) async fn revoke(
     )
     .await?;
     let revoked = storage::agents::revoke(&state.pool, &id).await?;
+    state.agents.forget(&id.to_string());
     if !revoked {
         storage::audit::finish(&state.pool, request_id, "not_found", None, 0).await?;
         return Err(ApiError::NotFound(format!("agent {id} not found or already revoked")));
@@ -371,13 +374,18 @@ pub(crate) async fn execute(
         return Err(ApiError::bad_request("agent-mismatch", "agent_id in the body differs from the path"));
     }
     let command = crate::rpc::command_from(&body.command, &body.params)?;
-    // The agent's row and its live presence are independent reads: both at once.
-    let ids = [id.clone()];
-    let (agent, live) = tokio::join!(find_agent(&state, &id), presence_view::live_views(&state, &ids));
-    let agent = agent?;
-    let presence = presence_view::combine(&state, std::slice::from_ref(&agent), &live).remove(&agent.id);
-    online_or_refuse(&agent, presence.as_ref())?;
-    Ok(Json(crate::rpc::execute(&state, &user, &id, &command, None).await?))
+    let agent = find_agent_cached(&state, &id).await?;
+    // Whether it is online is read while its audit row is written: an agent found
+    // offline leaves a row saying so, and nothing is sent.
+    let online = async {
+        let live = presence_view::live_views(&state, std::slice::from_ref(&id)).await;
+        // Without live presence, the row's mirror decides: read fresh, not cached.
+        let row =
+            if live.contains_key(&id) { agent.clone() } else { Arc::new(find_agent(&state, &id).await?) };
+        let presence = presence_view::combine(&state, std::slice::from_ref(&*row), &live).remove(&row.id);
+        online_or_refuse(&row, presence.as_ref())
+    };
+    Ok(Json(crate::rpc::execute(&state, &user, &id, &command, None, online).await?))
 }
 
 /// Looks an agent up; revoked agents are as good as unknown.
@@ -389,6 +397,19 @@ pub(crate) async fn find_agent(
         .await?
         .filter(|row| row.revoked_at.is_none())
         .ok_or_else(|| ApiError::NotFound(format!("agent {id} not found")))
+}
+
+/// [`find_agent`] through the execute path's cache of agents.
+async fn find_agent_cached(
+    state: &AppState,
+    id: &wire_models::AgentId,
+) -> ApiResult<Arc<storage::agents::AgentRow>> {
+    if let Some(row) = state.agents.get(&id.to_string()) {
+        return Ok(row);
+    }
+    let row = Arc::new(find_agent(state, id).await?);
+    state.agents.put(id.to_string(), Arc::clone(&row));
+    Ok(row)
 }
 
 pub(crate) async fn ensure_online(state: &AppState, agent: &storage::agents::AgentRow) -> ApiResult<()> {

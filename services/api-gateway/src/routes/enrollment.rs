@@ -44,7 +44,7 @@ pub(crate) async fn challenge(
         .arg(1)
         .arg("PX")
         .arg(ttl_ms)
-        .query_async(&mut *conn)
+        .query_async(&mut conn)
         .await
         .map_err(|_| unavailable_nonces())?;
     let expires_at =
@@ -61,7 +61,7 @@ async fn take_nonce(state: &AppState, nonce: &str) -> ApiResult<bool> {
     let mut conn = state.redis.get().await.map_err(|_| unavailable_nonces())?;
     let deleted: i64 = redis::cmd("DEL")
         .arg(state.keys.enroll_nonce(nonce))
-        .query_async(&mut *conn)
+        .query_async(&mut conn)
         .await
         .map_err(|_| unavailable_nonces())?;
     Ok(deleted == 1)

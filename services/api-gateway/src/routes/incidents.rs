@@ -346,16 +346,20 @@ pub(crate) async fn execute(
     let agent_id = crate::extract::agent_id(&incident.agent_id)?;
     let agent = find_agent(&state, &agent_id).await?;
     ensure_online(&state, &agent).await?;
-    let result = match crate::rpc::execute(&state, &user, &agent_id, &command, Some(id)).await {
-        Ok(result) => result,
-        Err(err) => {
-            // The attempt is part of the incident's story even when it failed.
-            let failure = serde_json::json!({"status": "failed", "error": err.to_string(), "by": user.email});
-            storage::incidents::record_action(&state.pool, id, &failure).await?;
-            announce_action(&state, id, &agent_id).await;
-            return Err(err);
-        }
-    };
+    let result =
+        match crate::rpc::execute(&state, &user, &agent_id, &command, Some(id), std::future::ready(Ok(())))
+            .await
+        {
+            Ok(result) => result,
+            Err(err) => {
+                // The attempt is part of the incident's story even when it failed.
+                let failure =
+                    serde_json::json!({"status": "failed", "error": err.to_string(), "by": user.email});
+                storage::incidents::record_action(&state.pool, id, &failure).await?;
+                announce_action(&state, id, &agent_id).await;
+                return Err(err);
+            }
+        };
     let recorded = serde_json::to_value(&result).map_err(|e| ApiError::Internal(e.into()))?;
     storage::incidents::record_action(&state.pool, id, &recorded).await?;
     announce_action(&state, id, &agent_id).await;

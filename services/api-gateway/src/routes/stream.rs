@@ -53,7 +53,7 @@ pub(crate) async fn ticket(
         .arg(format!("{}:{}", user.id, user.token_version))
         .arg("PX")
         .arg(u64::try_from(TICKET_TTL.as_millis()).unwrap_or(30_000))
-        .query_async(&mut *conn)
+        .query_async(&mut conn)
         .await
         .map_err(|_| unavailable_tickets())?;
     let expires_at =
@@ -71,7 +71,7 @@ async fn redeem(state: &AppState, ticket: &str) -> ApiResult<CurrentUser> {
     let key = state.keys.stream_ticket(&wire_models::sha256_hex(ticket.as_bytes()));
     let mut conn = state.redis.get().await.map_err(|_| unavailable_tickets())?;
     let holder: Option<String> =
-        redis::cmd("GETDEL").arg(key).query_async(&mut *conn).await.map_err(|_| unavailable_tickets())?;
+        redis::cmd("GETDEL").arg(key).query_async(&mut conn).await.map_err(|_| unavailable_tickets())?;
     let (id, version) = holder.as_deref().and_then(|h| h.split_once(':')).ok_or_else(refused)?;
     let id: uuid::Uuid = id.parse().map_err(|_| refused())?;
     let user = storage::users::by_id(&state.pool, id).await?.filter(|u| !u.disabled).ok_or_else(refused)?;

@@ -84,6 +84,10 @@ async fn an_enrolled_agent_works_end_to_end_with_its_own_identity_until_revoked(
     // Revoked through the API: disconnected within seconds, and it cannot come back.
     let (status, _) = api.call(Method::DELETE, &path, Some(&api.admin), None).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
+    // The execute just before filled this replica's cache of agents: revoking empties it.
+    let (status, body) =
+        api.post(&format!("{path}/execute"), &api.operator, json!({"command": "ping"})).await;
+    assert_problem(status, &body, StatusCode::NOT_FOUND, "not-found");
 
     test_support::eventually(Duration::from_secs(5), "the revoked agent disconnected", || {
         let state = client.connection_state();

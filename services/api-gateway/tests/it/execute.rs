@@ -77,10 +77,11 @@ async fn offline_unknown_silent_and_broken_agents() {
         .unwrap();
     let ping = json!({"command": "ping"});
 
-    // Offline in presence: 404 without sending.
+    // Offline in presence: 404 without sending, and the refusal is in the audit log.
     let (status, body) =
         api.post(&format!("/api/v1/agents/{offline}/execute"), &api.operator, ping.clone()).await;
     assert_problem(status, &body, StatusCode::NOT_FOUND, "agent-offline");
+    assert_eq!(api.audit_outcomes(&offline).await, vec![("execute".to_owned(), "offline".to_owned())]);
     // Unknown: 404.
     let (status, body) = api.post("/api/v1/agents/0123456789ab/execute", &api.operator, ping.clone()).await;
     assert_problem(status, &body, StatusCode::NOT_FOUND, "not-found");
@@ -151,6 +152,7 @@ async fn concurrent_executes_share_audit_commits_and_each_is_recorded() {
         requests.push(reply["request_id"].as_str().unwrap().to_owned());
     }
     // One audit row per request, written before it was sent and completed after.
+    api.settle_audit().await;
     let rows: Vec<(String, String, String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
         "SELECT request_id::text, actor, outcome, started_at FROM audit_log WHERE request_id::text = ANY($1)",
     )

@@ -233,7 +233,16 @@ impl Api {
         .unwrap()
     }
 
+    /// Waits until the outcomes this gateway has queued are written: what its audit
+    /// endpoint does before it reads, so a client reads its own.
+    pub async fn settle_audit(&self) {
+        let (status, body) = self.get("/api/v1/audit?limit=1", &self.admin).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+
+    /// (action, outcome) of each audit row of `agent`, oldest first.
     pub async fn audit_outcomes(&self, agent: &str) -> Vec<(String, String)> {
+        self.settle_audit().await;
         sqlx::query_as("SELECT action, outcome FROM audit_log WHERE agent_id = $1 ORDER BY id")
             .bind(agent)
             .fetch_all(&self.stack.db.pool)

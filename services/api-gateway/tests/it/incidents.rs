@@ -103,6 +103,7 @@ async fn executing_a_suggested_action() {
     assert_eq!(body["result"]["output"], "restarted nginx");
     assert_eq!(body["incident"]["action_result"]["output"], "restarted nginx");
     assert!(body["incident"]["action_executed_at"].is_string());
+    api.settle_audit().await;
     let audit: (String, Option<i64>, String) =
         sqlx::query_as("SELECT action, incident_id, outcome FROM audit_log WHERE agent_id = $1")
             .bind(&agent)
