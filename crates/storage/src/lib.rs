@@ -18,6 +18,7 @@ pub mod inventory;
 pub mod notifications;
 pub mod presence;
 pub mod redis;
+pub mod retention;
 pub mod tokens;
 pub mod users;
 

@@ -10,6 +10,7 @@ mod consumer;
 mod events;
 mod inventory;
 mod known;
+pub mod maintenance;
 mod recurrences;
 mod stats;
 
@@ -43,6 +44,8 @@ pub struct Config {
     pub db: DbConfig,
     #[command(flatten)]
     pub admin: AdminArgs,
+    #[command(flatten)]
+    pub maintenance: maintenance::MaintenanceArgs,
     /// Largest batch fetched and written at once, in messages.
     #[arg(long = "batch-size", env = "INGEST_BATCH_SIZE", value_name = "INGEST_BATCH_SIZE", default_value_t = 8000, value_parser = clap::value_parser!(u16).range(1..=10_000))]
     pub batch_size: u16,
@@ -96,6 +99,7 @@ impl Config {
         self.db.validate()?;
         self.db.check_secrets(self.dev.dev)?;
         self.nats.check_secrets(self.dev.dev)?;
+        self.maintenance.validate()?;
         for (var, name) in
             [("EVENTS_CONSUMER", &self.events_consumer), ("INVENTORY_CONSUMER", &self.inventory_consumer)]
         {
@@ -144,6 +148,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
 /// Connects to everything and starts serving; returns once ready.
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    // Before anything is counted (a no-op when the binary's runtime installed it).
+    service_kit::metrics::install();
     let client = natsbus::connect_until(&config.nats, "event-ingestor", &shutdown).await?;
     let js = async_nats::jetstream::new(client.clone());
     let topology = config.nats.topology();
@@ -260,6 +266,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         shutdown.clone(),
     ));
     service.background(stats::watch_lag(js.clone(), vec![events_spec, inventory_spec], shutdown.clone()));
+    service.background(maintenance::run(pool.clone(), config.maintenance.clone(), shutdown.clone()));
     tracing::info!(%admin_addr, dedup = config.dedup, batch_size, "event-ingestor ready");
 
     service.on_stop_best_effort("flushing nats", async move { Ok(client.flush().await?) });

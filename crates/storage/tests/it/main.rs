@@ -9,3 +9,4 @@ mod migrations;
 mod pool;
 mod presence;
 mod redis;
+mod retention;

@@ -9,5 +9,6 @@ mod helpers;
 mod hostile;
 mod inventory;
 mod lifecycle;
+mod maintenance;
 mod scale;
 mod tracing;

@@ -1,0 +1,234 @@
+//! Retention: how long each history is kept, and the pruning that enforces it.
+//!
+//! Rows go a small batch at a time (one short transaction each, oldest first, through an
+//! index on the retention's own cutoff), with a pause between batches, so pruning a
+//! backlog never holds locks for long or takes the database from the ingest. One
+//! replica prunes at a time: a run holds a session advisory lock, and a replica that
+//! finds it taken skips its turn.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::StorageError;
+
+/// The advisory lock key of a pruning run ("opspilot retention").
+const LOCK_KEY: i64 = 0x6f70_7370_7265_7431;
+
+/// What is kept; a zero duration (or zero snapshots) keeps everything of that family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// Resolved incidents, counted from their resolution.
+    pub resolved_incidents: Duration,
+    /// Inventory history: at least this many of each agent's latest snapshots...
+    pub inventory_snapshots: u32,
+    /// ...and every snapshot younger than this.
+    pub inventory_age: Duration,
+    /// Presence transitions, by when they happened.
+    pub presence_transitions: Duration,
+    /// The audit log, by when the entry was started.
+    pub audit_log: Duration,
+}
+
+/// A family of rows with a retention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    ResolvedIncidents,
+    InventoryHistory,
+    PresenceTransitions,
+    AuditLog,
+}
+
+impl Family {
+    pub const ALL: [Family; 4] =
+        [Family::ResolvedIncidents, Family::InventoryHistory, Family::PresenceTransitions, Family::AuditLog];
+
+    /// Its table, as metrics and logs name it.
+    pub fn table(self) -> &'static str {
+        match self {
+            Family::ResolvedIncidents => "incidents",
+            Family::InventoryHistory => "agents_inventory",
+            Family::PresenceTransitions => "presence_transitions",
+            Family::AuditLog => "audit_log",
+        }
+    }
+
+    /// The age past which its rows may go, or None when it keeps everything.
+    fn max_age(self, policy: &Policy) -> Option<Duration> {
+        let age = match self {
+            Family::ResolvedIncidents => policy.resolved_incidents,
+            Family::InventoryHistory if policy.inventory_snapshots == 0 => Duration::ZERO,
+            Family::InventoryHistory => policy.inventory_age,
+            Family::PresenceTransitions => policy.presence_transitions,
+            Family::AuditLog => policy.audit_log,
+        };
+        (!age.is_zero()).then_some(age)
+    }
+
+    /// Deletes up to `$2` rows older than `$1` (and, for inventory, not among the agent's
+    /// `$3` latest); returns their count and size.
+    fn delete_sql(self) -> &'static str {
+        match self {
+            Family::ResolvedIncidents => {
+                "WITH d AS (
+                    DELETE FROM incidents WHERE id IN (
+                        SELECT id FROM incidents WHERE status = 'resolved' AND resolved_at < $1
+                        ORDER BY resolved_at LIMIT $2)
+                    RETURNING pg_column_size(incidents.*) AS size)
+                 SELECT count(*), coalesce(sum(size), 0)::bigint FROM d"
+            }
+            Family::InventoryHistory => {
+                "WITH d AS (
+                    DELETE FROM agents_inventory WHERE id IN (
+                        SELECT i.id FROM agents_inventory i
+                        WHERE i.created_at < $1
+                          AND i.id < (SELECT k.id FROM agents_inventory k WHERE k.agent_id = i.agent_id
+                                      ORDER BY k.id DESC OFFSET $3 - 1 LIMIT 1)
+                        ORDER BY i.created_at LIMIT $2)
+                    RETURNING pg_column_size(agents_inventory.*) AS size)
+                 SELECT count(*), coalesce(sum(size), 0)::bigint FROM d"
+            }
+            Family::PresenceTransitions => {
+                "WITH d AS (
+                    DELETE FROM presence_transitions WHERE id IN (
+                        SELECT id FROM presence_transitions WHERE changed_at < $1 ORDER BY changed_at LIMIT $2)
+                    RETURNING pg_column_size(presence_transitions.*) AS size)
+                 SELECT count(*), coalesce(sum(size), 0)::bigint FROM d"
+            }
+            Family::AuditLog => {
+                "WITH d AS (
+                    DELETE FROM audit_log WHERE id IN (
+                        SELECT id FROM audit_log WHERE started_at < $1 ORDER BY started_at LIMIT $2)
+                    RETURNING pg_column_size(audit_log.*) AS size)
+                 SELECT count(*), coalesce(sum(size), 0)::bigint FROM d"
+            }
+        }
+    }
+
+    /// When its oldest row kept was written (or happened).
+    fn oldest_sql(self) -> &'static str {
+        match self {
+            Family::ResolvedIncidents => "SELECT min(created_at) FROM incidents",
+            Family::InventoryHistory => "SELECT min(created_at) FROM agents_inventory",
+            Family::PresenceTransitions => "SELECT min(changed_at) FROM presence_transitions",
+            Family::AuditLog => "SELECT min(started_at) FROM audit_log",
+        }
+    }
+}
+
+/// How hard a run may push.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    /// Rows per delete statement.
+    pub batch: u32,
+    /// Rest between two statements.
+    pub pause: Duration,
+}
+
+/// What a run removed from one family.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Removed {
+    pub rows: u64,
+    pub bytes: u64,
+}
+
+/// The outcome of one family's pruning within a run.
+#[derive(Debug, Clone)]
+pub struct Pruned {
+    pub family: Family,
+    pub removed: Removed,
+    /// The oldest row left, when the family has any.
+    pub oldest_kept: Option<DateTime<Utc>>,
+    pub took: Duration,
+}
+
+/// A run's outcome.
+#[derive(Debug)]
+pub enum Run {
+    /// Another replica holds the lock; nothing was done.
+    Skipped,
+    /// Pruned every family (or as far as it got before `stop`).
+    Done { pruned: Vec<Pruned>, stopped: bool },
+}
+
+/// Removes one batch of `family` past `policy` as of `now`.
+pub async fn prune_batch(
+    pool: &PgPool,
+    family: Family,
+    policy: &Policy,
+    now: DateTime<Utc>,
+    batch: u32,
+) -> Result<Removed, StorageError> {
+    let Some(age) = family.max_age(policy) else { return Ok(Removed::default()) };
+    let cutoff = now - chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
+    let (rows, bytes): (i64, i64) = sqlx::query_as(family.delete_sql())
+        .bind(cutoff)
+        .bind(i64::from(batch))
+        .bind(i64::from(policy.inventory_snapshots.max(1)))
+        .fetch_one(pool)
+        .await?;
+    Ok(Removed { rows: u64::try_from(rows).unwrap_or(0), bytes: u64::try_from(bytes).unwrap_or(0) })
+}
+
+/// Prunes every family as of `now`, unless another replica is at it. Between two
+/// statements it rests `pace.pause` and checks `stop`: a stop ends the run after the
+/// statement under way (whose transaction is whole either way).
+pub async fn run(
+    pool: &PgPool,
+    policy: &Policy,
+    now: DateTime<Utc>,
+    pace: Pace,
+    stop: &CancellationToken,
+) -> Result<Run, StorageError> {
+    // A session lock on a connection of the run's own, released with it.
+    let mut conn = pool.acquire().await?;
+    let locked: bool =
+        sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(LOCK_KEY).fetch_one(&mut *conn).await?;
+    if !locked {
+        return Ok(Run::Skipped);
+    }
+    let result = prune_all(pool, policy, now, pace, stop).await;
+    let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)").bind(LOCK_KEY).execute(&mut *conn).await;
+    if unlocked.is_err() {
+        // The lock dies with the session: close this connection rather than pool it.
+        conn.close_on_drop();
+    }
+    result
+}
+
+async fn prune_all(
+    pool: &PgPool,
+    policy: &Policy,
+    now: DateTime<Utc>,
+    pace: Pace,
+    stop: &CancellationToken,
+) -> Result<Run, StorageError> {
+    let mut pruned = Vec::with_capacity(Family::ALL.len());
+    let mut stopped = false;
+    for family in Family::ALL {
+        let started = Instant::now();
+        let mut removed = Removed::default();
+        while !stop.is_cancelled() {
+            let batch = prune_batch(pool, family, policy, now, pace.batch).await?;
+            removed.rows += batch.rows;
+            removed.bytes += batch.bytes;
+            if batch.rows < u64::from(pace.batch) {
+                break;
+            }
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = tokio::time::sleep(pace.pause) => {}
+            }
+        }
+        let oldest_kept: Option<DateTime<Utc>> =
+            sqlx::query_scalar(family.oldest_sql()).fetch_one(pool).await?;
+        pruned.push(Pruned { family, removed, oldest_kept, took: started.elapsed() });
+        if stop.is_cancelled() {
+            stopped = true;
+            break;
+        }
+    }
+    Ok(Run::Done { pruned, stopped })
+}
