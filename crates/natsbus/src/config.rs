@@ -66,6 +66,10 @@ pub struct NatsConfig {
     /// Bytes the dead-letter stream may hold (per replica); the oldest go first.
     #[arg(id = "dlq-max-bytes", long = "dlq-max-bytes", env = "DLQ_MAX_BYTES", value_name = "DLQ_MAX_BYTES", default_value = "1GiB", value_parser = service_kit::config::parse_bytes)]
     pub dlq_max_bytes: u64,
+    /// How long a dead-lettered message is kept (the oldest also go first when the
+    /// stream reaches `DLQ_MAX_BYTES`).
+    #[arg(id = "dlq-max-age", long = "dlq-max-age", env = "DLQ_MAX_AGE", value_name = "DLQ_MAX_AGE", default_value = "30d", value_parser = service_kit::config::parse_duration)]
+    pub dlq_max_age: Duration,
     /// Bytes the incident-notification stream may hold (per replica).
     #[arg(id = "incidents-max-bytes", long = "incidents-max-bytes", env = "INCIDENTS_MAX_BYTES", value_name = "INCIDENTS_MAX_BYTES", default_value = "256MiB", value_parser = service_kit::config::parse_bytes)]
     pub incidents_max_bytes: u64,
@@ -190,6 +194,7 @@ impl NatsConfig {
             agents_bucket: self.agents_bucket.clone(),
             replicas: usize::from(self.stream_replicas),
             events_max_age: self.events_max_age,
+            dlq_max_age: self.dlq_max_age,
             dedup_window: self.dedup_window,
             max_bytes: crate::topology::StreamBytes {
                 events: self.events_max_bytes,

@@ -17,6 +17,8 @@ pub struct Topology {
     pub agents_bucket: String,
     pub replicas: usize,
     pub events_max_age: Duration,
+    /// How long a dead-lettered message is kept for inspection and replay.
+    pub dlq_max_age: Duration,
     pub dedup_window: Duration,
     /// Bytes each stream and the bucket may hold: nothing one host sends can fill the
     /// disk, and every stream states its size so the account's `max_bytes_required`
@@ -78,6 +80,7 @@ impl Default for Topology {
             agents_bucket: "AGENTS".into(),
             replicas: 1,
             events_max_age: Duration::from_secs(7 * 86400),
+            dlq_max_age: Duration::from_secs(30 * 86400),
             dedup_window: Duration::from_secs(120),
             max_bytes: StreamBytes::DEFAULT,
         }
@@ -133,7 +136,7 @@ impl Topology {
             subjects: vec![self.subjects.all_dead_letters()],
             storage: stream::StorageType::File,
             retention: stream::RetentionPolicy::Limits,
-            max_age: Duration::from_secs(30 * 86400),
+            max_age: self.dlq_max_age,
             duplicate_window: self.dedup_window,
             num_replicas: self.replicas,
             max_bytes: bytes_limit(self.max_bytes.dlq),

@@ -36,10 +36,14 @@ async fn changed_settings_update_the_existing_stream() {
     let js = jetstream::new(async_nats::connect(server.url()).await.unwrap());
     let mut topology = isolated_topology();
     natsbus::ensure_topology(&js, &topology).await.unwrap();
+    let mut dlq = js.get_stream(&topology.dlq_stream).await.unwrap();
+    assert_eq!(dlq.info().await.unwrap().config.max_age, std::time::Duration::from_secs(30 * 86_400));
     topology.events_max_age = std::time::Duration::from_secs(3600);
+    topology.dlq_max_age = std::time::Duration::from_secs(2 * 86_400);
     natsbus::ensure_topology(&js, &topology).await.unwrap();
     let mut events = js.get_stream(&topology.events_stream).await.unwrap();
     assert_eq!(events.info().await.unwrap().config.max_age, std::time::Duration::from_secs(3600));
+    assert_eq!(dlq.info().await.unwrap().config.max_age, std::time::Duration::from_secs(2 * 86_400));
 }
 
 #[tokio::test]
