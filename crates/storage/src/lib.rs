@@ -15,6 +15,7 @@ mod error;
 pub mod fleet_actions;
 pub mod incidents;
 pub mod inventory;
+pub mod ledger;
 pub mod notifications;
 pub mod presence;
 pub mod redis;

@@ -30,6 +30,10 @@ pub struct Policy {
     pub presence_transitions: Duration,
     /// The audit log, by when the entry was started.
     pub audit_log: Duration,
+    /// The idempotency ledger: how long an event id is remembered, by the event's
+    /// `occurred_at` (whole days are dropped) or, for events dated outside the days
+    /// with a partition, by when it was ingested.
+    pub ledger_window: Duration,
 }
 
 /// A family of rows with a retention.
@@ -39,11 +43,21 @@ pub enum Family {
     InventoryHistory,
     PresenceTransitions,
     AuditLog,
+    /// Ledger rows of events dated outside the days with a partition.
+    LedgerUndated,
+    /// Ledger rows from before the ledger was partitioned.
+    LedgerLegacy,
 }
 
 impl Family {
-    pub const ALL: [Family; 4] =
-        [Family::ResolvedIncidents, Family::InventoryHistory, Family::PresenceTransitions, Family::AuditLog];
+    pub const ALL: [Family; 6] = [
+        Family::ResolvedIncidents,
+        Family::InventoryHistory,
+        Family::PresenceTransitions,
+        Family::AuditLog,
+        Family::LedgerUndated,
+        Family::LedgerLegacy,
+    ];
 
     /// Its table, as metrics and logs name it.
     pub fn table(self) -> &'static str {
@@ -52,6 +66,8 @@ impl Family {
             Family::InventoryHistory => "agents_inventory",
             Family::PresenceTransitions => "presence_transitions",
             Family::AuditLog => "audit_log",
+            Family::LedgerUndated => "ingested_events_default",
+            Family::LedgerLegacy => "ingested_events_legacy",
         }
     }
 
@@ -63,6 +79,7 @@ impl Family {
             Family::InventoryHistory => policy.inventory_age,
             Family::PresenceTransitions => policy.presence_transitions,
             Family::AuditLog => policy.audit_log,
+            Family::LedgerUndated | Family::LedgerLegacy => policy.ledger_window,
         };
         (!age.is_zero()).then_some(age)
     }
@@ -104,6 +121,22 @@ impl Family {
                     RETURNING pg_column_size(audit_log.*) AS size)
                  SELECT count(*), coalesce(sum(size), 0)::bigint FROM d"
             }
+            Family::LedgerUndated => {
+                "WITH d AS (
+                    DELETE FROM ingested_events_default WHERE (event_id, occurred_at) IN (
+                        SELECT event_id, occurred_at FROM ingested_events_default WHERE ingested_at < $1
+                        ORDER BY ingested_at LIMIT $2)
+                    RETURNING pg_column_size(ingested_events_default.*) AS size)
+                 SELECT count(*), coalesce(sum(size), 0)::bigint FROM d"
+            }
+            Family::LedgerLegacy => {
+                "WITH d AS (
+                    DELETE FROM ingested_events_legacy WHERE event_id IN (
+                        SELECT event_id FROM ingested_events_legacy WHERE ingested_at < $1
+                        ORDER BY ingested_at LIMIT $2)
+                    RETURNING pg_column_size(ingested_events_legacy.*) AS size)
+                 SELECT count(*), coalesce(sum(size), 0)::bigint FROM d"
+            }
         }
     }
 
@@ -114,6 +147,8 @@ impl Family {
             Family::InventoryHistory => "SELECT min(created_at) FROM agents_inventory",
             Family::PresenceTransitions => "SELECT min(changed_at) FROM presence_transitions",
             Family::AuditLog => "SELECT min(started_at) FROM audit_log",
+            Family::LedgerUndated => "SELECT min(ingested_at) FROM ingested_events_default",
+            Family::LedgerLegacy => "SELECT min(ingested_at) FROM ingested_events_legacy",
         }
     }
 }
@@ -149,8 +184,9 @@ pub struct Pruned {
 pub enum Run {
     /// Another replica holds the lock; nothing was done.
     Skipped,
-    /// Pruned every family (or as far as it got before `stop`).
-    Done { pruned: Vec<Pruned>, stopped: bool },
+    /// Made and dropped the ledger's day partitions, and pruned every family (or as
+    /// far as it got before `stop`).
+    Done { ledger: crate::ledger::Maintained, pruned: Vec<Pruned>, stopped: bool },
 }
 
 /// Removes one batch of `family` past `policy` as of `now`.
@@ -205,6 +241,7 @@ async fn prune_all(
     pace: Pace,
     stop: &CancellationToken,
 ) -> Result<Run, StorageError> {
+    let ledger = crate::ledger::maintain(pool, now, policy.ledger_window).await?;
     let mut pruned = Vec::with_capacity(Family::ALL.len());
     let mut stopped = false;
     for family in Family::ALL {
@@ -230,5 +267,5 @@ async fn prune_all(
             break;
         }
     }
-    Ok(Run::Done { pruned, stopped })
+    Ok(Run::Done { ledger, pruned, stopped })
 }

@@ -99,7 +99,7 @@ impl Config {
         self.db.validate()?;
         self.db.check_secrets(self.dev.dev)?;
         self.nats.check_secrets(self.dev.dev)?;
-        self.maintenance.validate()?;
+        self.maintenance.validate(self.nats.events_max_age)?;
         for (var, name) in
             [("EVENTS_CONSUMER", &self.events_consumer), ("INVENTORY_CONSUMER", &self.inventory_consumer)]
         {

@@ -36,6 +36,10 @@ pub struct MaintenanceArgs {
     /// Presence transitions are kept this long (`0s`: forever).
     #[arg(long = "retain-presence-transitions", env = "RETAIN_PRESENCE_TRANSITIONS", value_name = "RETAIN_PRESENCE_TRANSITIONS", default_value = "90d", value_parser = service_kit::config::parse_duration)]
     pub presence_transitions: Duration,
+    /// How long an event id is remembered against duplicates, by the event's
+    /// `occurred_at` (at least EVENTS_MAX_AGE; `0s`: forever).
+    #[arg(long = "ledger-window", env = "LEDGER_WINDOW", value_name = "LEDGER_WINDOW", default_value = "8d", value_parser = service_kit::config::parse_duration)]
+    pub ledger_window: Duration,
     /// Audit log entries are kept this long (`0s`: forever).
     #[arg(long = "retain-audit-log", env = "RETAIN_AUDIT_LOG", value_name = "RETAIN_AUDIT_LOG", default_value = "400d", value_parser = service_kit::config::parse_duration)]
     pub audit_log: Duration,
@@ -49,10 +53,19 @@ impl MaintenanceArgs {
             inventory_age: self.inventory_age,
             presence_transitions: self.presence_transitions,
             audit_log: self.audit_log,
+            ledger_window: self.ledger_window,
         }
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    /// `events_max_age`: how long a copy of an event can still be in the events stream.
+    pub fn validate(&self, events_max_age: Duration) -> Result<(), String> {
+        if !self.ledger_window.is_zero() && self.ledger_window < events_max_age {
+            return Err(format!(
+                "LEDGER_WINDOW: {} is shorter than EVENTS_MAX_AGE ({}): a redelivered event could be counted twice",
+                humantime::format_duration(self.ledger_window),
+                humantime::format_duration(events_max_age)
+            ));
+        }
         for (var, value) in [
             ("RETAIN_RESOLVED_INCIDENTS", self.resolved_incidents),
             ("RETAIN_PRESENCE_TRANSITIONS", self.presence_transitions),
@@ -95,7 +108,30 @@ pub async fn turn(pool: &storage::PgPool, policy: &Policy, pace: Pace, stop: &Ca
     let started = std::time::Instant::now();
     match storage::retention::run(pool, policy, chrono::Utc::now(), pace, stop).await {
         Ok(Run::Skipped) => tracing::debug!("maintenance: another replica holds the lock"),
-        Ok(Run::Done { pruned, stopped }) => {
+        Ok(Run::Done { ledger, pruned, stopped }) => {
+            for dropped in &ledger.dropped {
+                let table = "ingested_events";
+                metrics::counter!("opspilot_retention_rows_removed_total", "table" => table)
+                    .increment(dropped.rows_estimate);
+                metrics::counter!("opspilot_retention_bytes_removed_total", "table" => table)
+                    .increment(dropped.bytes);
+                tracing::info!(
+                    day = %dropped.day,
+                    rows_estimate = dropped.rows_estimate,
+                    bytes = dropped.bytes,
+                    "maintenance: dropped a day of the event ledger"
+                );
+            }
+            if !ledger.created.is_empty() {
+                tracing::info!(days = ?ledger.created, "maintenance: made the event ledger's partitions ahead");
+            }
+            if let Ok(days) = storage::ledger::partitions(pool).await
+                && let Some(oldest) = days.first().and_then(|d| d.and_hms_opt(0, 0, 0))
+            {
+                let age = (chrono::Utc::now() - oldest.and_utc()).num_seconds().max(0);
+                metrics::gauge!("opspilot_retention_oldest_row_age_seconds", "table" => "ingested_events")
+                    .set(age as f64);
+            }
             for p in &pruned {
                 let table = p.family.table();
                 metrics::counter!("opspilot_retention_rows_removed_total", "table" => table)

@@ -136,7 +136,9 @@ pub struct IngestOutcome {
 /// Writes a batch of events in one statement, exactly once per event id.
 ///
 /// Each event id goes into the `ingested_events` ledger first (`ON CONFLICT DO NOTHING`),
-/// so a redelivered event changes nothing. The new events are grouped by dedup key;
+/// so a redelivered event changes nothing: the ledger is partitioned by the event's own
+/// `occurred_at`, which every copy shares, so a copy meets its original in the same
+/// partition (see the ledger's migration). The new events are grouped by dedup key;
 /// each group opens an incident or, when an open incident has that key, raises its
 /// occurrence count and last-seen time. The partial unique index on open incidents'
 /// dedup keys makes that race-free across replicas; rows are written in key order so
@@ -414,9 +416,10 @@ static INGEST_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
             SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::timestamptz[]) AS t(event_id, grp, occurred_at)
         ),
         new_events AS (
-            INSERT INTO ingested_events (event_id)
-            SELECT event_id FROM ev
-            ON CONFLICT (event_id) DO NOTHING
+            INSERT INTO ingested_events (event_id, occurred_at)
+            SELECT event_id, occurred_at FROM ev
+            WHERE NOT EXISTS (SELECT 1 FROM ingested_events_legacy l WHERE l.event_id = ev.event_id)
+            ON CONFLICT (event_id, occurred_at) DO NOTHING
             RETURNING event_id
         ),
         counted AS (

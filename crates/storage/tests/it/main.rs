@@ -5,6 +5,7 @@ mod analysis;
 mod credentials;
 mod fleet;
 mod labels;
+mod ledger;
 mod migrations;
 mod pool;
 mod presence;

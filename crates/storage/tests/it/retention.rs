@@ -18,6 +18,7 @@ fn policy() -> Policy {
         inventory_age: 30 * DAY,
         presence_transitions: 90 * DAY,
         audit_log: 400 * DAY,
+        ledger_window: 8 * DAY,
     }
 }
 
@@ -130,7 +131,7 @@ async fn each_retention_removes_exactly_what_is_past_it() {
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM agents").fetch_one(&db.pool).await;
 
     let stop = CancellationToken::new();
-    let Run::Done { pruned, stopped } =
+    let Run::Done { pruned, stopped, .. } =
         storage::retention::run(&db.pool, &policy(), now, PACE, &stop).await.unwrap()
     else {
         panic!("the run was skipped with nobody else running");
@@ -176,6 +177,7 @@ async fn each_retention_removes_exactly_what_is_past_it() {
         inventory_age: Duration::ZERO,
         presence_transitions: Duration::ZERO,
         audit_log: Duration::ZERO,
+        ledger_window: Duration::ZERO,
     };
     let far_future = now + chrono::Duration::days(10_000);
     storage::retention::run(&db.pool, &keep_all, far_future, PACE, &stop).await.unwrap();
@@ -230,7 +232,7 @@ async fn two_runs_at_once_do_the_work_once_and_a_stop_ends_a_run_between_batches
     let started = std::time::Instant::now();
     let run = storage::retention::run(&db.pool, &policy, now, slow, &stop).await.unwrap();
     assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
-    let Run::Done { pruned, stopped } = run else { panic!("skipped") };
+    let Run::Done { pruned, stopped, .. } = run else { panic!("skipped") };
     assert!(stopped);
     let removed: u64 = pruned.iter().map(|p| p.removed.rows).sum();
     let left: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log").fetch_one(&db.pool).await.unwrap();
