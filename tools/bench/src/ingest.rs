@@ -171,15 +171,19 @@ async fn stored(stack: &Stack) -> anyhow::Result<i64> {
     Ok(sqlx::query_scalar("SELECT count(*) FROM ingested_events").fetch_one(&stack.db.pool).await?)
 }
 
-/// Drains a backlog of `n` events with `replicas` ingestors; returns (events/s, cores
-/// of the first replica, its peak RSS).
-async fn drain(setup: &Setup, n: usize, replicas: usize) -> anyhow::Result<(f64, f64, f64)> {
+/// Drains a backlog of `n` events with `replicas` ingestors (with `extra` environment);
+/// returns (events/s, cores of the first replica, its peak RSS).
+async fn drain(
+    setup: &Setup,
+    n: usize,
+    replicas: usize,
+    extra: &[(&'static str, String)],
+) -> anyhow::Result<(f64, f64, f64)> {
+    let mut env = ingestor_env();
+    env.extend(extra.iter().cloned());
     let mut started = Vec::new();
     for _ in 0..replicas {
-        started.push(
-            services::start(&setup.stack, &Identity::EventIngestor, "event-ingestor", &ingestor_env())
-                .await?,
-        );
+        started.push(services::start(&setup.stack, &Identity::EventIngestor, "event-ingestor", &env).await?);
     }
     let t0 = Instant::now();
     let mut sampler = Sampler::start(started[0].pid());
@@ -211,7 +215,7 @@ pub(crate) async fn run(n: usize, live_n: usize, rows: &mut Vec<Row>) -> anyhow:
     let js_rate = raw_consume(&setup.stack, n).await?;
     let pg_rate = raw_insert(&setup.stack, &batch).await?;
     drop(batch);
-    let (one, cores, rss) = drain(&setup, n, 1).await?;
+    let (one, cores, rss) = drain(&setup, n, 1, &[("MAINTENANCE_INTERVAL", "0s".into())]).await?;
     let lower = js_rate.min(pg_rate);
     rows.push(Row::new("ingest", "publish to JetStream (agents, acked)", publish_rate, "ev/s"));
     rows.push(Row::new("ingest", "baseline: raw JetStream consume", js_rate, "msg/s"));
@@ -228,9 +232,33 @@ pub(crate) async fn run(n: usize, live_n: usize, rows: &mut Vec<Row>) -> anyhow:
     // Two replicas sharing the consumer, on a fresh stack.
     let setup2 = prepare(200, "bench-drain2").await?;
     publish(&setup2, events(&setup2.fleet, n)).await?;
-    let (two, _, _) = drain(&setup2, n, 2).await?;
+    let (two, _, _) = drain(&setup2, n, 2, &[("MAINTENANCE_INTERVAL", "0s".into())]).await?;
     rows.push(Row::new("ingest", "drain, 2 replicas", two, "ev/s").baseline("1 replica", one));
     drop(setup2);
+
+    // The storage lifecycle on: the same drain while the maintenance worker prunes a
+    // backlog of expired history (as much as the events drained) at its default pace.
+    let setup3 = prepare(200, "bench-drain-lifecycle").await?;
+    publish(&setup3, events(&setup3.fleet, n)).await?;
+    let expired = i64::try_from(n)?;
+    sqlx::query(
+        "INSERT INTO audit_log (request_id, actor, action, started_at)
+         SELECT gen_random_uuid(), 'bench', 'expired', now() - interval '500 days' FROM generate_series(1, $1)",
+    )
+    .bind(expired)
+    .execute(&setup3.stack.db.pool)
+    .await?;
+    let (with_worker, _, _) = drain(&setup3, n, 1, &[("MAINTENANCE_INTERVAL", "1s".into())]).await?;
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'expired'")
+        .fetch_one(&setup3.stack.db.pool)
+        .await?;
+    rows.push(
+        Row::new("ingest", "drain, 1 replica, maintenance worker pruning meanwhile", with_worker, "ev/s")
+            .baseline("drain without it", one)
+            .floor(">= 0.9x", with_worker >= 0.9 * one),
+    );
+    rows.push(Row::new("ingest", "expired rows pruned during that drain", (expired - left) as f64, "rows"));
+    drop(setup3);
 
     // Live: the ingestor runs while the agents publish.
     let live = prepare(200, "bench-live").await?;
