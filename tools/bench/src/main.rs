@@ -10,6 +10,7 @@ mod footprint;
 mod gateway;
 mod ingest;
 mod inventory;
+mod lifecycle;
 mod presence;
 mod proc;
 mod reads;
@@ -63,14 +64,18 @@ struct Args {
     /// Fleet sizes a fleet-wide action goes to, in the `fleet` scenario.
     #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
     fleet_sizes: Vec<usize>,
-    /// Scenarios to run (comma-separated: ingest,inventory,presence,actions,fleet,reads,console,stream,footprint;
+    /// Events a simulated day of the `lifecycle` scenario ingests (a month of days).
+    #[arg(long, default_value_t = 100_000)]
+    month_events_per_day: usize,
+    /// Scenarios to run (comma-separated: ingest,inventory,presence,actions,fleet,reads,console,stream,footprint,lifecycle;
+    /// `lifecycle` simulates a month of storage with the maintenance worker's clock advanced;
     /// `fleet` sends one fleet-wide action to each of `--fleet-sizes` agents;
     /// `console` renders the console's pages on the read scenario's data;
     /// `statement` times the ingest SQL statement alone, for profiling, and is not in the default).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "ingest,inventory,presence,actions,fleet,reads,console,stream,footprint"
+        default_value = "ingest,inventory,presence,actions,fleet,reads,console,stream,footprint,lifecycle"
     )]
     only: Vec<String>,
     /// Where to write the results.
@@ -127,6 +132,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if wants("footprint") {
         footprint::run(&mut rows).await?;
+    }
+    if wants("lifecycle") {
+        lifecycle::run(args.month_events_per_day, &mut rows).await?;
     }
     report::print_table(&rows);
     let result = serde_json::json!({
