@@ -87,56 +87,62 @@ impl Family {
     /// Deletes up to `$2` rows older than `$1` (and, for inventory, not among the agent's
     /// `$3` latest); returns their count and size.
     fn delete_sql(self) -> &'static str {
+        /// Deletes the rows of `$table` whose `$key` is among `$chosen` (at most `$2` of
+        /// them, oldest first) and counts them and their size.
+        macro_rules! delete_batch {
+            ($table:literal, $key:literal, $chosen:literal) => {
+                concat!(
+                    "WITH d AS (DELETE FROM ",
+                    $table,
+                    " WHERE ",
+                    $key,
+                    " IN (",
+                    $chosen,
+                    ")
+                     RETURNING pg_column_size(",
+                    $table,
+                    ".*) AS size)
+                     SELECT count(*), coalesce(sum(size), 0)::bigint FROM d"
+                )
+            };
+        }
         match self {
-            Family::ResolvedIncidents => {
-                "WITH d AS (
-                    DELETE FROM incidents WHERE id IN (
-                        SELECT id FROM incidents WHERE status = 'resolved' AND resolved_at < $1
-                        ORDER BY resolved_at LIMIT $2)
-                    RETURNING pg_column_size(incidents.*) AS size)
-                 SELECT count(*), coalesce(sum(size), 0)::bigint FROM d"
-            }
-            Family::InventoryHistory => {
-                "WITH d AS (
-                    DELETE FROM agents_inventory WHERE id IN (
-                        SELECT i.id FROM agents_inventory i
-                        WHERE i.created_at < $1
-                          AND i.id < (SELECT k.id FROM agents_inventory k WHERE k.agent_id = i.agent_id
-                                      ORDER BY k.id DESC OFFSET $3 - 1 LIMIT 1)
-                        ORDER BY i.created_at LIMIT $2)
-                    RETURNING pg_column_size(agents_inventory.*) AS size)
-                 SELECT count(*), coalesce(sum(size), 0)::bigint FROM d"
-            }
-            Family::PresenceTransitions => {
-                "WITH d AS (
-                    DELETE FROM presence_transitions WHERE id IN (
-                        SELECT id FROM presence_transitions WHERE changed_at < $1 ORDER BY changed_at LIMIT $2)
-                    RETURNING pg_column_size(presence_transitions.*) AS size)
-                 SELECT count(*), coalesce(sum(size), 0)::bigint FROM d"
-            }
-            Family::AuditLog => {
-                "WITH d AS (
-                    DELETE FROM audit_log WHERE id IN (
-                        SELECT id FROM audit_log WHERE started_at < $1 ORDER BY started_at LIMIT $2)
-                    RETURNING pg_column_size(audit_log.*) AS size)
-                 SELECT count(*), coalesce(sum(size), 0)::bigint FROM d"
-            }
-            Family::LedgerUndated => {
-                "WITH d AS (
-                    DELETE FROM ingested_events_default WHERE (event_id, occurred_at) IN (
-                        SELECT event_id, occurred_at FROM ingested_events_default WHERE ingested_at < $1
-                        ORDER BY ingested_at LIMIT $2)
-                    RETURNING pg_column_size(ingested_events_default.*) AS size)
-                 SELECT count(*), coalesce(sum(size), 0)::bigint FROM d"
-            }
-            Family::LedgerLegacy => {
-                "WITH d AS (
-                    DELETE FROM ingested_events_legacy WHERE event_id IN (
-                        SELECT event_id FROM ingested_events_legacy WHERE ingested_at < $1
-                        ORDER BY ingested_at LIMIT $2)
-                    RETURNING pg_column_size(ingested_events_legacy.*) AS size)
-                 SELECT count(*), coalesce(sum(size), 0)::bigint FROM d"
-            }
+            Family::ResolvedIncidents => delete_batch!(
+                "incidents",
+                "id",
+                "SELECT id FROM incidents WHERE status = 'resolved' AND resolved_at < $1
+                 ORDER BY resolved_at LIMIT $2"
+            ),
+            Family::InventoryHistory => delete_batch!(
+                "agents_inventory",
+                "id",
+                "SELECT i.id FROM agents_inventory i
+                 WHERE i.created_at < $1
+                   AND i.id < (SELECT k.id FROM agents_inventory k WHERE k.agent_id = i.agent_id
+                               ORDER BY k.id DESC OFFSET $3 - 1 LIMIT 1)
+                 ORDER BY i.created_at LIMIT $2"
+            ),
+            Family::PresenceTransitions => delete_batch!(
+                "presence_transitions",
+                "id",
+                "SELECT id FROM presence_transitions WHERE changed_at < $1 ORDER BY changed_at LIMIT $2"
+            ),
+            Family::AuditLog => delete_batch!(
+                "audit_log",
+                "id",
+                "SELECT id FROM audit_log WHERE started_at < $1 ORDER BY started_at LIMIT $2"
+            ),
+            Family::LedgerUndated => delete_batch!(
+                "ingested_events_default",
+                "(event_id, occurred_at)",
+                "SELECT event_id, occurred_at FROM ingested_events_default WHERE ingested_at < $1
+                 ORDER BY ingested_at LIMIT $2"
+            ),
+            Family::LedgerLegacy => delete_batch!(
+                "ingested_events_legacy",
+                "event_id",
+                "SELECT event_id FROM ingested_events_legacy WHERE ingested_at < $1 ORDER BY ingested_at LIMIT $2"
+            ),
         }
     }
 
