@@ -266,7 +266,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         shutdown.clone(),
     ));
     service.background(stats::watch_lag(js.clone(), vec![events_spec, inventory_spec], shutdown.clone()));
-    service.background(maintenance::run(pool.clone(), config.maintenance.clone(), shutdown.clone()));
+    // A worker, not background: a stop lets the turn end between two statements.
+    let maintenance = maintenance::run(pool.clone(), config.maintenance.clone(), shutdown.clone());
+    service.worker(async move {
+        maintenance.await;
+        Ok(())
+    });
     tracing::info!(%admin_addr, dedup = config.dedup, batch_size, "event-ingestor ready");
 
     service.on_stop_best_effort("flushing nats", async move { Ok(client.flush().await?) });

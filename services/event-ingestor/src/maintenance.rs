@@ -80,10 +80,12 @@ impl MaintenanceArgs {
 }
 
 /// Runs the worker until `shutdown`: a first turn shortly after start, then one per
-/// interval. A stop ends a turn between two statements.
+/// interval. A stop ends a turn between two statements. Returns only on `shutdown`
+/// (also when turned off), as the service's workers do.
 pub async fn run(pool: storage::PgPool, args: MaintenanceArgs, shutdown: CancellationToken) {
     if args.interval.is_zero() {
         tracing::info!("maintenance worker off (MAINTENANCE_INTERVAL=0s)");
+        shutdown.cancelled().await;
         return;
     }
     let policy = args.policy();
