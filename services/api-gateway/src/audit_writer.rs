@@ -4,8 +4,9 @@
 //! flush) for all of them, where each used to have its own. A request alone is written
 //! at once (nothing waits for company), so a single execute is no slower.
 //!
-//! Each queue writes on a connection of its own, taken out of the pool once: no pool
-//! checkout per statement, and none of the pool's check on its return.
+//! Each queue writes on a connection of its own, taken out of the pool once
+//! ([`storage::audit::writer_connection`]): no pool checkout per statement, and none of
+//! the pool's check on its return.
 //!
 //! A request waits until its "pending" row is committed (the action may then be sent).
 //! Its outcome is queued and the request answers without waiting for it: the outcome
@@ -133,7 +134,7 @@ async fn write_batch<T>(
 ) -> Result<(), storage::StorageError> {
     let mut live = match conn.take() {
         Some(live) => live,
-        None => pool.acquire().await.map_err(storage::StorageError::from)?.detach(),
+        None => storage::audit::writer_connection(pool).await?,
     };
     let result = write(&mut live, rows).await;
     if result.is_ok() {

@@ -2,6 +2,7 @@
 #![allow(unused_crate_dependencies, unreachable_pub)]
 
 mod analysis;
+mod audit;
 mod credentials;
 mod fleet;
 mod labels;
