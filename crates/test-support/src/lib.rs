@@ -22,7 +22,7 @@ mod redis;
 mod stack;
 
 pub use db::TestDb;
-pub use nats::{NatsServer, jetstream_config, nats_server_binary};
+pub use nats::{NatsServer, cluster_node_config, jetstream_config, nats_server_binary};
 pub use proxy::TcpProxy;
 pub use redis::RedisServer;
 pub use stack::{Stack, free_port};

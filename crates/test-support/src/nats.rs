@@ -68,9 +68,18 @@ impl NatsServer {
         Self::start_inner(Some(config)).await
     }
 
+    /// [`NatsServer::start_with_config`] on a port chosen beforehand (a cluster's nodes
+    /// name each other's ports in their configuration).
+    pub async fn start_on(port: u16, config: impl FnOnce(u16, &Path) -> String) -> Self {
+        Self::start_inner_on(port, Some(config)).await
+    }
+
     async fn start_inner(config: Option<impl FnOnce(u16, &Path) -> String>) -> Self {
+        Self::start_inner_on(free_port(), config).await
+    }
+
+    async fn start_inner_on(port: u16, config: Option<impl FnOnce(u16, &Path) -> String>) -> Self {
         let dir = tempfile::tempdir().expect("creating a jetstream directory");
-        let port = free_port();
         let config = config.map(|make| {
             let path = dir.path().join("nats-server.conf");
             std::fs::write(&path, make(port, &dir.path().join("jetstream"))).expect("writing nats config");
@@ -163,6 +172,28 @@ impl NatsServer {
             let _ = Command::new("kill").arg("-HUP").arg(child.id().to_string()).status();
         }
     }
+}
+
+/// The configuration of node `index` of a loopback cluster whose nodes route on
+/// `route_ports`: its name, client port, routes to every node, JetStream in `store`
+/// (replicated by the streams' `num_replicas`), and `security` (the operator-mode block,
+/// its resolver in `resolver_dir`, which no two nodes may share).
+pub fn cluster_node_config(
+    index: usize,
+    port: u16,
+    store: &Path,
+    route_ports: &[u16],
+    security: &str,
+) -> String {
+    let routes: Vec<String> = route_ports.iter().map(|p| format!("\"nats-route://127.0.0.1:{p}\"")).collect();
+    format!(
+        "server_name: n{index}\nhost: 127.0.0.1\nport: {port}\n\
+         cluster {{ name: opspilot-test, listen: \"127.0.0.1:{route}\", routes: [{routes}] }}\n\
+         {js}\n{security}",
+        route = route_ports[index],
+        routes = routes.join(", "),
+        js = jetstream_config(store),
+    )
 }
 
 impl Drop for NatsServer {

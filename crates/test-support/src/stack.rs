@@ -10,7 +10,10 @@ use natsbus::auth::{AuthSetup, Identity};
 use crate::{NatsServer, TestDb};
 
 pub struct Stack {
+    /// The server (in a cluster, its first node).
     pub nats: NatsServer,
+    /// The other nodes of a cluster ([`Stack::start_cluster`]); none otherwise.
+    pub peers: Vec<NatsServer>,
     pub db: TestDb,
     pub topology: natsbus::Topology,
     pub redis_prefix: String,
@@ -67,14 +70,76 @@ impl Stack {
             format!("host: 127.0.0.1\nport: {port}\n{}\n{security}", crate::jetstream_config(store))
         });
         let (nats, db) = tokio::join!(nats, TestDb::create());
-        Self { nats, db, topology, redis_prefix: crate::redis_prefix(), auth }
+        Self { nats, peers: Vec::new(), db, topology, redis_prefix: crate::redis_prefix(), auth }
+    }
+
+    /// A stack on a cluster of `size` nodes routed over loopback, in operator mode as
+    /// [`Stack::start`], every stream and the bucket replicated on each node
+    /// (`STREAM_REPLICAS` = `size`). Returns once JetStream has elected its leader and
+    /// the topology exists.
+    pub async fn start_cluster(size: usize) -> Self {
+        crate::init_tracing();
+        let mut topology = crate::isolated_topology();
+        topology.replicas = size;
+        let auth = StackAuth::generate(&topology);
+        let security = auth.server_config();
+        let shared_resolver = format!("dir: \"{}\"", auth.dir().join("resolver").display());
+        assert!(security.contains(&shared_resolver), "the resolver directory moved: {security}");
+        let ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let routes: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let nodes = futures::future::join_all(ports.iter().enumerate().map(|(index, port)| {
+            let (security, shared_resolver, routes) =
+                (security.clone(), shared_resolver.clone(), routes.clone());
+            NatsServer::start_on(*port, move |port, store| {
+                // Each node keeps its own copy of the account JWTs.
+                let own = format!("dir: \"{}\"", store.with_file_name("resolver").display());
+                crate::cluster_node_config(
+                    index,
+                    port,
+                    store,
+                    &routes,
+                    &security.replace(&shared_resolver, &own),
+                )
+            })
+        }));
+        let (mut nodes, db) = tokio::join!(nodes, TestDb::create());
+        let nats = nodes.remove(0);
+        let stack = Self { nats, peers: nodes, db, topology, redis_prefix: crate::redis_prefix(), auth };
+        stack.wait_for_jetstream().await;
+        stack
+    }
+
+    /// Waits until JetStream answers and the topology (replicated as configured) exists:
+    /// in a cluster, once the nodes have found each other and elected a leader.
+    pub async fn wait_for_jetstream(&self) {
+        let js = self.jetstream().await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            match natsbus::ensure_topology(&js, &self.topology).await {
+                Ok(()) => return,
+                Err(err) => {
+                    assert!(std::time::Instant::now() < deadline, "JetStream not ready in 60 s: {err}");
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                }
+            }
+        }
+    }
+
+    /// Node `index` of the cluster (0 is [`Stack::nats`]).
+    pub fn node(&mut self, index: usize) -> &mut NatsServer {
+        if index == 0 { &mut self.nats } else { &mut self.peers[index - 1] }
+    }
+
+    /// Every node's client URL, comma-separated, as `NATS_URLS` takes them.
+    pub fn nats_urls(&self) -> String {
+        std::iter::once(&self.nats).chain(&self.peers).map(NatsServer::url).collect::<Vec<_>>().join(",")
     }
 
     /// The environment a service process needs to run against this stack as
     /// `identity` (its own credentials; the gateway also gets NATS_AUTH_DIR).
     pub fn env_for(&self, identity: &Identity) -> Vec<(&'static str, String)> {
         let mut env = vec![
-            ("NATS_URLS", self.nats.url()),
+            ("NATS_URLS", self.nats_urls()),
             ("NATS_CREDS", self.auth.creds(identity).display().to_string()),
             ("DATABASE_URL", self.db.url()),
             ("REDIS_URL", crate::redis_url()),
@@ -90,6 +155,7 @@ impl Stack {
             ("DLQ_MAX_BYTES", self.topology.max_bytes.dlq.to_string()),
             ("INCIDENTS_MAX_BYTES", self.topology.max_bytes.incidents.to_string()),
             ("AGENTS_BUCKET_MAX_BYTES", self.topology.max_bytes.agents_bucket.to_string()),
+            ("STREAM_REPLICAS", self.topology.replicas.to_string()),
         ];
         if *identity == Identity::ApiGateway {
             env.push(("NATS_AUTH_DIR", self.auth.dir().display().to_string()));
@@ -177,7 +243,7 @@ impl Stack {
             .expect("reading credentials");
         natsbus::connect_with(
             options,
-            &[self.nats.url()],
+            &std::iter::once(&self.nats).chain(&self.peers).map(NatsServer::url).collect::<Vec<_>>(),
             &identity.name(),
             std::time::Duration::from_secs(5),
         )
@@ -206,6 +272,7 @@ fn flag_for(var: &str) -> &'static str {
         "DLQ_MAX_BYTES" => "dlq-max-bytes",
         "INCIDENTS_MAX_BYTES" => "incidents-max-bytes",
         "AGENTS_BUCKET_MAX_BYTES" => "agents-bucket-max-bytes",
+        "STREAM_REPLICAS" => "stream-replicas",
         other => panic!("no flag known for {other}"),
     }
 }

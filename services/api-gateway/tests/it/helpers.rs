@@ -1,13 +1,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent_sim::{Bus, Fleet, RpcBehaviour, RpcMode};
+use agent_sim::{Bus, Fleet, FleetConfig, RpcBehaviour, RpcMode, SimAgent};
 use api_gateway::{Config, Running};
 use clap::Parser;
+use natsbus::auth::Identity;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use test_support::Stack;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use wire_models::AgentId;
 
 pub const SECRET: &str = "test-secret-0123456789abcdef0123456789abcdef";
 pub const PASSWORD: &str = "correct horse battery staple";
@@ -311,5 +314,123 @@ impl Api {
             .await
             .unwrap();
         id
+    }
+}
+
+/// An enrolled simulated agent on its own NATS connection and credentials, which can
+/// be stopped (no heartbeats, no answers) and started again.
+pub struct Agent {
+    pub fleet: Arc<Fleet>,
+    pub bus: Bus,
+    running: Option<(CancellationToken, JoinHandle<anyhow::Result<()>>)>,
+}
+
+impl Agent {
+    pub fn sim(&self) -> &SimAgent {
+        &self.fleet.agents()[0]
+    }
+
+    pub fn id(&self) -> &AgentId {
+        &self.sim().id
+    }
+
+    /// Starts heartbeating (every `heartbeat`) and answering requests.
+    pub fn start(&mut self, heartbeat: Duration) {
+        assert!(self.running.is_none());
+        let config = FleetConfig {
+            heartbeat_interval: heartbeat,
+            rpc: RpcBehaviour::default(),
+            rpc_mode: RpcMode::PerAgent,
+            ..FleetConfig::default()
+        };
+        let stop = CancellationToken::new();
+        let run = tokio::spawn({
+            let (fleet, bus, stop) = (Arc::clone(&self.fleet), self.bus.clone(), stop.clone());
+            async move { fleet.run(bus, config, stop).await }
+        });
+        self.running = Some((stop, run));
+    }
+
+    pub async fn stop(&mut self) {
+        let (stop, run) = self.running.take().expect("a running agent");
+        stop.cancel();
+        run.await.unwrap().unwrap();
+    }
+}
+
+/// Enrolls `n` simulated agents through the API, each connected with its own credentials.
+pub async fn enroll_agents(api: &Api, n: usize) -> Vec<Agent> {
+    let seed = Fleet::numbered(&format!("e2e-{}", api.stack.redis_prefix), n);
+    let mut agents = Vec::new();
+    for enrolled in agent_sim::enroll::enroll(&api.base, BOOTSTRAP, &seed).await.unwrap() {
+        let client = agent_sim::enroll::connect_as(&enrolled, Duration::from_secs(5)).await.unwrap();
+        let bus = Bus::new(client, api.stack.topology.subjects.clone(), &api.stack.topology.agents_bucket)
+            .await
+            .unwrap();
+        agents.push(Agent { fleet: Arc::new(Fleet::from_agents(vec![enrolled.agent])), bus, running: None });
+    }
+    agents
+}
+
+/// The three other services, in-process on this stack, each with its own identity.
+pub struct Services {
+    pub stop: CancellationToken,
+    pub ingestor: event_ingestor::Running,
+    pub tracker: presence_tracker::Running,
+    pub analyzer: ai_analyzer::Running,
+}
+
+impl Services {
+    pub async fn start(api: &Api) -> Self {
+        let stop = CancellationToken::new();
+        let args = |name: &str, identity: &Identity, redis: bool, extra: &[&str]| {
+            let mut args = vec![name.to_owned(), "--admin-addr".into(), "127.0.0.1:0".into()];
+            args.extend(api.stack.args_for(identity));
+            if redis {
+                args.extend(api.stack.redis_args());
+            }
+            args.extend(extra.iter().map(|s| (*s).to_owned()));
+            args
+        };
+        let ingestor = event_ingestor::Config::try_parse_from(args(
+            "event-ingestor",
+            &Identity::EventIngestor,
+            false,
+            &[],
+        ))
+        .unwrap();
+        let tracker = presence_tracker::Config::try_parse_from(args(
+            "presence-tracker",
+            &Identity::PresenceTracker,
+            true,
+            &["--missed-heartbeats", "3", "--reconcile-interval", "250ms", "--flush-interval", "1s"],
+        ))
+        .unwrap();
+        // No OpenRouter key: the rules analyzer answers.
+        let analyzer = ai_analyzer::Config::try_parse_from(args(
+            "ai-analyzer",
+            &Identity::AiAnalyzer,
+            true,
+            &["--auto-analyze", "true"],
+        ))
+        .unwrap();
+        analyzer.validate().unwrap();
+        Self {
+            ingestor: event_ingestor::start(ingestor, stop.clone()).await.unwrap(),
+            tracker: presence_tracker::start(tracker, stop.clone()).await.unwrap(),
+            analyzer: ai_analyzer::start(analyzer, stop.clone()).await.unwrap(),
+            stop,
+        }
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let all = async {
+            let (a, b, c) = tokio::join!(self.ingestor.wait(), self.tracker.wait(), self.analyzer.wait());
+            a.unwrap();
+            b.unwrap();
+            c.unwrap();
+        };
+        tokio::time::timeout(Duration::from_secs(20), all).await.expect("the services stop within 20 s");
     }
 }

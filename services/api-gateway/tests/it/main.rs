@@ -7,6 +7,7 @@ mod agents;
 mod analysis;
 mod auth;
 mod bus_security;
+mod cluster;
 mod console;
 mod docs;
 mod enroll;

@@ -4,18 +4,13 @@
 //! event's incident within a second, presence flips, an analysis, recurrences, an
 //! action's outcome and a status change, filtered by agent.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use agent_sim::{Bus, Fleet, FleetConfig, RpcBehaviour, RpcMode, SimAgent};
-use clap::Parser;
-use natsbus::auth::Identity;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use wire_models::{AgentId, EventKind, Severity};
 
 use crate::helpers::*;
@@ -150,122 +145,6 @@ fn parse(block: &str, at: Instant) -> Option<Received> {
     Some(Received { at, id, event, data: serde_json::from_str(&data).expect("a JSON data line") })
 }
 
-/// An enrolled simulated agent on its own NATS connection and credentials, which can
-/// be stopped (no heartbeats, no answers) and started again.
-struct Agent {
-    fleet: Arc<Fleet>,
-    bus: Bus,
-    running: Option<(CancellationToken, JoinHandle<anyhow::Result<()>>)>,
-}
-
-impl Agent {
-    fn sim(&self) -> &SimAgent {
-        &self.fleet.agents()[0]
-    }
-
-    fn id(&self) -> &AgentId {
-        &self.sim().id
-    }
-
-    fn start(&mut self) {
-        assert!(self.running.is_none());
-        let config = FleetConfig {
-            heartbeat_interval: HEARTBEAT,
-            rpc: RpcBehaviour::default(),
-            rpc_mode: RpcMode::PerAgent,
-            ..FleetConfig::default()
-        };
-        let stop = CancellationToken::new();
-        let run = tokio::spawn({
-            let (fleet, bus, stop) = (Arc::clone(&self.fleet), self.bus.clone(), stop.clone());
-            async move { fleet.run(bus, config, stop).await }
-        });
-        self.running = Some((stop, run));
-    }
-
-    async fn stop(&mut self) {
-        let (stop, run) = self.running.take().expect("a running agent");
-        stop.cancel();
-        run.await.unwrap().unwrap();
-    }
-}
-
-async fn enroll_agents(api: &Api, n: usize) -> Vec<Agent> {
-    let seed = Fleet::numbered(&format!("e2e-{}", api.stack.redis_prefix), n);
-    let mut agents = Vec::new();
-    for enrolled in agent_sim::enroll::enroll(&api.base, BOOTSTRAP, &seed).await.unwrap() {
-        let client = agent_sim::enroll::connect_as(&enrolled, Duration::from_secs(5)).await.unwrap();
-        let bus = Bus::new(client, api.stack.topology.subjects.clone(), &api.stack.topology.agents_bucket)
-            .await
-            .unwrap();
-        agents.push(Agent { fleet: Arc::new(Fleet::from_agents(vec![enrolled.agent])), bus, running: None });
-    }
-    agents
-}
-
-/// The three other services, in-process on this stack, each with its own identity.
-struct Services {
-    stop: CancellationToken,
-    ingestor: event_ingestor::Running,
-    tracker: presence_tracker::Running,
-    analyzer: ai_analyzer::Running,
-}
-
-impl Services {
-    async fn start(api: &Api) -> Self {
-        let stop = CancellationToken::new();
-        let args = |name: &str, identity: &Identity, redis: bool, extra: &[&str]| {
-            let mut args = vec![name.to_owned(), "--admin-addr".into(), "127.0.0.1:0".into()];
-            args.extend(api.stack.args_for(identity));
-            if redis {
-                args.extend(api.stack.redis_args());
-            }
-            args.extend(extra.iter().map(|s| (*s).to_owned()));
-            args
-        };
-        let ingestor = event_ingestor::Config::try_parse_from(args(
-            "event-ingestor",
-            &Identity::EventIngestor,
-            false,
-            &[],
-        ))
-        .unwrap();
-        let tracker = presence_tracker::Config::try_parse_from(args(
-            "presence-tracker",
-            &Identity::PresenceTracker,
-            true,
-            &["--missed-heartbeats", "3", "--reconcile-interval", "250ms", "--flush-interval", "1s"],
-        ))
-        .unwrap();
-        // No OpenRouter key: the rules analyzer answers.
-        let analyzer = ai_analyzer::Config::try_parse_from(args(
-            "ai-analyzer",
-            &Identity::AiAnalyzer,
-            true,
-            &["--auto-analyze", "true"],
-        ))
-        .unwrap();
-        analyzer.validate().unwrap();
-        Self {
-            ingestor: event_ingestor::start(ingestor, stop.clone()).await.unwrap(),
-            tracker: presence_tracker::start(tracker, stop.clone()).await.unwrap(),
-            analyzer: ai_analyzer::start(analyzer, stop.clone()).await.unwrap(),
-            stop,
-        }
-    }
-
-    async fn stop(self) {
-        self.stop.cancel();
-        let all = async {
-            let (a, b, c) = tokio::join!(self.ingestor.wait(), self.tracker.wait(), self.analyzer.wait());
-            a.unwrap();
-            b.unwrap();
-            c.unwrap();
-        };
-        tokio::time::timeout(Duration::from_secs(20), all).await.expect("the services stop within 20 s");
-    }
-}
-
 async fn incident_of_event(api: &Api, event_id: uuid::Uuid) -> i64 {
     sqlx::query_scalar("SELECT id FROM incidents WHERE event_id = $1")
         .bind(event_id)
@@ -285,7 +164,7 @@ async fn the_live_stream_shows_what_the_real_services_do_as_it_happens() {
 
     // Both agents start heartbeating: the tracker says they are online.
     for agent in &mut agents {
-        agent.start();
+        agent.start(HEARTBEAT);
     }
     let mut not_yet_online = vec![a.clone(), b.clone()];
     while !not_yet_online.is_empty() {
@@ -399,7 +278,7 @@ async fn the_live_stream_shows_what_the_real_services_do_as_it_happens() {
     assert_eq!(opened.data["is_critical"], true, "{:?}", opened.data);
     let offline_incident = opened.data["incident_id"].as_i64().unwrap();
     let restarted = Instant::now();
-    agents[0].start();
+    agents[0].start(HEARTBEAT);
     let online = everything
         .wait_for("A online again", SOON, |e| e.is("presence", &a) && e.data["state"] == "online")
         .await;
