@@ -11,6 +11,10 @@
 //!   Comparing with the stream's last sequence tells a stalled watch from a quiet
 //!   fleet, so the timeout can be short without false alarms;
 //! - Redis lost the presence data (the reconciler asks for a re-sync).
+//!
+//! While the bucket's stream does not answer a position check (a cluster electing its
+//! new leader), offline detection pauses; when it answers again every agent gets its
+//! full threshold, since none could put a heartbeat meanwhile.
 
 use service_kit::backoff::Backoff;
 use std::sync::Arc;
@@ -166,6 +170,8 @@ struct Session {
     started: Instant,
     received: u64,
     caught_up: bool,
+    /// The bucket's stream failed to answer its last position check.
+    unanswered: bool,
 }
 
 impl Session {
@@ -179,6 +185,7 @@ impl Session {
             started: now,
             received: 0,
             caught_up: false,
+            unanswered: false,
         }
     }
 
@@ -280,15 +287,27 @@ impl Session {
     ) -> Option<Restart> {
         let info = match tokio::time::timeout(Duration::from_secs(2), spec.js.get_stream(stream_name)).await {
             Ok(Ok(stream)) => stream.cached_info().state.clone(),
-            Ok(Err(err)) => {
-                tracing::debug!(error = %err, "cannot read the bucket's stream state");
-                return None;
-            }
-            Err(_) => {
-                tracing::debug!("reading the bucket's stream state timed out");
+            failed => {
+                match failed {
+                    Ok(Err(err)) => tracing::debug!(error = %err, "cannot read the bucket's stream state"),
+                    _ => tracing::debug!("reading the bucket's stream state timed out"),
+                }
+                // The bucket's stream does not answer while the connection is up: in a
+                // cluster, it is electing a new leader after losing a node, and agents
+                // cannot put heartbeats either. Silence means nothing until it answers,
+                // and then every agent gets its full threshold again.
+                if !self.unanswered {
+                    tracing::info!(bucket = %spec.bucket, "the bucket's stream does not answer; offline detection waits");
+                }
+                self.unanswered = true;
+                health.set(Pause::Watch, true);
                 return None;
             }
         };
+        if std::mem::take(&mut self.unanswered) {
+            tracing::info!(bucket = %spec.bucket, "the bucket's stream answers again; every agent gets its full threshold");
+            health.resumed(crate::now_ms());
+        }
         let verdict = position_verdict(
             info.messages,
             info.last_sequence,

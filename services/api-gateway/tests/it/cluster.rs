@@ -2,7 +2,8 @@
 //! all three. Each node in turn is killed (SIGKILL) and later restarted; while it is
 //! down every service's connection has moved to another node: an agent's event still
 //! becomes an incident that the analyzer takes up, its heartbeats still reach the
-//! tracker, and an execute from the gateway still reaches it.
+//! tracker (which never takes the agent for offline meanwhile), and an execute from the
+//! gateway still reaches it.
 
 use std::time::Duration;
 
@@ -97,6 +98,16 @@ async fn every_service_fails_over_when_any_node_is_lost() {
         api.stack.wait_for_jetstream().await;
         wait_current(&api.stack).await;
     }
+
+    // It heartbeat throughout: losing a node must not have made it flicker offline (the
+    // tracker waits while the bucket has no leader and nobody can put heartbeats).
+    let transitions: Vec<String> =
+        sqlx::query_scalar("SELECT state FROM presence_transitions WHERE agent_id = $1 ORDER BY id")
+            .bind(agent.as_str())
+            .fetch_all(&api.stack.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(transitions, ["online"], "a node's loss flickered the agent offline");
 
     agents[0].stop().await;
     services.stop().await;
