@@ -103,11 +103,22 @@ pub struct ClusterOptions {
     pub redis_proxy: bool,
     /// The bulk fleet answers actions (for the HTTP run).
     pub fleet_rpc: bool,
+    /// NATS nodes: 1 is a single server; more is a loopback cluster with every stream
+    /// replicated on each node.
+    pub nats_nodes: usize,
 }
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        Self { ingestors: 2, fleet: 200, probes: 1, db_proxy: false, redis_proxy: false, fleet_rpc: false }
+        Self {
+            ingestors: 2,
+            fleet: 200,
+            probes: 1,
+            db_proxy: false,
+            redis_proxy: false,
+            fleet_rpc: false,
+            nats_nodes: 1,
+        }
     }
 }
 
@@ -187,8 +198,14 @@ impl Cluster {
     ) -> anyhow::Result<Self> {
         let dir = run_dir.join(name);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let stack = Stack::start().await;
-        natsbus::ensure_topology(&stack.jetstream().await, &stack.topology).await?;
+        let stack = if options.nats_nodes > 1 {
+            // Returns with the (replicated) topology in place.
+            Stack::start_cluster(options.nats_nodes).await
+        } else {
+            let stack = Stack::start().await;
+            natsbus::ensure_topology(&stack.jetstream().await, &stack.topology).await?;
+            stack
+        };
 
         // Every secret this cluster hands out is registered before anything can log it.
         secrets.add_auth_setup(name, &stack.auth.setup);

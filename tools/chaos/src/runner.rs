@@ -26,6 +26,8 @@ pub enum Step {
     Sigterm,
     /// Scenario 5: the ai-analyzer gone.
     Analyzer,
+    /// Scenario 6: on a three-node cluster, SIGKILL the events stream's leader.
+    Leader,
     /// Hostile agents on the bus: a flooder and identity takeover attempts.
     Hostile,
     /// The hostile HTTP set and schemathesis.
@@ -71,7 +73,7 @@ pub struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "kill,nats,deps,sigterm,analyzer,hostile,http,fuzz"
+        default_value = "kill,nats,deps,sigterm,analyzer,leader,hostile,http,fuzz"
     )]
     pub only: Vec<Step>,
     /// Seconds the hostile agent floods the bus [default: 30, quick 5].
@@ -258,6 +260,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
                 Scenario::Deps => Step::Deps,
                 Scenario::Sigterm => Step::Sigterm,
                 Scenario::Analyzer => Step::Analyzer,
+                Scenario::Leader => Step::Leader,
             };
             if !args.only.contains(&step) {
                 continue;

@@ -1,10 +1,11 @@
-//! The five fault scenarios. Each starts a cluster of its own, runs simulated agents
+//! The six fault scenarios. Each starts a cluster of its own, runs simulated agents
 //! under load, injects its fault, and ends in the exact accounting of
 //! [`crate::accounting`] plus its own checks (presence bounds, exit codes, latency).
 
 mod analyzer;
 mod deps;
 mod kill;
+mod leader;
 mod nats;
 mod sigterm;
 
@@ -30,11 +31,19 @@ pub enum Scenario {
     Sigterm,
     /// The ai-analyzer gone: analyze answers 503 at once, the rest carries on.
     Analyzer,
+    /// On a three-node cluster, SIGKILL the node leading the events stream mid-run.
+    Leader,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 5] =
-        [Scenario::Kill, Scenario::Nats, Scenario::Deps, Scenario::Sigterm, Scenario::Analyzer];
+    pub const ALL: [Scenario; 6] = [
+        Scenario::Kill,
+        Scenario::Nats,
+        Scenario::Deps,
+        Scenario::Sigterm,
+        Scenario::Analyzer,
+        Scenario::Leader,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
@@ -43,6 +52,7 @@ impl Scenario {
             Scenario::Deps => "3 postgres-redis-outage",
             Scenario::Sigterm => "4 sigterm-everything",
             Scenario::Analyzer => "5 analyzer-gone",
+            Scenario::Leader => "6 cluster-leader-loss",
         }
     }
 
@@ -53,6 +63,7 @@ impl Scenario {
             Scenario::Deps => "3-deps",
             Scenario::Sigterm => "4-sigterm",
             Scenario::Analyzer => "5-analyzer",
+            Scenario::Leader => "6-leader",
         }
     }
 }
@@ -98,6 +109,7 @@ pub async fn run(scenario: Scenario, ctx: &Ctx) -> Accounting {
             Scenario::Deps => deps::run(&ctx2).await,
             Scenario::Sigterm => sigterm::run(&ctx2).await,
             Scenario::Analyzer => analyzer::run(&ctx2).await,
+            Scenario::Leader => leader::run(&ctx2).await,
         }
     });
     let mut accounting = match task.await {
