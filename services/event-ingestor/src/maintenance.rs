@@ -17,7 +17,7 @@ pub struct MaintenanceArgs {
     #[arg(long = "maintenance-batch", env = "MAINTENANCE_BATCH", value_name = "MAINTENANCE_BATCH", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch: u32,
     /// Rest between two statements: the bound on the worker's load on Postgres.
-    #[arg(long = "maintenance-pause", env = "MAINTENANCE_PAUSE", value_name = "MAINTENANCE_PAUSE", default_value = "50ms", value_parser = service_kit::config::parse_duration)]
+    #[arg(long = "maintenance-pause", env = "MAINTENANCE_PAUSE", value_name = "MAINTENANCE_PAUSE", default_value = "100ms", value_parser = service_kit::config::parse_duration)]
     pub pause: Duration,
     /// Resolved incidents are kept this long after their resolution (`0s`: forever).
     #[arg(long = "retain-resolved-incidents", env = "RETAIN_RESOLVED_INCIDENTS", value_name = "RETAIN_RESOLVED_INCIDENTS", default_value = "90d", value_parser = service_kit::config::parse_duration)]

@@ -27,6 +27,15 @@ pub(crate) async fn prepare(agents: usize, seed: &str) -> anyhow::Result<Setup> 
     let stack = Stack::start().await;
     let js = stack.jetstream().await;
     natsbus::ensure_topology(&js, &stack.topology).await?;
+    enrolled(stack, agents, seed).await
+}
+
+/// [`prepare`] on a three-node loopback cluster, every stream replicated three times.
+async fn prepare_cluster(agents: usize, seed: &str) -> anyhow::Result<Setup> {
+    enrolled(Stack::start_cluster(3).await, agents, seed).await
+}
+
+async fn enrolled(stack: Stack, agents: usize, seed: &str) -> anyhow::Result<Setup> {
     let fleet = Arc::new(Fleet::numbered(seed, agents));
     let list: Vec<_> = fleet.agents().iter().map(|a| (a.id.clone(), a.hostname.clone())).collect();
     storage::agents::register_many(&stack.db.pool, &list).await?;
@@ -305,6 +314,20 @@ pub(crate) async fn run(n: usize, live_n: usize, rows: &mut Vec<Row>) -> anyhow:
     drop(setup2);
 
     lifecycle_cost(n, rows).await?;
+
+    // The same drain on a three-node cluster with R3 streams: every acknowledgement and
+    // every consumer update goes through a quorum, on the same 2 cores.
+    let cluster = prepare_cluster(200, "bench-drain-r3").await?;
+    let r3_publish = publish(&cluster, events(&cluster.fleet, n)).await?;
+    let (r3, _, _) = drain(&cluster, n, 1, &[("MAINTENANCE_INTERVAL", "0s".into())]).await?;
+    rows.push(
+        Row::new("ingest", "publish to JetStream, 3-node cluster, R3", r3_publish, "ev/s")
+            .baseline("single server", publish_rate),
+    );
+    rows.push(
+        Row::new("ingest", "drain, 1 replica, 3-node cluster, R3", r3, "ev/s").baseline("single server", one),
+    );
+    drop(cluster);
 
     // Live: the ingestor runs while the agents publish.
     let live = prepare(200, "bench-live").await?;
