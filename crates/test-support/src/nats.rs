@@ -155,6 +155,22 @@ impl NatsServer {
         }
     }
 
+    /// Stops the server as an operator would (SIGTERM) and waits for it to exit,
+    /// keeping its data directory.
+    pub async fn terminate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+        }
+    }
+
+    /// Starts a stopped server again on the same port with the same data.
+    pub async fn start_again(&mut self) {
+        if self.child.is_none() {
+            self.spawn().await;
+        }
+    }
+
     /// Starts the server again on the same port with the same data.
     pub async fn restart(&mut self) {
         self.kill().await;

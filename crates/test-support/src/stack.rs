@@ -125,6 +125,38 @@ impl Stack {
         }
     }
 
+    /// Waits until every stream and the bucket have a leader and every other replica is
+    /// current (a restarted node caught up), so that losing the next node leaves a
+    /// quorum with everything.
+    pub async fn wait_replicas_current(&self) {
+        let js = self.jetstream().await;
+        let t = &self.topology;
+        let streams = [
+            t.events_stream.clone(),
+            t.inventory_stream.clone(),
+            t.dlq_stream.clone(),
+            t.incidents_stream.clone(),
+            format!("KV_{}", t.agents_bucket),
+        ];
+        let others = t.replicas.saturating_sub(1);
+        crate::eventually(std::time::Duration::from_secs(60), "every replica current", || {
+            let (js, streams) = (js.clone(), &streams);
+            async move {
+                for name in streams {
+                    let mut stream = js.get_stream(name).await.ok()?;
+                    let info = stream.info().await.ok()?;
+                    let cluster = info.cluster.clone()?;
+                    let current = cluster.replicas.iter().filter(|r| r.current).count();
+                    if cluster.leader.is_none() || current < others {
+                        return None;
+                    }
+                }
+                Some(())
+            }
+        })
+        .await;
+    }
+
     /// Node `index` of the cluster (0 is [`Stack::nats`]).
     pub fn node(&mut self, index: usize) -> &mut NatsServer {
         if index == 0 { &mut self.nats } else { &mut self.peers[index - 1] }

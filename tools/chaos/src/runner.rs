@@ -28,6 +28,8 @@ pub enum Step {
     Analyzer,
     /// Scenario 6: on a three-node cluster, SIGKILL the events stream's leader.
     Leader,
+    /// Scenario 7: a rolling restart of a three-node cluster under load.
+    Rolling,
     /// Hostile agents on the bus: a flooder and identity takeover attempts.
     Hostile,
     /// The hostile HTTP set and schemathesis.
@@ -73,7 +75,7 @@ pub struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "kill,nats,deps,sigterm,analyzer,leader,hostile,http,fuzz"
+        default_value = "kill,nats,deps,sigterm,analyzer,leader,rolling,hostile,http,fuzz"
     )]
     pub only: Vec<Step>,
     /// Seconds the hostile agent floods the bus [default: 30, quick 5].
@@ -261,6 +263,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
                 Scenario::Sigterm => Step::Sigterm,
                 Scenario::Analyzer => Step::Analyzer,
                 Scenario::Leader => Step::Leader,
+                Scenario::Rolling => Step::Rolling,
             };
             if !args.only.contains(&step) {
                 continue;

@@ -96,7 +96,7 @@ async fn every_service_fails_over_when_any_node_is_lost() {
 
         api.stack.node(node).restart().await;
         api.stack.wait_for_jetstream().await;
-        wait_current(&api.stack).await;
+        api.stack.wait_replicas_current().await;
     }
 
     // It heartbeat throughout: losing a node must not have made it flicker offline (the
@@ -118,31 +118,6 @@ async fn wait_online(api: &Api, agent: &str) {
     test_support::eventually(RESUMED, "the agent online", || async move {
         let (_, body) = api.get(&format!("/api/v1/agents/{agent}"), &api.viewer).await;
         (body["presence"]["state"] == "online").then_some(())
-    })
-    .await;
-}
-
-/// Waits until every replica of the events stream is current again (the restarted node
-/// caught up), so that losing the next node leaves a quorum.
-async fn wait_current(stack: &test_support::Stack) {
-    let js = stack.jetstream().await;
-    test_support::eventually(RESUMED, "the restarted node caught up", || {
-        let js = js.clone();
-        async move {
-            let mut current = 0;
-            for name in [&stack.topology.events_stream, &stack.topology.incidents_stream] {
-                let mut stream = js.get_stream(name).await.ok()?;
-                let info = stream.info().await.ok()?;
-                let cluster = info.cluster.clone()?;
-                if cluster.leader.is_some()
-                    && cluster.replicas.len() == 2
-                    && cluster.replicas.iter().all(|r| r.current)
-                {
-                    current += 1;
-                }
-            }
-            (current == 2).then_some(())
-        }
     })
     .await;
 }

@@ -1,4 +1,4 @@
-//! The six fault scenarios. Each starts a cluster of its own, runs simulated agents
+//! The seven fault scenarios. Each starts a cluster of its own, runs simulated agents
 //! under load, injects its fault, and ends in the exact accounting of
 //! [`crate::accounting`] plus its own checks (presence bounds, exit codes, latency).
 
@@ -7,6 +7,7 @@ mod deps;
 mod kill;
 mod leader;
 mod nats;
+mod rolling;
 mod sigterm;
 
 use std::path::PathBuf;
@@ -33,16 +34,19 @@ pub enum Scenario {
     Analyzer,
     /// On a three-node cluster, SIGKILL the node leading the events stream mid-run.
     Leader,
+    /// A rolling restart of a three-node cluster under load.
+    Rolling,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::Kill,
         Scenario::Nats,
         Scenario::Deps,
         Scenario::Sigterm,
         Scenario::Analyzer,
         Scenario::Leader,
+        Scenario::Rolling,
     ];
 
     pub fn label(self) -> &'static str {
@@ -53,6 +57,7 @@ impl Scenario {
             Scenario::Sigterm => "4 sigterm-everything",
             Scenario::Analyzer => "5 analyzer-gone",
             Scenario::Leader => "6 cluster-leader-loss",
+            Scenario::Rolling => "7 cluster-rolling-restart",
         }
     }
 
@@ -64,6 +69,7 @@ impl Scenario {
             Scenario::Sigterm => "4-sigterm",
             Scenario::Analyzer => "5-analyzer",
             Scenario::Leader => "6-leader",
+            Scenario::Rolling => "7-rolling",
         }
     }
 }
@@ -110,6 +116,7 @@ pub async fn run(scenario: Scenario, ctx: &Ctx) -> Accounting {
             Scenario::Sigterm => sigterm::run(&ctx2).await,
             Scenario::Analyzer => analyzer::run(&ctx2).await,
             Scenario::Leader => leader::run(&ctx2).await,
+            Scenario::Rolling => rolling::run(&ctx2).await,
         }
     });
     let mut accounting = match task.await {
