@@ -48,12 +48,23 @@ async fn the_worker_prunes_on_its_schedule_and_reports_it() {
             .await
             .unwrap();
     assert_eq!(kept, ["open", "recent"]);
-    let metrics =
-        reqwest::get(format!("http://{}/metrics", running.admin_addr)).await.unwrap().text().await.unwrap();
-    let removed = metrics
-        .lines()
-        .find(|l| l.starts_with("opspilot_retention_rows_removed_total") && l.contains("table=\"audit_log\""))
-        .unwrap_or_else(|| panic!("no audit_log removal counted in\n{metrics}"));
+    // The turn reports once it has been through every table, a moment after the rows go.
+    let url = format!("http://{}/metrics", running.admin_addr);
+    let (metrics, removed) = test_support::eventually(Duration::from_secs(10), "the removal counted", || {
+        let url = url.clone();
+        async move {
+            let metrics = reqwest::get(url).await.ok()?.text().await.ok()?;
+            let removed = metrics
+                .lines()
+                .find(|l| {
+                    l.starts_with("opspilot_retention_rows_removed_total")
+                        && l.contains("table=\"audit_log\"")
+                })?
+                .to_owned();
+            Some((metrics, removed))
+        }
+    })
+    .await;
     assert!(removed.ends_with(" 25"), "{removed}");
     assert!(metrics.contains("opspilot_retention_oldest_row_age_seconds"), "{metrics}");
     stop(running, shutdown).await;
