@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use wire_models::{AgentId, PROTOCOL_VERSION, PresenceChanged, PresenceState, Subjects};
 
 use crate::Thresholds;
-use crate::health::InputHealth;
+use crate::health::{InputHealth, Verdict};
 use storage::presence::{AppliedTransition, StoredPresence, Transition, TransitionOptions};
 
 /// Most candidates handled in one round (one Redis read, one statement per state).
@@ -67,11 +67,24 @@ pub(crate) struct Transitions {
 
 type Pending = HashMap<AgentId, (PresenceState, Reason)>;
 
+/// What [`Transitions::offline_transition`] decided for an overdue candidate.
+enum Offline {
+    Now(Transition),
+    Not,
+    Unconfirmed,
+}
+
 /// Whether a round went through, or must be retried later.
 enum Round {
     Done,
     Retry,
+    /// Overdue agents wait for the bucket to confirm it was listening (see
+    /// [`InputHealth::offline_verdict`]): asked again after [`UNCONFIRMED_RETRY`].
+    Unconfirmed,
 }
+
+/// How soon an overdue agent whose silence is not yet confirmed is looked at again.
+const UNCONFIRMED_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
 
 impl Transitions {
     pub(crate) async fn run(
@@ -121,6 +134,10 @@ impl Transitions {
                     attempt += 1;
                     retry_at = Some(Instant::now() + crate::RETRY.delay(attempt));
                 }
+                Round::Unconfirmed => {
+                    attempt = 0;
+                    retry_at = Some(Instant::now() + UNCONFIRMED_RETRY);
+                }
             }
             if shutdown.is_cancelled() {
                 return Ok(());
@@ -142,14 +159,18 @@ impl Transitions {
         let now = crate::now_ms();
         let mut offline = Vec::new();
         let mut online = Vec::new();
+        let mut unconfirmed = false;
         for presence in known {
             let Some(&(state, reason)) = round.get(&presence.agent_id) else { continue };
             match state {
-                PresenceState::Offline => {
-                    if let Some(t) = self.offline_transition(&presence, reason, now) {
-                        offline.push(t);
+                PresenceState::Offline => match self.offline_transition(&presence, reason, now) {
+                    Offline::Now(t) => offline.push(t),
+                    Offline::Not => {}
+                    Offline::Unconfirmed => {
+                        pending.entry(presence.agent_id.clone()).or_insert((state, reason));
+                        unconfirmed = true;
                     }
-                }
+                },
                 PresenceState::Online => {
                     if let Some(t) = self.online_transition(&presence, reason, now) {
                         online.push(t);
@@ -157,7 +178,7 @@ impl Transitions {
                 }
             }
         }
-        let mut outcome = Round::Done;
+        let mut outcome = if unconfirmed { Round::Unconfirmed } else { Round::Done };
         for (state, transitions) in [(PresenceState::Offline, offline), (PresenceState::Online, online)] {
             if transitions.is_empty() {
                 continue;
@@ -171,16 +192,22 @@ impl Transitions {
 
     /// The offline transition, if the agent is still overdue and may be declared offline
     /// (re-checked here: a heartbeat may have landed since the candidate was found).
-    fn offline_transition(&self, p: &AgentPresence, reason: Reason, now: i64) -> Option<Transition> {
-        let deadline = p.deadline_ms?;
+    fn offline_transition(&self, p: &AgentPresence, reason: Reason, now: i64) -> Offline {
+        let Some(deadline) = p.deadline_ms else { return Offline::Not };
         let threshold = p.threshold_ms.unwrap_or_else(|| self.thresholds.fallback());
-        if deadline > now || !self.health.may_declare_offline(now, threshold) {
-            return None;
+        if deadline > now {
+            return Offline::Not;
         }
-        Some(Transition {
+        match self.health.offline_verdict(now, threshold, deadline) {
+            Verdict::No => return Offline::Not,
+            Verdict::Unconfirmed => return Offline::Unconfirmed,
+            Verdict::Yes => {}
+        }
+        let Some(changed_at) = DateTime::from_timestamp_millis(deadline) else { return Offline::Not };
+        Offline::Now(Transition {
             agent_id: p.agent_id.clone(),
             // The agent has been offline since it missed its deadline.
-            changed_at: DateTime::from_timestamp_millis(deadline)?,
+            changed_at,
             last_seen_at: p.last_seen_ms.and_then(DateTime::from_timestamp_millis),
             threshold_secs: secs(threshold),
             reason: reason.as_str().to_owned(),

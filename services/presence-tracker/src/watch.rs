@@ -212,6 +212,8 @@ impl Session {
                     Some(Ok(entry)) => {
                         self.last_revision = self.last_revision.max(entry.revision);
                         self.last_received = Instant::now();
+                        // The bucket stored this: it takes heartbeats.
+                        health.confirmed(crate::now_ms());
                         self.received += 1;
                         if entry.operation == Operation::Put {
                             let raw = RawHeartbeat {
@@ -315,6 +317,9 @@ impl Session {
             self.last_received.elapsed(),
             spec.stall_timeout,
         );
+        if matches!(verdict, Position::Current | Position::Receiving) {
+            health.confirmed(crate::now_ms());
+        }
         match verdict {
             Position::Current => {
                 if !self.caught_up {
