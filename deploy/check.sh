@@ -19,7 +19,8 @@
 #      house rules (probes, resources, securityContext, Secret keys, what each pod
 #      mounts, metrics on the admin ports).
 #   4. deploy/Dockerfile: hadolint (skipped, with a message, if it cannot be installed).
-#   5. deploy/nats/nats-server.conf: `nats-server -t` with the include layout of the
+#   5. deploy/nats/nats-server.conf and nats-cluster.conf (the compose `cluster`
+#      profile's nodes): `nats-server -t` with the include layout of the
 #      compose file, on the files `api-gateway nats-init --export-dir` writes (whose
 #      per-identity layout is checked too); skipped when no nats-server >= 2.10 is at
 #      hand.
@@ -252,6 +253,19 @@ need(nats_mounts.get("/data") == ("nats-data", False), "nats: nats-data must be 
 need(set(nats_mounts) == {"/auth", "/data", *conf_targets}, "nats: mounts more than its config, export and data")
 need('store_dir: "/data"' in nats_conf, "nats-server.conf: JetStream store_dir is not /data (the resolver's volume)")
 need(("127.0.0.1", "8222", "8222") in ports(nats), "nats: monitor port 8222 not published (on 127.0.0.1)")
+# The `cluster` profile: two more nodes like `nats`, each on its own data volume, the
+# cluster configuration mounted, named by NATS_NODE.
+for n in ("nats-2", "nats-3"):
+    node = s.get(n, {})
+    need(node.get("profiles") == ["cluster"], f"{n}: only in the `cluster` profile")
+    node_mounts = {target: (src, ro) for src, target, ro in mounts(node)}
+    need(str(node_mounts.get("/etc/nats/opspilot.conf", ("", False))[0]).endswith("deploy/nats/nats-cluster.conf"),
+         f"{n}: deploy/nats/nats-cluster.conf not mounted at /etc/nats/opspilot.conf")
+    need(node_mounts.get("/auth") == ("auth-nats", True), f"{n}: auth-nats must be mounted read-only at /auth")
+    need(node_mounts.get("/data") == (f"nats-data-{n[-1]}", False), f"{n}: its own data volume at /data")
+    need(node.get("environment", {}).get("NATS_NODE") == n, f"{n}: NATS_NODE is not {n}")
+    need("healthcheck" in node, f"{n}: no healthcheck")
+need(nats.get("environment", {}).get("NATS_NODE") == "nats", "nats: NATS_NODE is not nats")
 
 redis = s.get("redis", {})
 redis_cmd = " ".join(redis.get("command", []))
@@ -548,6 +562,15 @@ if [ -n "$nats_bin" ]; then
     else
         cat "$WORK/nats.log"
         fail "deploy/nats/nats-server.conf: nats-server -t"
+    fi
+    # The cluster profile's node configuration, in the same layout, named as compose
+    # names its second node.
+    sed 's|"/data"|"'"$N"'/data"|' deploy/nats/nats-cluster.conf > "$N/etc/nats/cluster.conf"
+    if NATS_NODE=nats-2 "$nats_bin" -t -c "$N/etc/nats/cluster.conf" >"$WORK/nats-cluster.log" 2>&1; then
+        pass "deploy/nats/nats-cluster.conf: nats-server -t ($fragment)"
+    else
+        cat "$WORK/nats-cluster.log"
+        fail "deploy/nats/nats-cluster.conf: nats-server -t"
     fi
 else
     skip "deploy/nats/nats-server.conf: no nats-server >= 2.10 (scripts/dev-services.sh installs one)"
