@@ -98,6 +98,11 @@ impl NatsServer {
         self.port
     }
 
+    /// The running server's process id (for CPU and memory readings).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The server's data directory (the generated config lives there too).
     pub fn dir(&self) -> &Path {
         self.dir.path()

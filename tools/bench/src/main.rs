@@ -41,6 +41,10 @@ struct Args {
     /// Seconds of steady heartbeats measured at each presence size.
     #[arg(long, default_value_t = 10)]
     presence_hold: u64,
+    /// Agents of the large presence run, heartbeating every 30 s (0 skips it: it takes
+    /// several minutes).
+    #[arg(long, default_value_t = 1_000_000)]
+    presence_million: usize,
     /// Agents and incidents in the database for the read scenario.
     #[arg(long, default_value_t = 100_000)]
     read_agents: usize,
@@ -104,8 +108,14 @@ async fn main() -> anyhow::Result<()> {
         inventory::run(args.inventory_agents, args.snapshots_per_agent, &mut rows).await?;
     }
     if wants("presence") {
+        let hold = std::time::Duration::from_secs(args.presence_hold);
         for size in &args.presence_sizes {
-            presence::run(*size, std::time::Duration::from_secs(args.presence_hold), &mut rows).await?;
+            presence::run(*size, std::time::Duration::from_secs(10), hold, &mut rows).await?;
+        }
+        if args.presence_million > 0 {
+            // A full interval of steady state at least.
+            let hold = hold.max(std::time::Duration::from_secs(30));
+            presence::run(args.presence_million, std::time::Duration::from_secs(30), hold, &mut rows).await?;
         }
     }
     if wants("actions") {

@@ -1,6 +1,7 @@
-//! Scenario 3: presence at 10,000 / 50,000 / 100,000 agents with a 10 s heartbeat:
-//! heartbeats/s sustained, tracker CPU and RSS, and how late offline is detected when
-//! 1% of the agents stop (marked offline minus last heartbeat minus the timeout).
+//! Scenario 3: presence at 10,000 / 50,000 / 100,000 agents with a 10 s heartbeat, and
+//! at 1,000,000 with a 30 s one: heartbeats/s sustained, tracker CPU and RSS, nats-server's
+//! and Redis's memory, and how late offline is detected when 1% of the agents stop
+//! (marked offline minus last heartbeat minus the timeout, three intervals).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,12 +17,21 @@ use crate::proc::Sampler;
 use crate::report::Row;
 use crate::services;
 
-const INTERVAL: Duration = Duration::from_secs(10);
-const TIMEOUT: Duration = Duration::from_secs(30);
 const TICK: Duration = Duration::from_millis(100);
+/// Agents stopped at most, of which the offline delay is measured.
+const SAMPLE: usize = 1000;
 
-pub(crate) async fn run(size: usize, hold: Duration, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+/// `size` agents heartbeating every `interval` (the tracker's timeout: three intervals).
+pub(crate) async fn run(
+    size: usize,
+    interval: Duration,
+    hold: Duration,
+    rows: &mut Vec<Row>,
+) -> anyhow::Result<()> {
+    let timeout = interval * 3;
     let setup = prepare(size, &format!("bench-presence-{size}")).await?;
+    // Before the tracker writes a key: the difference at the end is the agents' share.
+    let redis_before = redis_used_mib();
     let tracker = services::start(
         &setup.stack,
         &Identity::PresenceTracker,
@@ -63,7 +73,7 @@ pub(crate) async fn run(size: usize, hold: Duration, rows: &mut Vec<Row>) -> any
         let (bus, agents, last_sent, sent, stop) =
             (setup.bus.clone(), agents.clone(), Arc::clone(&last_sent), Arc::clone(&sent), stop.clone());
         tokio::spawn(async move {
-            let slots = (INTERVAL.as_millis() / TICK.as_millis()) as usize;
+            let slots = (interval.as_millis() / TICK.as_millis()) as usize;
             let mut ticker = tokio::time::interval(TICK);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             let mut tick = 0usize;
@@ -83,7 +93,7 @@ pub(crate) async fn run(size: usize, hold: Duration, rows: &mut Vec<Row>) -> any
                 let bus = &bus;
                 let done: Vec<_> = futures::stream::iter(due)
                     .map(|agent| async move {
-                        let ok = bus.put_heartbeat(&agent.heartbeat(INTERVAL)).await.is_ok();
+                        let ok = bus.put_heartbeat(&agent.heartbeat(interval)).await.is_ok();
                         (agent.id.clone(), ok)
                     })
                     .buffer_unordered(512)
@@ -102,25 +112,49 @@ pub(crate) async fn run(size: usize, hold: Duration, rows: &mut Vec<Row>) -> any
     };
 
     // Warm-up: one full interval brings every agent online.
+    let label = format!("{}k agents", size / 1000);
     let warm = Instant::now();
+    let limit = Duration::from_secs(60).max(timeout * 2);
     while online_count.load(std::sync::atomic::Ordering::Relaxed) < size {
-        anyhow::ensure!(
-            warm.elapsed() < Duration::from_secs(60),
-            "only {} of {size} agents came online",
-            online_count.load(std::sync::atomic::Ordering::Relaxed)
-        );
+        if warm.elapsed() >= limit {
+            // Reported, not fatal: the other scenarios still run.
+            let online = online_count.load(std::sync::atomic::Ordering::Relaxed);
+            rows.push(
+                Row::new(
+                    "presence",
+                    &format!("{label}: online {} s after start", limit.as_secs()),
+                    online as f64,
+                    "agents",
+                )
+                .baseline("agents", size as f64)
+                .floor("all online", false),
+            );
+            stop.cancel();
+            let _ = driver.await;
+            listener.abort();
+            tracker.stop().await;
+            return Ok(());
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let warmup = warm.elapsed();
 
     // Steady state.
     let mut sampler = Sampler::start(tracker.pid());
+    let mut nats = setup.stack.nats.pid().map(Sampler::start);
     let sent_before = sent.load(std::sync::atomic::Ordering::Relaxed);
     let steady = Instant::now();
     while steady.elapsed() < hold {
         tokio::time::sleep(Duration::from_millis(500)).await;
         sampler.sample();
+        if let Some(nats) = &mut nats {
+            nats.sample();
+        }
     }
+    let redis_mib = match (redis_before, redis_used_mib()) {
+        (Some(before), Some(after)) => Some(after - before),
+        _ => None,
+    };
     let rate = (sent.load(std::sync::atomic::Ordering::Relaxed) - sent_before) as f64
         / steady.elapsed().as_secs_f64();
     let (cores, rss) = (sampler.cores(), sampler.peak_rss_mib);
@@ -128,13 +162,13 @@ pub(crate) async fn run(size: usize, hold: Duration, rows: &mut Vec<Row>) -> any
     // 1% of the agents stop.
     let mut chosen = agents.clone();
     chosen.shuffle(&mut rand::rng());
-    let silenced: Vec<_> = chosen.into_iter().take((size / 100).max(1)).collect();
+    let silenced: Vec<_> = chosen.into_iter().take((size / 100).clamp(1, SAMPLE)).collect();
     for agent in &silenced {
         agent.set_silent(true);
     }
     // The driver may be mid-tick; let it finish before reading the last heartbeats.
     tokio::time::sleep(TICK * 2).await;
-    let deadline = Instant::now() + TIMEOUT + INTERVAL + Duration::from_secs(15);
+    let deadline = Instant::now() + timeout + interval + Duration::from_secs(15);
     loop {
         let seen = offline_seen.lock().unwrap().len();
         if silenced.iter().all(|a| offline_seen.lock().unwrap().contains_key(&a.id))
@@ -157,7 +191,7 @@ pub(crate) async fn run(size: usize, hold: Duration, rows: &mut Vec<Row>) -> any
         .filter_map(|a| {
             let marked = seen.get(&a.id)?;
             let last = last.get(&a.id)?;
-            let due = *last + TIMEOUT;
+            let due = *last + timeout;
             Some(
                 marked
                     .duration_since(due)
@@ -171,16 +205,21 @@ pub(crate) async fn run(size: usize, hold: Duration, rows: &mut Vec<Row>) -> any
     let pct =
         |p: f64| delays.get(((delays.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(f64::NAN);
     let (p50, p99, max) = (pct(0.5), pct(0.99), delays.last().copied().unwrap_or(f64::NAN));
-    let label = format!("{}k agents", size / 1000);
-    rows.push(
-        Row::new("presence", &format!("{label}: heartbeats sustained"), rate, "hb/s")
-            .baseline("target (agents / 10 s)", size as f64 / 10.0),
-    );
+    rows.push(Row::new("presence", &format!("{label}: heartbeats sustained"), rate, "hb/s").baseline(
+        &format!("target (agents / {} s)", interval.as_secs()),
+        size as f64 / interval.as_secs_f64(),
+    ));
     rows.push(Row::new("presence", &format!("{label}: all online after start"), warmup.as_secs_f64(), "s"));
     rows.push(
         Row::new("presence", &format!("{label}: tracker CPU"), cores, "cores").floor("< 1 core", cores < 1.0),
     );
     rows.push(Row::new("presence", &format!("{label}: tracker peak RSS"), rss, "MiB"));
+    if let Some(nats) = &nats {
+        rows.push(Row::new("presence", &format!("{label}: nats-server peak RSS"), nats.peak_rss_mib, "MiB"));
+    }
+    if let Some(redis) = redis_mib {
+        rows.push(Row::new("presence", &format!("{label}: Redis memory used by the agents"), redis, "MiB"));
+    }
     rows.push(Row::new("presence", &format!("{label}: offline delay p50"), p50, "s"));
     rows.push(
         Row::new("presence", &format!("{label}: offline delay p99"), p99, "s")
@@ -188,4 +227,15 @@ pub(crate) async fn run(size: usize, hold: Duration, rows: &mut Vec<Row>) -> any
     );
     rows.push(Row::new("presence", &format!("{label}: offline delay max ({missed} missed)"), max, "s"));
     Ok(())
+}
+
+/// Redis's `used_memory` (the whole server: read before and after the agents arrive).
+fn redis_used_mib() -> Option<f64> {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-u", &test_support::redis_url(), "info", "memory"])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let bytes: f64 = text.lines().find_map(|l| l.strip_prefix("used_memory:"))?.trim().parse().ok()?;
+    Some(bytes / (1024.0 * 1024.0))
 }
