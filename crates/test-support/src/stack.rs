@@ -162,9 +162,14 @@ impl Stack {
         if index == 0 { &mut self.nats } else { &mut self.peers[index - 1] }
     }
 
+    /// Every node's client URL.
+    fn node_urls(&self) -> Vec<String> {
+        std::iter::once(&self.nats).chain(&self.peers).map(NatsServer::url).collect()
+    }
+
     /// Every node's client URL, comma-separated, as `NATS_URLS` takes them.
     pub fn nats_urls(&self) -> String {
-        std::iter::once(&self.nats).chain(&self.peers).map(NatsServer::url).collect::<Vec<_>>().join(",")
+        self.node_urls().join(",")
     }
 
     /// The environment a service process needs to run against this stack as
@@ -273,14 +278,9 @@ impl Stack {
         let options = async_nats::ConnectOptions::with_credentials_file(self.auth.creds(identity))
             .await
             .expect("reading credentials");
-        natsbus::connect_with(
-            options,
-            &std::iter::once(&self.nats).chain(&self.peers).map(NatsServer::url).collect::<Vec<_>>(),
-            &identity.name(),
-            std::time::Duration::from_secs(5),
-        )
-        .await
-        .expect("connecting to the test nats-server")
+        natsbus::connect_with(options, &self.node_urls(), &identity.name(), std::time::Duration::from_secs(5))
+            .await
+            .expect("connecting to the test nats-server")
     }
 }
 
