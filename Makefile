@@ -48,7 +48,7 @@ chaos: ## faults under load with exact accounting, hostile input, fuzzing, secre
 bench: ## benchmarks against same-run baselines; writes tools/bench/results/latest.json
 	@scripts/bench.sh $(BENCH_ARGS)
 
-deploy-check: ## validate docker-compose.yml, deploy/k8s and deploy/Dockerfile (no Docker needed)
+deploy-check: ## validate docker-compose.yml, deploy/k8s, deploy/observability (dashboard, alert rules) and deploy/Dockerfile (no Docker needed)
 	@bash deploy/check.sh
 
 clean-stack: ## stop the NATS server started by `make run` and forget .stack/env
