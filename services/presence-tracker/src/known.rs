@@ -15,6 +15,8 @@ const POSITIVE_TTL: Duration = Duration::from_secs(300);
 /// Unknown ids are remembered briefly, so a freshly enrolled agent shows up within
 /// seconds while a stranger's heartbeats cost one query per few seconds.
 const NEGATIVE_TTL: Duration = Duration::from_secs(5);
+/// Entries kept at most (about 80 bytes each); four times the largest fleet measured.
+const MAX_ENTRIES: usize = 4_000_000;
 /// One lookup may not hold the heartbeat path up longer than this.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(1);
 /// After a failed lookup, Postgres is not asked again for this long.
@@ -102,8 +104,15 @@ impl KnownAgents {
         };
         let found: HashSet<&AgentId> = found.iter().collect();
         let mut entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if entries.len() > 1_000_000 {
-            entries.clear();
+        if entries.len() > MAX_ENTRIES {
+            // Expired entries go first: a fleet of a million keeps its cache (clearing it
+            // would send every agent's next heartbeat to Postgres at once).
+            entries.retain(|_, (known, at)| {
+                now.duration_since(*at) < if *known { POSITIVE_TTL } else { NEGATIVE_TTL }
+            });
+            if entries.len() > MAX_ENTRIES {
+                entries.clear();
+            }
         }
         for id in ask {
             let known = found.contains(id);

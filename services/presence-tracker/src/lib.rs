@@ -80,6 +80,11 @@ pub struct Config {
     /// statement per flush).
     #[arg(long = "flush-interval", env = "PRESENCE_FLUSH_INTERVAL", value_name = "PRESENCE_FLUSH_INTERVAL", default_value = "5s", value_parser = service_kit::config::parse_duration)]
     pub flush_interval: Duration,
+    /// How far an agent's heartbeats must move past the `last_seen_at` last written for
+    /// it before it is written again (Redis always has the exact time; `0s` writes
+    /// every flush).
+    #[arg(long = "last-seen-resolution", env = "PRESENCE_LAST_SEEN_RESOLUTION", value_name = "PRESENCE_LAST_SEEN_RESOLUTION", default_value = "5m", value_parser = service_kit::config::parse_duration)]
+    pub last_seen_resolution: Duration,
     /// Most heartbeats recorded in Redis at once.
     #[arg(long = "batch-size", env = "PRESENCE_BATCH_SIZE", value_name = "PRESENCE_BATCH_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u16).range(1..=10_000))]
     pub batch_size: u16,
@@ -132,6 +137,12 @@ impl Config {
             self.flush_interval,
             Duration::from_millis(100),
             Duration::from_secs(300),
+        )?;
+        between(
+            "PRESENCE_LAST_SEEN_RESOLUTION",
+            self.last_seen_resolution,
+            Duration::ZERO,
+            Duration::from_secs(86_400),
         )?;
         between(
             "PRESENCE_BATCH_INTERVAL",
@@ -228,7 +239,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let (heartbeats_tx, heartbeats_rx) = mpsc::channel(16_384);
     let (intents_tx, intents_rx) = mpsc::channel(65_536);
     let signals = Arc::new(Signals::default());
-    let last_seen = Arc::new(flush::LastSeen::default());
+    let last_seen = Arc::new(flush::LastSeen::new(config.last_seen_resolution));
 
     // On shutdown every task stops taking new work; the ingest records the heartbeats
     // it holds and the flusher writes the last `last_seen_at` batch, within the grace.

@@ -24,7 +24,11 @@ pub(crate) struct Setup {
 
 /// A fresh stack with `agents` enrolled agents and the topology in place.
 pub(crate) async fn prepare(agents: usize, seed: &str) -> anyhow::Result<Setup> {
-    let stack = Stack::start().await;
+    let mut stack = Stack::start().await;
+    // The test stacks' small bucket holds about 190,000 heartbeats; a larger fleet needs
+    // room for one each (about 350 bytes), as a production bucket has.
+    let bucket = (agents as u64 * 512).max(stack.topology.max_bytes.agents_bucket);
+    stack.topology.max_bytes.agents_bucket = bucket;
     let js = stack.jetstream().await;
     natsbus::ensure_topology(&js, &stack.topology).await?;
     enrolled(stack, agents, seed).await

@@ -45,6 +45,9 @@ struct Args {
     /// several minutes).
     #[arg(long, default_value_t = 1_000_000)]
     presence_million: usize,
+    /// Heartbeat interval of the large presence run, in seconds.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    presence_million_interval: u64,
     /// Agents and incidents in the database for the read scenario.
     #[arg(long, default_value_t = 100_000)]
     read_agents: usize,
@@ -115,7 +118,8 @@ async fn main() -> anyhow::Result<()> {
         if args.presence_million > 0 {
             // A full interval of steady state at least.
             let hold = hold.max(std::time::Duration::from_secs(30));
-            presence::run(args.presence_million, std::time::Duration::from_secs(30), hold, &mut rows).await?;
+            let interval = std::time::Duration::from_secs(args.presence_million_interval);
+            presence::run(args.presence_million, interval, hold, &mut rows).await?;
         }
     }
     if wants("actions") {

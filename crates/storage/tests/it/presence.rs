@@ -241,3 +241,34 @@ async fn history_pages_newest_first_with_how_long_each_state_lasted() {
     assert_eq!(online, vec![ids[0].clone()]);
     assert_eq!(p::online_agents(&db.pool, Some(&ids[0]), 10).await.unwrap(), vec![ids[1].clone()]);
 }
+
+#[tokio::test]
+async fn the_batch_statements_are_planned_for_each_call_never_from_a_cached_generic_plan() {
+    let db = TestDb::create().await;
+    let ids = agents(&db, 20).await;
+    // One connection, so the statements it prepared can be listed afterwards.
+    let pool = storage::connect_with(db.options(), 1, std::time::Duration::from_secs(10)).await.unwrap();
+    // More calls than Postgres needs (five) before it would switch a prepared statement
+    // to its generic plan, which guesses one row per array and joins the batch with
+    // itself by nested loop: quadratic in the batch size.
+    for round in 0..8 {
+        let state = if round % 2 == 0 { PresenceState::Online } else { PresenceState::Offline };
+        let batch: Vec<Transition> =
+            ids.iter().map(|id| transition(id, at(round * 60), "heartbeat")).collect();
+        let outcome = p::apply_transitions(&pool, state, &batch, TransitionOptions::default()).await.unwrap();
+        assert_eq!(outcome.applied.len(), ids.len());
+        let seen: Vec<(AgentId, DateTime<Utc>)> =
+            ids.iter().map(|id| (id.clone(), at(round * 60 + 30))).collect();
+        p::flush_last_seen(&pool, &seen).await.unwrap();
+    }
+    // The agents' own lookup is cached as usual: the listing below sees this connection.
+    p::current(&pool, &ids).await.unwrap();
+    let cached: Vec<String> =
+        sqlx::query_scalar("SELECT statement FROM pg_prepared_statements").fetch_all(&pool).await.unwrap();
+    assert!(cached.iter().any(|s| s.contains("LEFT JOIN LATERAL")), "{cached:#?}");
+    let batch_statements: Vec<&String> = cached
+        .iter()
+        .filter(|s| s.contains("INSERT INTO presence_transitions") || s.contains("AS t(id, seen)"))
+        .collect();
+    assert!(batch_statements.is_empty(), "prepared and cached: {batch_statements:#?}");
+}

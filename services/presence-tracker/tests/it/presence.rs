@@ -155,7 +155,7 @@ async fn offline_incidents_can_be_switched_off() {
 async fn last_seen_is_written_in_batches_while_an_agent_stays_online() {
     let (stack, bus, _keys) = setup().await;
     let agent = agents(&stack, "seen", 1).await.remove(0);
-    let (running, shutdown) = start(&stack, &[]).await;
+    let (running, shutdown) = start(&stack, &["--last-seen-resolution=1s"]).await;
     let _beats = Heartbeats::start(&bus, std::slice::from_ref(&agent));
     wait_status(&stack, &agent.id, "online", Duration::from_secs(5)).await;
     let first: chrono::DateTime<chrono::Utc> =
@@ -164,7 +164,8 @@ async fn last_seen_is_written_in_batches_while_an_agent_stays_online() {
             .fetch_one(&stack.db.pool)
             .await
             .unwrap();
-    // Flushes every second (`--flush-interval 1s`): last_seen_at follows the heartbeats.
+    // Flushes every second (`--flush-interval 1s`) what moved a second on: last_seen_at
+    // follows the heartbeats.
     test_support::eventually(Duration::from_secs(5), "last_seen_at to advance", || async {
         let now: chrono::DateTime<chrono::Utc> =
             sqlx::query_scalar("SELECT last_seen_at FROM agents WHERE id = $1")
@@ -176,5 +177,33 @@ async fn last_seen_is_written_in_batches_while_an_agent_stays_online() {
     })
     .await;
     assert_eq!(transitions(&stack, &agent.id).await.len(), 1);
+    stop(running, shutdown).await;
+}
+
+#[tokio::test]
+async fn last_seen_is_written_again_only_once_it_moved_by_the_resolution() {
+    let (stack, bus, _keys) = setup().await;
+    let agent = agents(&stack, "coarse", 1).await.remove(0);
+    let (running, shutdown) = start(&stack, &["--last-seen-resolution=1h"]).await;
+    let _beats = Heartbeats::start(&bus, std::slice::from_ref(&agent));
+    wait_status(&stack, &agent.id, "online", Duration::from_secs(5)).await;
+    let stored = || async {
+        sqlx::query_scalar::<_, chrono::DateTime<chrono::Utc>>(
+            "SELECT last_seen_at FROM agents WHERE id = $1",
+        )
+        .bind(agent.id.as_str())
+        .fetch_one(&stack.db.pool)
+        .await
+        .unwrap()
+    };
+    // The first flush writes what the transition did not know; then the row holds still
+    // for an hour, flush after flush (one a second), while Redis follows every heartbeat.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let written = stored().await;
+    let redis_before = redis_view(&stack, &agent.id).await.unwrap().last_seen.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(stored().await, written);
+    let redis_after = redis_view(&stack, &agent.id).await.unwrap().last_seen.unwrap();
+    assert!(redis_after >= redis_before + chrono::Duration::seconds(2), "{redis_before} -> {redis_after}");
     stop(running, shutdown).await;
 }
