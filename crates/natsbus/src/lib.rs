@@ -11,6 +11,7 @@ mod consumer;
 mod deadletter;
 mod error;
 pub mod feed;
+pub mod metrics;
 mod request;
 mod topology;
 pub mod trace;

@@ -114,8 +114,15 @@ async fn readyz(State(readiness): State<Arc<Readiness>>) -> Response {
     (status, axum::Json(report)).into_response()
 }
 
-async fn metrics() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::render())
+async fn metrics() -> Response {
+    // Rendering reads /proc for the process metrics and formats every series.
+    match tokio::task::spawn_blocking(crate::metrics::render).await {
+        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
+        Err(err) => {
+            tracing::warn!(error = %err, "rendering metrics failed");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
 }
 
 /// Serves the admin router on `listener` until `shutdown` is cancelled.

@@ -12,8 +12,9 @@ use clap::error::ErrorKind;
 pub const EXIT_CONFIG: i32 = 64;
 
 /// Parses the process arguments and environment, exiting on error as described above.
+/// `--version` prints the version and the git revision ([`crate::version::FULL`]).
 pub fn parse<T: Parser>() -> T {
-    match T::try_parse() {
+    match parse_from::<T, _, _>(std::env::args_os()) {
         Ok(config) => config,
         Err(err) => match err.kind() {
             ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => err.exit(),
@@ -29,7 +30,20 @@ where
     I: IntoIterator<Item = S>,
     S: Into<std::ffi::OsString> + Clone,
 {
-    T::try_parse_from(args).map_err(|e| one_line(&e))
+    parse_from::<T, _, _>(args).map_err(|e| one_line(&e))
+}
+
+/// `T::try_parse_from` with the revision in the version: set here, once, rather than in
+/// every service's `#[command(version = ...)]`, so no binary can leave it out.
+fn parse_from<T, I, S>(args: I) -> Result<T, clap::Error>
+where
+    T: Parser,
+    I: IntoIterator<Item = S>,
+    S: Into<std::ffi::OsString> + Clone,
+{
+    let command = || T::command().version(crate::version::FULL);
+    let mut matches = command().try_get_matches_from(args)?;
+    T::from_arg_matches_mut(&mut matches).map_err(|err| err.format(&mut command()))
 }
 
 /// Prints `config error: {message}` to stderr and exits with [`EXIT_CONFIG`].
@@ -135,6 +149,14 @@ mod tests {
         let err = try_parse_from::<Demo, _, _>(["demo"]).unwrap_err();
         assert!(!err.contains('\n'), "{err}");
         assert!(err.contains("DB_PORT"), "{err}");
+    }
+
+    #[test]
+    fn version_names_the_git_revision_without_asking_each_command() {
+        let err = parse_from::<Demo, _, _>(["demo", "--version"]).expect_err("--version stops parsing");
+        assert_eq!(err.kind(), ErrorKind::DisplayVersion);
+        let printed = err.render().to_string();
+        assert!(printed.trim_end().ends_with(crate::version::FULL), "{printed}");
     }
 
     #[test]

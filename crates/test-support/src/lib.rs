@@ -14,6 +14,7 @@ pub mod browser;
 mod db;
 pub mod hostile;
 pub mod lifecycle;
+pub mod metrics;
 mod nats;
 pub mod otlp;
 pub mod process;

@@ -1,6 +1,7 @@
 //! The contract every service binary keeps: it logs readiness, answers `/healthz`,
-//! stops cleanly on SIGTERM / SIGINT, and refuses a bad configuration with exit code
-//! 64 and one line naming the variable.
+//! serves described metrics with its build and process metrics, stops cleanly on
+//! SIGTERM / SIGINT, names its git revision in `--version`, and refuses a bad
+//! configuration with exit code 64 and one line naming the variable.
 
 use std::path::Path;
 use std::time::Duration;
@@ -86,6 +87,34 @@ pub async fn assert_help_documents(binary: &Path, vars: &[&str]) {
     }
 }
 
+/// Starts `binary` with its admin port (`ADMIN_ADDR`) on a free port, waits for its
+/// readiness line and scrapes `/metrics`: valid exposition format, HELP and TYPE for
+/// every family, `opspilot_build_info` and the process metrics
+/// ([`crate::metrics::assert_service_metrics`]). Then stops it with SIGTERM.
+pub async fn assert_binary_serves_metrics(binary: &Path, env: &[(&str, String)], ready_line: &str) {
+    crate::init_tracing();
+    let port = crate::free_port();
+    let mut env = env.to_vec();
+    env.retain(|(k, _)| *k != "ADMIN_ADDR");
+    env.push(("ADMIN_ADDR", format!("127.0.0.1:{port}")));
+    let mut process = ServiceProcess::spawn(binary, &env, &[]);
+    process.wait_for_line(ready_line, Duration::from_secs(30)).await;
+    let text = crate::metrics::scrape(&format!("http://127.0.0.1:{port}")).await;
+    crate::metrics::assert_service_metrics(&text);
+    process.signal("TERM");
+    let code = process.wait(Duration::from_secs(20)).await;
+    assert_eq!(code, Some(0), "exit code after SIGTERM:\n{}", process.output().join("\n"));
+}
+
+/// `binary --version` prints `{name} {version} ({revision})` and exits 0.
+pub async fn assert_version_names_the_revision(binary: &Path, name: &str) {
+    let out =
+        tokio::process::Command::new(binary).arg("--version").output().await.expect("running --version");
+    assert!(out.status.success(), "{out:?}");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(printed.trim_end(), format!("{name} {}", service_kit::version::FULL));
+}
+
 /// Bad values every service refuses (each service adds its own).
 pub const COMMON_BAD_CONFIG: &[(&str, &str)] = &[
     ("DB_PORT", "not-a-port"),
@@ -150,9 +179,11 @@ pub async fn assert_bad_config_refused(binary: &Path, env: &[(&str, String)], ba
 /// The lifecycle tests of a worker service (its probes on `ADMIN_ADDR`), written into
 /// the calling test module: started in process it reports ready with every one of
 /// `checks` and the topology in place, then stops when cancelled; the binary stops
-/// cleanly on SIGTERM and on SIGINT; each value in `bad` (and [`COMMON_BAD_CONFIG`])
-/// exits 64 naming its variable; `--help` documents every one of `documents` (and
-/// [`COMMON_VARIABLES`]). The caller depends on `clap`, `natsbus` and `tokio-util`.
+/// cleanly on SIGTERM and on SIGINT; it serves `/metrics` in the exposition format with
+/// HELP for every family, its build and its process metrics; `--version` names the git
+/// revision; each value in `bad` (and [`COMMON_BAD_CONFIG`]) exits 64 naming its
+/// variable; `--help` documents every one of `documents` (and [`COMMON_VARIABLES`]).
+/// The caller depends on `clap`, `natsbus` and `tokio-util`.
 #[macro_export]
 macro_rules! worker_lifecycle_tests {
     (
@@ -203,6 +234,22 @@ macro_rules! worker_lifecycle_tests {
                 &[("ADMIN_ADDR", "nowhere"), ("SHUTDOWN_GRACE", "soon"), $(($var, $value)),*],
             )
             .await;
+        }
+
+        #[tokio::test]
+        async fn the_binary_serves_described_build_and_process_metrics() {
+            let stack = $crate::Stack::start().await;
+            $crate::lifecycle::assert_binary_serves_metrics(
+                ::std::path::Path::new(BIN),
+                &stack.env_for(&::natsbus::auth::Identity::$identity),
+                concat!($binary, " ready"),
+            )
+            .await;
+        }
+
+        #[tokio::test]
+        async fn version_names_the_git_revision() {
+            $crate::lifecycle::assert_version_names_the_revision(::std::path::Path::new(BIN), $binary).await;
         }
 
         #[tokio::test]

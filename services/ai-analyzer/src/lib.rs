@@ -14,6 +14,7 @@ mod auto;
 mod cache;
 mod engine;
 mod grounding;
+mod metrics;
 pub mod notify;
 pub mod openrouter;
 mod prompt;
@@ -238,6 +239,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
     use anyhow::Context as _;
 
+    // Before anything is counted (the binary's runtime has installed the recorder; a
+    // test has not).
+    service_kit::metrics::init(metrics::describe);
     // The HTTP client needs a TLS crypto provider; installing it twice is harmless.
     service_kit::install_crypto_provider();
     let analyzer = config.build_analyzer().context("building the AI client")?;

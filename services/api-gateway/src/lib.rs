@@ -15,6 +15,7 @@ mod extract;
 mod fleet_action;
 mod http;
 mod inventory_diff;
+mod metrics;
 mod nats_init;
 mod passwords;
 mod presence_view;
@@ -104,6 +105,9 @@ fn read_password_from_stdin() -> anyhow::Result<SecretString> {
 
 /// Connects to everything and starts serving HTTP; returns once ready.
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    // Before anything is counted (the binary's runtime has installed the recorder; a
+    // test has not).
+    service_kit::metrics::init(metrics::describe);
     let secret = config.serve.jwt_secret.clone().context("JWT_SECRET is required")?;
     let mut nats = config.nats.clone();
     if nats.creds.is_none()

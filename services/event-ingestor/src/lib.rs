@@ -11,6 +11,7 @@ mod events;
 mod inventory;
 mod known;
 pub mod maintenance;
+mod metrics;
 mod recurrences;
 mod stats;
 
@@ -148,8 +149,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
 /// Connects to everything and starts serving; returns once ready.
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
-    // Before anything is counted (a no-op when the binary's runtime installed it).
-    service_kit::metrics::install();
+    // Before anything is counted (the binary's runtime has installed the recorder; a
+    // test has not).
+    service_kit::metrics::init(metrics::describe);
     let client = natsbus::connect_until(&config.nats, "event-ingestor", &shutdown).await?;
     let js = async_nats::jetstream::new(client.clone());
     let topology = config.nats.topology();

@@ -26,6 +26,7 @@ mod health;
 mod ingest;
 mod keyspace;
 mod known;
+mod metrics;
 mod reconcile;
 mod transitions;
 mod watch;
@@ -216,6 +217,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
 /// Connects to everything and starts serving; returns once ready.
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    service_kit::metrics::init(metrics::describe);
     let client = natsbus::connect_until(&config.nats, "presence-tracker", &shutdown).await?;
     let js = async_nats::jetstream::new(client.clone());
     let topology = config.nats.topology();

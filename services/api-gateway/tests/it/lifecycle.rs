@@ -43,6 +43,19 @@ async fn the_binary_stops_cleanly_on_sigterm_and_sigint() {
 }
 
 #[tokio::test]
+async fn the_binary_serves_described_build_and_process_metrics() {
+    let stack = Stack::start().await;
+    let mut env = env(&stack);
+    env.push(("HTTP_ADDR", format!("127.0.0.1:{}", free_port())));
+    lifecycle::assert_binary_serves_metrics(Path::new(BIN), &env, "api-gateway ready").await;
+}
+
+#[tokio::test]
+async fn version_names_the_git_revision() {
+    lifecycle::assert_version_names_the_revision(Path::new(BIN), "api-gateway").await;
+}
+
+#[tokio::test]
 async fn a_bad_configuration_exits_64_naming_the_variable() {
     let base = vec![("JWT_SECRET", SECRET.to_owned()), ("OPSPILOT_INSECURE_BUS", "true".to_owned())];
     lifecycle::assert_bad_config_refused(

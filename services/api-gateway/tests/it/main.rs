@@ -18,6 +18,7 @@ mod hostile_agents;
 mod incidents;
 mod labels;
 mod lifecycle;
+mod metrics;
 mod nats_init;
 mod notifications;
 mod presence;
