@@ -403,7 +403,18 @@ impl Services {
             "presence-tracker",
             &Identity::PresenceTracker,
             true,
-            &["--missed-heartbeats", "3", "--reconcile-interval", "250ms", "--flush-interval", "1s"],
+            // Every heartbeat reaches `last_seen_at` in Postgres within a second, where
+            // the tests look for them.
+            &[
+                "--missed-heartbeats",
+                "3",
+                "--reconcile-interval",
+                "250ms",
+                "--flush-interval",
+                "1s",
+                "--last-seen-resolution",
+                "0s",
+            ],
         ))
         .unwrap();
         // No OpenRouter key: the rules analyzer answers.
