@@ -6,8 +6,9 @@
 # Writes .stack/env with the variables `make run` and `make test` use.
 #
 #   scripts/dev-services.sh           # everything, including a NATS server for `make run`
-#   scripts/dev-services.sh --test    # what the tests need (they start their own NATS),
-#                                     # and Chromium with chromedriver for the console tests
+#   scripts/dev-services.sh --test    # what the tests need (they start their own NATS,
+#                                     # and redis-servers with TLS), and Chromium with
+#                                     # chromedriver for the console tests
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -107,6 +108,18 @@ ensure_redis() {
     # The presence tracker's fast offline path listens for expired-key events.
     redis_cmd CONFIG SET notify-keyspace-events Ex >/dev/null
     log "redis: running on 127.0.0.1:$REDIS_PORT (notify-keyspace-events Ex)"
+}
+
+# The tests also start private redis-servers (a password; TLS with a client
+# certificate) next to the shared one, so the binary must be installed even when the
+# shared Redis runs elsewhere, and built with TLS (Debian's links OpenSSL).
+ensure_redis_binary() {
+    command -v redis-server >/dev/null 2>&1 || apt_install redis-server
+    local bin
+    bin="$(command -v redis-server)"
+    if ! ldd "$bin" 2>/dev/null | grep -q libssl; then
+        log "warning: $bin does not link OpenSSL; the Redis TLS tests need a build with TLS"
+    fi
 }
 
 # --- NATS --------------------------------------------------------------------------
@@ -214,6 +227,7 @@ ensure_nats_binary
 if [ "$MODE" != "--test" ]; then
     ensure_nats_server
 else
+    ensure_redis_binary
     ensure_browser
 fi
 

@@ -26,7 +26,17 @@ pub async fn connect(config: &NatsConfig, name: &str) -> Result<Client, NatsErro
     if let Some(token) = &config.token {
         options = options.token(token.expose_secret().to_owned());
     }
-    connect_with(options, &config.server_urls(), name, config.request_timeout).await
+    connect_as(config, options, name).await
+}
+
+/// Connects with `options` (another identity's credentials: the gateway's system user)
+/// to the servers `config` names, with its TLS settings and request timeout.
+pub async fn connect_as(
+    config: &NatsConfig,
+    options: ConnectOptions,
+    name: &str,
+) -> Result<Client, NatsError> {
+    connect_with(config.with_tls(options), &config.server_urls(), name, config.request_timeout).await
 }
 
 /// Options that authenticate with the creds file at `path`, read again at every
@@ -63,7 +73,10 @@ pub async fn connect_until(
     }
 }
 
-/// Like [`connect`] with explicit options (credentials built in code, tests).
+/// Like [`connect`] with explicit options (credentials and TLS built in code, tests).
+/// Waits, with backoff, until one of the servers accepts; each failure is logged with
+/// its cause (a refused connection, an unknown certificate authority, an authorization
+/// violation), since a service that never becomes ready must say why.
 pub async fn connect_with(
     options: ConnectOptions,
     urls: &[String],
@@ -86,7 +99,6 @@ pub async fn connect_with(
         .connection_timeout(Duration::from_secs(5))
         .request_timeout(Some(request_timeout))
         .ping_interval(Duration::from_secs(10))
-        .retry_on_initial_connect()
         .reconnect_delay_callback(reconnect_delay)
         .event_callback(move |event| {
             let service = service.clone();
@@ -94,7 +106,21 @@ pub async fn connect_with(
                 && connected_before.swap(true, std::sync::atomic::Ordering::Relaxed);
             async move { log_event(&service, event, reconnect) }
         });
-    let client = options.connect(addrs).await.map_err(|e| NatsError::Connect(e.to_string()))?;
+    // The first connection is retried here rather than with `retry_on_initial_connect`:
+    // the client's own retries report only an error kind ("IO error"), while a failed
+    // attempt returns the cause, such as the certificate the server presented not being
+    // trusted.
+    let mut attempt = 0;
+    let client = loop {
+        match options.clone().connect(addrs.clone()).await {
+            Ok(client) => break client,
+            Err(err) => {
+                tracing::warn!(service = name, error = %err, "cannot connect to nats yet; retrying");
+                attempt += 1;
+                tokio::time::sleep(reconnect_delay(attempt)).await;
+            }
+        }
+    };
     wait_until_connected(&client).await;
     let info = client.server_info();
     check_server_version(&info.version)?;

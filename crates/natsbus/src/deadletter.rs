@@ -3,6 +3,7 @@ use std::sync::Mutex;
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
+use tracing::Instrument;
 use wire_models::{
     DlqOrigin, HEADER_DLQ_DETAIL, HEADER_DLQ_ORIGINAL_SIZE, HEADER_DLQ_PAYLOAD, HEADER_DLQ_REASON,
     HEADER_DLQ_SEQUENCE, HEADER_DLQ_SUBJECT, HEADER_MSG_ID, Subjects,
@@ -211,12 +212,18 @@ async fn park(
     if payload.len() != size {
         headers.insert(HEADER_DLQ_ORIGINAL_SIZE, size.to_string());
     }
-    crate::trace::inject_current(&mut headers);
-    js.publish_with_headers(subjects.dead_letter(letter.origin), headers, payload)
-        .await
-        .map_err(|e| NatsError::Publish(e.to_string()))?
-        .await
-        .map_err(|e| NatsError::Publish(e.to_string()))?;
+    let subject = subjects.dead_letter(letter.origin);
+    let span = crate::trace::send_span(crate::trace::Send::Publish, &subject, payload.len());
+    async {
+        crate::trace::inject_current(&mut headers);
+        js.publish_with_headers(subject, headers, payload)
+            .await
+            .map_err(|e| NatsError::Publish(e.to_string()))?
+            .await
+            .map_err(|e| NatsError::Publish(e.to_string()))
+    }
+    .instrument(span)
+    .await?;
     metrics::counter!("opspilot_dead_lettered_total", "origin" => letter.origin.as_str(), "reason" => letter.reason.to_owned())
         .increment(1);
     Ok(())

@@ -16,9 +16,13 @@ mod request;
 mod topology;
 pub mod trace;
 
+#[doc(hidden)]
+pub use tracing as __tracing;
+
 pub use config::{NatsConfig, ServerUrls, parse_server_urls};
 pub use connect::{
-    MIN_SERVER_VERSION, check_server_version, connect, connect_until, connect_with, creds_file_options,
+    MIN_SERVER_VERSION, check_server_version, connect, connect_as, connect_until, connect_with,
+    creds_file_options,
 };
 pub use consumer::{DurableSpec, PullLimits, ensure_durable, pull_until};
 pub use deadletter::{
@@ -30,6 +34,7 @@ pub use topology::{StreamBytes, Topology, ensure_topology};
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
+use tracing::Instrument;
 use wire_models::{HEADER_MSG_ID, WireMessage};
 
 /// Publishes a message to JetStream, with the current trace context and an optional
@@ -41,17 +46,25 @@ pub async fn js_publish<T: WireMessage>(
     msg_id: Option<&str>,
 ) -> Result<(), NatsError> {
     let payload = Bytes::from(wire_models::encode(msg)?);
-    let mut headers = HeaderMap::new();
-    trace::inject_current(&mut headers);
+    let span = trace::send_span(trace::Send::Publish, &subject, payload.len());
     if let Some(id) = msg_id {
-        headers.insert(HEADER_MSG_ID, id);
+        span.record("messaging.message.id", id);
     }
-    js.publish_with_headers(subject, headers, payload)
-        .await
-        .map_err(|e| NatsError::Publish(e.to_string()))?
-        .await
-        .map_err(|e| NatsError::Publish(e.to_string()))?;
-    Ok(())
+    async move {
+        let mut headers = HeaderMap::new();
+        trace::inject_current(&mut headers);
+        if let Some(id) = msg_id {
+            headers.insert(HEADER_MSG_ID, id);
+        }
+        js.publish_with_headers(subject, headers, payload)
+            .await
+            .map_err(|e| NatsError::Publish(e.to_string()))?
+            .await
+            .map_err(|e| NatsError::Publish(e.to_string()))?;
+        Ok(())
+    }
+    .instrument(span)
+    .await
 }
 
 /// Publishes a message on core NATS (no stream) with the current trace context.
@@ -60,13 +73,37 @@ pub async fn publish<T: WireMessage>(
     subject: String,
     msg: &T,
 ) -> Result<(), NatsError> {
+    publish_as(client, trace::Send::Publish, subject, msg).await
+}
+
+/// Publishes the reply to a request (to the requester's inbox) with the current trace
+/// context.
+pub async fn reply<T: WireMessage>(
+    client: &async_nats::Client,
+    inbox: String,
+    msg: &T,
+) -> Result<(), NatsError> {
+    publish_as(client, trace::Send::Reply, inbox, msg).await
+}
+
+async fn publish_as<T: WireMessage>(
+    client: &async_nats::Client,
+    operation: trace::Send,
+    subject: String,
+    msg: &T,
+) -> Result<(), NatsError> {
     let payload = Bytes::from(wire_models::encode(msg)?);
-    let mut headers = HeaderMap::new();
-    trace::inject_current(&mut headers);
-    client
-        .publish_with_headers(subject, headers, payload)
-        .await
-        .map_err(|e| NatsError::Publish(e.to_string()))
+    let span = trace::send_span(operation, &subject, payload.len());
+    async move {
+        let mut headers = HeaderMap::new();
+        trace::inject_current(&mut headers);
+        client
+            .publish_with_headers(subject, headers, payload)
+            .await
+            .map_err(|e| NatsError::Publish(e.to_string()))
+    }
+    .instrument(span)
+    .await
 }
 
 /// A `/readyz` check: the client is connected.

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use async_nats::{HeaderMap, RequestErrorKind};
 use bytes::Bytes;
+use tracing::Instrument;
 use wire_models::WireMessage;
 
 /// Why a request got no usable reply.
@@ -35,18 +36,31 @@ pub async fn request<Req: WireMessage, Rep: WireMessage>(
 ) -> Result<Rep, RequestError> {
     let payload =
         Bytes::from(wire_models::encode(request).map_err(|e| RequestError::Invalid(e.to_string()))?);
-    let mut headers = HeaderMap::new();
-    crate::trace::inject_current(&mut headers);
-    let nats_request = async_nats::Request::new().payload(payload).headers(headers).timeout(Some(timeout));
-    let message =
-        client.send_request(subject.clone(), nats_request).await.map_err(|err| match err.kind() {
-            RequestErrorKind::NoResponders => RequestError::NoResponders { subject: subject.clone() },
-            RequestErrorKind::TimedOut => RequestError::TimedOut { subject: subject.clone(), timeout },
-            RequestErrorKind::Other => RequestError::Unavailable(err.to_string()),
-            RequestErrorKind::InvalidSubject | RequestErrorKind::MaxPayloadExceeded => {
-                RequestError::Invalid(err.to_string())
-            }
+    let span = crate::trace::send_span(crate::trace::Send::Request, &subject, payload.len());
+    async move {
+        let mut headers = HeaderMap::new();
+        crate::trace::inject_current(&mut headers);
+        let nats_request =
+            async_nats::Request::new().payload(payload).headers(headers).timeout(Some(timeout));
+        let message = client.send_request(subject.clone(), nats_request).await.map_err(|err| {
+            let (kind, error) = match err.kind() {
+                RequestErrorKind::NoResponders => {
+                    ("no_responders", RequestError::NoResponders { subject: subject.clone() })
+                }
+                RequestErrorKind::TimedOut => {
+                    ("timeout", RequestError::TimedOut { subject: subject.clone(), timeout })
+                }
+                RequestErrorKind::Other => ("unavailable", RequestError::Unavailable(err.to_string())),
+                RequestErrorKind::InvalidSubject | RequestErrorKind::MaxPayloadExceeded => {
+                    ("invalid", RequestError::Invalid(err.to_string()))
+                }
+            };
+            crate::trace::record_error(kind);
+            error
         })?;
-    wire_models::decode(&message.payload)
-        .map_err(|e| RequestError::InvalidReply { subject, detail: e.to_string() })
+        wire_models::decode(&message.payload)
+            .map_err(|e| RequestError::InvalidReply { subject, detail: e.to_string() })
+    }
+    .instrument(span)
+    .await
 }

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use redis::aio::{PubSubSink, PubSubStream};
-use secrecy::ExposeSecret;
 use storage::redis::{RedisConfig, RedisError};
 use wire_models::AgentId;
 
@@ -35,8 +34,7 @@ impl ExpiredKeys {
     /// Connects (its own connection: a subscribed connection can do nothing else) and
     /// subscribes, within the configured timeout.
     pub async fn subscribe(config: &RedisConfig) -> Result<Self, RedisError> {
-        let client = redis::Client::open(config.url.expose_secret())
-            .map_err(|_| RedisError::Config("REDIS_URL: not a valid redis:// URL".into()))?;
+        let client = config.client()?;
         let channel = expired_channel(client.get_connection_info().redis_settings().db());
         let timeout = config.timeout;
         let pubsub = tokio::time::timeout(timeout, client.get_async_pubsub())

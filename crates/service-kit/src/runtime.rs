@@ -8,9 +8,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::telemetry::TelemetryArgs;
 
-/// A service binary's whole `main`: parse the configuration and `validate` it (a bad
-/// one exits 64 with one line naming the variable), then [`serve_main`] with the
-/// telemetry settings `telemetry` finds in it.
+/// A service binary's whole `main`: parse the configuration, read its secrets and
+/// `validate` it (a bad one exits 64 with one line naming the variable), then
+/// [`serve_main`] with the telemetry settings `telemetry` finds in it.
 pub async fn main<C, F, Fut>(
     service: &'static str,
     validate: fn(&C) -> Result<(), String>,
@@ -18,7 +18,7 @@ pub async fn main<C, F, Fut>(
     run: F,
 ) -> ExitCode
 where
-    C: clap::Parser,
+    C: clap::Parser + crate::config::LoadSecrets,
     F: FnOnce(C, CancellationToken) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {

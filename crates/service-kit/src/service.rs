@@ -23,6 +23,7 @@ enum Failure {
 /// The admin HTTP address and the shutdown grace period, flattened into every
 /// service's configuration.
 #[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Admin")]
 pub struct AdminArgs {
     /// Address of the admin HTTP server (`/healthz`, `/readyz`, `/metrics`); each
     /// service has its own default port (gateway 9090, ingestor 9091, tracker 9092,

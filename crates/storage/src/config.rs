@@ -1,4 +1,5 @@
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -31,12 +32,24 @@ impl From<SslMode> for PgSslMode {
     }
 }
 
-/// Postgres settings, as the original backend named them (`DB_*`), or one URL.
+/// Postgres settings, as the original backend named them (`DB_*`), or one URL. Every
+/// flag is global, so the gateway's subcommands (`migrate`, `create-user`) take them too.
 #[derive(Clone, clap::Args)]
+#[command(next_help_heading = "Postgres")]
 pub struct DbConfig {
-    /// Full connection URL (`postgres://user:pass@host:port/db?sslmode=...`); when set
-    /// it replaces the DB_* settings.
-    #[arg(id = "database-url", long = "database-url", env = "DATABASE_URL", value_name = "DATABASE_URL", hide_env_values = true, value_parser = service_kit::config::secret)]
+    /// Full connection URL (`postgres://user:pass@host:port/db?sslmode=...`), replacing
+    /// the DB_* settings: DATABASE_URL in the environment, or this file. Never a flag:
+    /// it may hold a password.
+    #[arg(
+        id = "database-url-file",
+        long = "database-url-file",
+        env = "DATABASE_URL_FILE",
+        value_name = "DATABASE_URL_FILE",
+        global = true
+    )]
+    pub database_url_file: Option<PathBuf>,
+    /// DATABASE_URL, read by [`service_kit::config::LoadSecrets`].
+    #[arg(skip)]
     pub database_url: Option<SecretString>,
     /// Database host.
     #[arg(
@@ -44,11 +57,19 @@ pub struct DbConfig {
         long = "db-host",
         env = "DB_HOST",
         value_name = "DB_HOST",
-        default_value = "127.0.0.1"
+        default_value = "127.0.0.1",
+        global = true
     )]
     pub host: String,
     /// Database port.
-    #[arg(id = "db-port", long = "db-port", env = "DB_PORT", value_name = "DB_PORT", default_value_t = 5432)]
+    #[arg(
+        id = "db-port",
+        long = "db-port",
+        env = "DB_PORT",
+        value_name = "DB_PORT",
+        default_value_t = 5432,
+        global = true
+    )]
     pub port: u16,
     /// Database user.
     #[arg(
@@ -56,11 +77,22 @@ pub struct DbConfig {
         long = "db-user",
         env = "DB_USER",
         value_name = "DB_USER",
-        default_value = "postgres"
+        default_value = "postgres",
+        global = true
     )]
     pub user: String,
-    /// Database password (never logged).
-    #[arg(id = "db-password", long = "db-password", env = "DB_PASSWORD", value_name = "DB_PASSWORD", hide_env_values = true, value_parser = service_kit::config::secret)]
+    /// Database password: DB_PASSWORD in the environment, or this file (never logged,
+    /// never a flag).
+    #[arg(
+        id = "db-password-file",
+        long = "db-password-file",
+        env = "DB_PASSWORD_FILE",
+        value_name = "DB_PASSWORD_FILE",
+        global = true
+    )]
+    pub password_file: Option<PathBuf>,
+    /// DB_PASSWORD, read by [`service_kit::config::LoadSecrets`].
+    #[arg(skip)]
     pub password: Option<SecretString>,
     /// Database name.
     #[arg(
@@ -68,34 +100,61 @@ pub struct DbConfig {
         long = "db-name",
         env = "DB_NAME",
         value_name = "DB_NAME",
-        default_value = "opspilot"
+        default_value = "opspilot",
+        global = true
     )]
     pub name: String,
     /// TLS mode, as libpq's `sslmode`. Use `disable` for a database on loopback,
-    /// `verify-full` for one across a network.
+    /// `verify-full` for one across a network (with DB_SSLROOTCERT for a private CA).
     #[arg(
         id = "db-sslmode",
         long = "db-sslmode",
         env = "DB_SSLMODE",
         value_name = "DB_SSLMODE",
         value_enum,
-        default_value = "prefer"
+        default_value = "prefer",
+        global = true
     )]
     pub sslmode: SslMode,
+    /// PEM file of the CA(s) that signed the database's certificate (libpq's
+    /// `sslrootcert`), for `verify-ca` and `verify-full`; without it the public web
+    /// roots are trusted. Also applies to DATABASE_URL.
+    #[arg(
+        id = "db-sslrootcert",
+        long = "db-sslrootcert",
+        env = "DB_SSLROOTCERT",
+        value_name = "DB_SSLROOTCERT",
+        global = true
+    )]
+    pub sslrootcert: Option<PathBuf>,
+    /// Client certificate (PEM) for a database that authenticates clients by
+    /// certificate (libpq's `sslcert`), with DB_SSLKEY.
+    #[arg(
+        id = "db-sslcert",
+        long = "db-sslcert",
+        env = "DB_SSLCERT",
+        value_name = "DB_SSLCERT",
+        global = true
+    )]
+    pub sslcert: Option<PathBuf>,
+    /// The client certificate's private key (PEM; libpq's `sslkey`).
+    #[arg(id = "db-sslkey", long = "db-sslkey", env = "DB_SSLKEY", value_name = "DB_SSLKEY", global = true)]
+    pub sslkey: Option<PathBuf>,
     /// Largest number of pooled connections.
     #[arg(
         id = "db-max-connections",
         long = "db-max-connections",
         env = "DB_MAX_CONNECTIONS",
         value_name = "DB_MAX_CONNECTIONS",
-        default_value_t = 10
+        default_value_t = 10,
+        global = true
     )]
     pub max_connections: u32,
     /// How long to wait for a pooled connection before failing.
-    #[arg(id = "db-acquire-timeout", long = "db-acquire-timeout", env = "DB_ACQUIRE_TIMEOUT", value_name = "DB_ACQUIRE_TIMEOUT", default_value = "5s", value_parser = service_kit::config::parse_duration)]
+    #[arg(id = "db-acquire-timeout", long = "db-acquire-timeout", env = "DB_ACQUIRE_TIMEOUT", value_name = "DB_ACQUIRE_TIMEOUT", default_value = "5s", value_parser = service_kit::config::parse_duration, global = true)]
     pub acquire_timeout: Duration,
     /// Longest any single statement may run (Postgres `statement_timeout`).
-    #[arg(id = "db-statement-timeout", long = "db-statement-timeout", env = "DB_STATEMENT_TIMEOUT", value_name = "DB_STATEMENT_TIMEOUT", default_value = "30s", value_parser = service_kit::config::parse_duration)]
+    #[arg(id = "db-statement-timeout", long = "db-statement-timeout", env = "DB_STATEMENT_TIMEOUT", value_name = "DB_STATEMENT_TIMEOUT", default_value = "30s", value_parser = service_kit::config::parse_duration, global = true)]
     pub statement_timeout: Duration,
 }
 
@@ -109,8 +168,17 @@ impl fmt::Debug for DbConfig {
             .field("password", &self.password.as_ref().map(|_| "[REDACTED]"))
             .field("name", &self.name)
             .field("sslmode", &self.sslmode)
+            .field("sslrootcert", &self.sslrootcert)
             .field("max_connections", &self.max_connections)
             .finish()
+    }
+}
+
+impl service_kit::config::LoadSecrets for DbConfig {
+    fn load_secrets(&mut self, env: &service_kit::config::SecretEnv<'_>) -> Result<(), String> {
+        self.database_url = env.secret("DATABASE_URL", self.database_url_file.as_deref())?;
+        self.password = env.secret("DB_PASSWORD", self.password_file.as_deref())?;
+        Ok(())
     }
 }
 
@@ -140,6 +208,14 @@ impl DbConfig {
                 options
             }
         };
+        let options = match &self.sslrootcert {
+            Some(ca) => options.ssl_root_cert(ca),
+            None => options,
+        };
+        let options = match (&self.sslcert, &self.sslkey) {
+            (Some(cert), Some(key)) => options.ssl_client_cert(cert).ssl_client_key(key),
+            _ => options,
+        };
         let timeout_ms = self.statement_timeout.as_millis().to_string();
         Ok(options.application_name("opspilot").options([("statement_timeout", timeout_ms.as_str())]))
     }
@@ -168,6 +244,18 @@ impl DbConfig {
         }
         if self.database_url.is_none() && self.host.trim().is_empty() {
             return Err("DB_HOST: must not be empty".into());
+        }
+        use service_kit::config::{Pem, read_pem};
+        if let Some(ca) = &self.sslrootcert {
+            read_pem("DB_SSLROOTCERT", ca, Pem::Certificates)?;
+        }
+        match (&self.sslcert, &self.sslkey) {
+            (Some(cert), Some(key)) => {
+                read_pem("DB_SSLCERT", cert, Pem::Certificates)?;
+                read_pem("DB_SSLKEY", key, Pem::PrivateKey)?;
+            }
+            (None, None) => {}
+            _ => return Err("DB_SSLCERT and DB_SSLKEY: set both or neither".into()),
         }
         Ok(())
     }

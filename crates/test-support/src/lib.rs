@@ -21,12 +21,14 @@ pub mod process;
 mod proxy;
 mod redis;
 mod stack;
+mod tls;
 
 pub use db::TestDb;
 pub use nats::{NatsServer, cluster_node_config, jetstream_config, nats_server_binary};
 pub use proxy::TcpProxy;
 pub use redis::RedisServer;
 pub use stack::{Stack, free_port};
+pub use tls::TestPki;
 
 use std::sync::Once;
 use std::time::{Duration, Instant};
@@ -45,6 +47,38 @@ pub fn redis_prefix() -> String {
 /// Redis URL for tests.
 pub fn redis_url() -> String {
     std::env::var("OPSPILOT_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// A configuration parsed from `args` as its binary parses it: the flags, then the
+/// secrets from the process environment and the `--…-file` flags ([`Stack::args_for`]
+/// writes those files).
+pub fn parse_config<C>(args: impl IntoIterator<Item = impl Into<std::ffi::OsString> + Clone>) -> C
+where
+    C: clap::Parser + service_kit::config::LoadSecrets,
+{
+    service_kit::config::try_parse_from::<C, _, _>(args).unwrap_or_else(|e| panic!("configuration: {e}"))
+}
+
+/// Redis settings for `url` and `prefix`, as a service parses them (the URL a secret
+/// from the environment, never a flag).
+pub fn redis_config(url: &str, prefix: &str) -> storage::redis::RedisConfig {
+    #[derive(clap::Parser)]
+    struct Args {
+        #[command(flatten)]
+        redis: storage::redis::RedisConfig,
+    }
+    impl service_kit::config::LoadSecrets for Args {
+        fn load_secrets(&mut self, env: &service_kit::config::SecretEnv<'_>) -> Result<(), String> {
+            self.redis.load_secrets(env)
+        }
+    }
+    let vars = [("REDIS_URL", url)];
+    let args: Args = service_kit::config::try_parse_with_secrets(
+        ["test", "--redis-prefix", prefix],
+        service_kit::config::SecretEnv::fixed(&vars),
+    )
+    .expect("redis settings");
+    args.redis
 }
 
 /// Removes every key under `prefix` from the test Redis (best effort, blocking: for

@@ -205,7 +205,7 @@ macro_rules! worker_lifecycle_tests {
             if $redis {
                 args.extend(stack.redis_args());
             }
-            let config = <$service::Config as ::clap::Parser>::try_parse_from(args).unwrap();
+            let config: $service::Config = $crate::parse_config(args);
             let shutdown = ::tokio_util::sync::CancellationToken::new();
             let running = $service::start(config, shutdown.clone()).await.unwrap();
             // The topology exists once the service is ready.

@@ -10,7 +10,10 @@ use axum::routing::post;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
+use opentelemetry_proto::tonic::common::v1::AnyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use prost::Message;
 
 /// One received span.
@@ -22,6 +25,18 @@ pub struct ReceivedSpan {
     pub span_id: String,
     /// Empty for a root span.
     pub parent_span_id: String,
+    /// `SERVER`, `CLIENT`, `PRODUCER`, `CONSUMER` or `INTERNAL`.
+    pub kind: String,
+    /// `OK`, `ERROR` or `UNSET`.
+    pub status: String,
+    /// Every attribute, its value rendered as text.
+    pub attributes: std::collections::BTreeMap<String, String>,
+}
+
+impl ReceivedSpan {
+    pub fn attribute(&self, key: &str) -> Option<&str> {
+        self.attributes.get(key).map(String::as_str)
+    }
 }
 
 type Store = Arc<Mutex<Vec<ReceivedSpan>>>;
@@ -85,18 +100,46 @@ async fn receive(State(store): State<Store>, body: Bytes) -> Vec<u8> {
                 .unwrap_or_default();
             for scope in resource_spans.scope_spans {
                 for span in scope.spans {
+                    let kind = SpanKind::try_from(span.kind)
+                        .map(|k| k.as_str_name().trim_start_matches("SPAN_KIND_").to_owned())
+                        .unwrap_or_default();
+                    let status = span
+                        .status
+                        .as_ref()
+                        .and_then(|s| StatusCode::try_from(s.code).ok())
+                        .map(|c| c.as_str_name().trim_start_matches("STATUS_CODE_").to_owned())
+                        .unwrap_or_else(|| "UNSET".to_owned());
+                    let attributes = span
+                        .attributes
+                        .iter()
+                        .map(|kv| (kv.key.clone(), kv.value.as_ref().map(render).unwrap_or_default()))
+                        .collect();
                     spans.push(ReceivedSpan {
                         service: service.clone(),
                         name: span.name,
                         trace_id: hex::encode(span.trace_id),
                         span_id: hex::encode(span.span_id),
                         parent_span_id: hex::encode(span.parent_span_id),
+                        kind,
+                        status,
+                        attributes,
                     });
                 }
             }
         }
     }
     ExportTraceServiceResponse::default().encode_to_vec()
+}
+
+fn render(value: &AnyValue) -> String {
+    match &value.value {
+        Some(Value::StringValue(s)) => s.clone(),
+        Some(Value::BoolValue(b)) => b.to_string(),
+        Some(Value::IntValue(i)) => i.to_string(),
+        Some(Value::DoubleValue(d)) => d.to_string(),
+        Some(other) => format!("{other:?}"),
+        None => String::new(),
+    }
 }
 
 /// Path of a workspace binary built next to the running test (`target/debug/{name}`).

@@ -1,13 +1,14 @@
 //! Everything one test needs from the outside world, isolated: a private nats-server
 //! running with bus security on (a generated operator, account and credentials, as in
-//! production), a fresh database, a Redis key prefix, a subject root and stream names.
+//! production; with TLS too, from [`Stack::start_tls`]), a fresh database, a Redis key
+//! prefix, a subject root and stream names.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 
 use natsbus::auth::{AuthSetup, Identity};
 
-use crate::{NatsServer, TestDb};
+use crate::{NatsServer, TestDb, TestPki};
 
 pub struct Stack {
     /// The server (in a cluster, its first node).
@@ -18,6 +19,11 @@ pub struct Stack {
     pub topology: natsbus::Topology,
     pub redis_prefix: String,
     pub auth: StackAuth,
+    /// The PKI of a TLS stack ([`Stack::start_tls`]): the server only speaks TLS and
+    /// requires a client certificate from this CA.
+    pub tls: Option<TestPki>,
+    /// Files holding secrets for in-process configurations (`--…-file` flags).
+    secrets: tempfile::TempDir,
 }
 
 impl Drop for Stack {
@@ -60,17 +66,46 @@ impl StackAuth {
     }
 }
 
+fn secrets_dir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("a directory for secret files")
+}
+
 impl Stack {
     pub async fn start() -> Self {
+        Self::start_single(None).await
+    }
+
+    /// A stack whose nats-server speaks only TLS (a certificate from a CA of the
+    /// stack's own, [`Stack::tls`]) and requires a client certificate from that CA, as
+    /// a managed NATS may. The harness's own connections present it; `env_for` hands
+    /// it to service processes (`NATS_TLS_*`, `tls://` URLs).
+    pub async fn start_tls() -> Self {
+        Self::start_single(Some(TestPki::generate())).await
+    }
+
+    async fn start_single(tls: Option<TestPki>) -> Self {
         crate::init_tracing();
         let topology = crate::isolated_topology();
         let auth = StackAuth::generate(&topology);
         let security = auth.server_config();
+        let tls_block = tls.as_ref().map(TestPki::nats_server_block).unwrap_or_default();
         let nats = NatsServer::start_with_config(move |port, store| {
-            format!("host: 127.0.0.1\nport: {port}\n{}\n{security}", crate::jetstream_config(store))
+            format!(
+                "host: 127.0.0.1\nport: {port}\n{}\n{security}\n{tls_block}",
+                crate::jetstream_config(store)
+            )
         });
         let (nats, db) = tokio::join!(nats, TestDb::create());
-        Self { nats, peers: Vec::new(), db, topology, redis_prefix: crate::redis_prefix(), auth }
+        Self {
+            nats,
+            peers: Vec::new(),
+            db,
+            topology,
+            redis_prefix: crate::redis_prefix(),
+            auth,
+            tls,
+            secrets: secrets_dir(),
+        }
     }
 
     /// A stack on a cluster of `size` nodes routed over loopback, in operator mode as
@@ -104,7 +139,16 @@ impl Stack {
         }));
         let (mut nodes, db) = tokio::join!(nodes, TestDb::create());
         let nats = nodes.remove(0);
-        let stack = Self { nats, peers: nodes, db, topology, redis_prefix: crate::redis_prefix(), auth };
+        let stack = Self {
+            nats,
+            peers: nodes,
+            db,
+            topology,
+            redis_prefix: crate::redis_prefix(),
+            auth,
+            tls: None,
+            secrets: secrets_dir(),
+        };
         stack.wait_for_jetstream().await;
         stack
     }
@@ -162,9 +206,13 @@ impl Stack {
         if index == 0 { &mut self.nats } else { &mut self.peers[index - 1] }
     }
 
-    /// Every node's client URL.
+    /// Every node's client URL (`tls://` on a TLS stack).
     fn node_urls(&self) -> Vec<String> {
-        std::iter::once(&self.nats).chain(&self.peers).map(NatsServer::url).collect()
+        let urls = std::iter::once(&self.nats).chain(&self.peers).map(NatsServer::url);
+        match &self.tls {
+            Some(_) => urls.map(|url| url.replacen("nats://", "tls://", 1)).collect(),
+            None => urls.collect(),
+        }
     }
 
     /// Every node's client URL, comma-separated, as `NATS_URLS` takes them.
@@ -194,6 +242,11 @@ impl Stack {
             ("AGENTS_BUCKET_MAX_BYTES", self.topology.max_bytes.agents_bucket.to_string()),
             ("STREAM_REPLICAS", self.topology.replicas.to_string()),
         ];
+        if let Some(pki) = &self.tls {
+            env.push(("NATS_TLS_CA", pki.ca().display().to_string()));
+            env.push(("NATS_TLS_CERT", pki.client_cert().display().to_string()));
+            env.push(("NATS_TLS_KEY", pki.client_key().display().to_string()));
+        }
         if *identity == Identity::ApiGateway {
             env.push(("NATS_AUTH_DIR", self.auth.dir().display().to_string()));
             // Its admin port (metrics) on a free port, so gateways run side by side.
@@ -203,18 +256,46 @@ impl Stack {
     }
 
     /// NATS and Postgres settings as command-line flags for `identity`, for
-    /// `Config::try_parse_from` in-process.
+    /// `service_kit::config::try_parse_from` in-process. Secrets are never flags: the
+    /// database URL goes in a file (`--database-url-file`).
     pub fn args_for(&self, identity: &Identity) -> Vec<String> {
         self.env_for(identity)
             .into_iter()
             .filter(|(var, _)| !var.starts_with("REDIS_"))
-            .flat_map(|(var, value)| [format!("--{}", flag_for(var)), value])
+            .flat_map(|(var, value)| match var {
+                "DATABASE_URL" => {
+                    ["--database-url-file".to_owned(), self.secret_file("database-url", &value)]
+                }
+                _ => [format!("--{}", flag_for(var)), value],
+            })
             .collect()
     }
 
-    /// Redis settings as command-line flags.
+    /// Redis settings as command-line flags (the URL in a file, as a secret).
     pub fn redis_args(&self) -> Vec<String> {
-        vec!["--redis-url".into(), crate::redis_url(), "--redis-prefix".into(), self.redis_prefix.clone()]
+        vec![
+            "--redis-url-file".into(),
+            self.secret_file("redis-url", &crate::redis_url()),
+            "--redis-prefix".into(),
+            self.redis_prefix.clone(),
+        ]
+    }
+
+    /// The Redis settings of this stack (the shared Redis, this stack's prefix).
+    pub fn redis_config(&self) -> storage::redis::RedisConfig {
+        crate::redis_config(&crate::redis_url(), &self.redis_prefix)
+    }
+
+    /// Writes `value` into a file of this stack's own named `name` and returns its
+    /// path, for a `--…-file` flag or a `NAME_FILE` variable. Written aside and renamed
+    /// into place: a process started earlier may be reading the file being rewritten.
+    pub fn secret_file(&self, name: &str, value: &str) -> String {
+        let path = self.secrets.path().join(name);
+        let aside = self.secrets.path().join(format!(".{name}.{}", crate::unique_token()));
+        std::fs::write(&aside, value)
+            .and_then(|()| std::fs::rename(&aside, &path))
+            .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+        path.display().to_string()
     }
 
     /// A `jetstream` context on this stack's server, as the test harness (superuser).
@@ -278,6 +359,10 @@ impl Stack {
         let options = async_nats::ConnectOptions::with_credentials_file(self.auth.creds(identity))
             .await
             .expect("reading credentials");
+        let options = match &self.tls {
+            Some(pki) => pki.nats_options(options),
+            None => options,
+        };
         natsbus::connect_with(options, &self.node_urls(), &identity.name(), std::time::Duration::from_secs(5))
             .await
             .expect("connecting to the test nats-server")
@@ -290,8 +375,9 @@ fn flag_for(var: &str) -> &'static str {
         "NATS_CREDS" => "nats-creds",
         "NATS_AUTH_DIR" => "nats-auth-dir",
         "ADMIN_ADDR" => "admin-addr",
-        "DATABASE_URL" => "database-url",
-        "REDIS_URL" => "redis-url",
+        "NATS_TLS_CA" => "nats-tls-ca",
+        "NATS_TLS_CERT" => "nats-tls-cert",
+        "NATS_TLS_KEY" => "nats-tls-key",
         "REDIS_PREFIX" => "redis-prefix",
         "SUBJECT_ROOT" => "subject-root",
         "EVENTS_STREAM" => "events-stream",

@@ -144,8 +144,7 @@ async fn process(engine: &Engine, msg: Message) {
         let _ = msg.ack().await;
         return;
     }
-    let span = tracing::info_span!("analyze.auto", otel.kind = "consumer", incident_id = created.incident_id);
-    natsbus::trace::set_parent(&span, msg.headers.as_ref());
+    let span = natsbus::process_span!(&msg.subject, msg.headers.as_ref(), incident_id = created.incident_id);
     async {
         let analysis = engine.analyze(created.incident_id, false, Trigger::Auto);
         let outcome = with_progress(&msg, analysis).await;

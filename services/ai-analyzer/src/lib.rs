@@ -31,7 +31,6 @@ use natsbus::NatsConfig;
 use reqwest::Url;
 use secrecy::{ExposeSecret, SecretString};
 use service_kit::admin::Readiness;
-use service_kit::config::secret;
 use service_kit::service::{AdminArgs, Service};
 use service_kit::telemetry::TelemetryArgs;
 use storage::DbConfig;
@@ -47,22 +46,17 @@ use crate::analyzer::Analyzer;
     name = "ai-analyzer",
     version,
     args_override_self = true,
-    about = "OpsPilot AI analyzer: incident analysis over NATS"
+    about = "OpsPilot AI analyzer: incident analysis over NATS",
+    next_help_heading = "AI analysis"
 )]
 pub struct Config {
-    #[command(flatten)]
-    pub telemetry: TelemetryArgs,
-    #[command(flatten)]
-    pub dev: service_kit::config::DevArgs,
-    #[command(flatten)]
-    pub nats: NatsConfig,
-    #[command(flatten)]
-    pub db: DbConfig,
-    #[command(flatten)]
-    pub redis: RedisConfig,
     /// OpenRouter API key, sent as a bearer token; without it the rule-based analyzer
-    /// answers (never logged).
-    #[arg(long = "openrouter-key", env = "OPENROUTER_KEY", value_name = "OPENROUTER_KEY", hide_env_values = true, value_parser = secret)]
+    /// answers. OPENROUTER_KEY in the environment, or this file (never a flag, never
+    /// logged).
+    #[arg(long = "openrouter-key-file", env = "OPENROUTER_KEY_FILE", value_name = "OPENROUTER_KEY_FILE")]
+    pub openrouter_key_file: Option<std::path::PathBuf>,
+    /// OPENROUTER_KEY, read by [`service_kit::config::LoadSecrets`].
+    #[arg(skip)]
     pub openrouter_key: Option<SecretString>,
     /// Base URL of the chat-completions API: OpenRouter, or any OpenAI-compatible
     /// server (`{base}/chat/completions` is called).
@@ -117,6 +111,26 @@ pub struct Config {
     pub notify: notify::NotifyArgs,
     #[command(flatten)]
     pub admin: AdminArgs,
+    #[command(flatten, next_help_heading = "Telemetry")]
+    pub telemetry: TelemetryArgs,
+    #[command(flatten)]
+    pub dev: service_kit::config::DevArgs,
+    #[command(flatten)]
+    pub nats: NatsConfig,
+    #[command(flatten)]
+    pub db: DbConfig,
+    #[command(flatten)]
+    pub redis: RedisConfig,
+}
+
+impl service_kit::config::LoadSecrets for Config {
+    fn load_secrets(&mut self, env: &service_kit::config::SecretEnv<'_>) -> Result<(), String> {
+        self.openrouter_key = env.secret("OPENROUTER_KEY", self.openrouter_key_file.as_deref())?;
+        self.notify.load_secrets(env)?;
+        self.nats.load_secrets(env)?;
+        self.db.load_secrets(env)?;
+        self.redis.load_secrets(env)
+    }
 }
 
 impl Config {
@@ -352,19 +366,25 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
 
-    fn parse(extra: &[&str]) -> Result<Config, String> {
+    /// The configuration from `flags`, with exactly `secrets` as the secret variables.
+    fn parse_with(flags: &[&str], secrets: &[(&str, &str)]) -> Result<Config, String> {
         let mut args = vec!["ai-analyzer"];
-        args.extend(extra);
-        service_kit::config::try_parse_from::<Config, _, _>(args)
+        args.extend(flags);
+        service_kit::config::try_parse_with_secrets::<Config, _, _>(
+            args,
+            service_kit::config::SecretEnv::fixed(secrets),
+        )
+    }
+
+    fn parse(flags: &[&str]) -> Result<Config, String> {
+        parse_with(flags, &[])
     }
 
     #[test]
     fn defaults_are_valid() {
-        let config = Config::try_parse_from(["ai-analyzer"]).unwrap();
+        let config = parse(&[]).unwrap();
         config.validate().unwrap();
         assert_eq!(config.openrouter_base_url.as_str(), "https://openrouter.ai/api/v1");
         assert!(config.auto_analyze);
@@ -373,7 +393,7 @@ mod tests {
 
     #[test]
     fn the_key_is_never_in_debug_output() {
-        let config = parse(&["--openrouter-key", "sk-or-v1-very-secret"]).unwrap();
+        let config = parse_with(&[], &[("OPENROUTER_KEY", "sk-or-v1-very-secret")]).unwrap();
         assert!(!format!("{config:?}").contains("very-secret"));
         service_kit::install_crypto_provider();
         let analyzer = config.build_analyzer().unwrap();
@@ -382,15 +402,33 @@ mod tests {
     }
 
     #[test]
-    fn notification_secrets_are_never_in_debug_output() {
-        let config = parse(&[
+    fn secrets_are_no_flags_and_come_from_files_too() {
+        for flag in [
+            "--openrouter-key",
             "--notify-webhook-url",
-            "https://example.net/hook/url-token",
             "--notify-webhook-secret",
-            "webhook-signing-secret",
             "--notify-slack-webhook-url",
-            "https://hooks.slack.com/services/T0/B0/slack-token",
-        ])
+        ] {
+            let err = parse(&[flag, "x"]).unwrap_err();
+            assert!(err.contains(&format!("unexpected argument '{flag}'")), "{flag}: {err}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("openrouter-key");
+        std::fs::write(&key, "sk-or-v1-from-a-file\n").unwrap();
+        let config = parse(&["--openrouter-key-file", key.to_str().unwrap()]).unwrap();
+        assert_eq!(config.openrouter_key.unwrap().expose_secret(), "sk-or-v1-from-a-file");
+    }
+
+    #[test]
+    fn notification_secrets_are_never_in_debug_output() {
+        let config = parse_with(
+            &[],
+            &[
+                ("NOTIFY_WEBHOOK_URL", "https://example.net/hook/url-token"),
+                ("NOTIFY_WEBHOOK_SECRET", "webhook-signing-secret"),
+                ("NOTIFY_SLACK_WEBHOOK_URL", "https://hooks.slack.com/services/T0/B0/slack-token"),
+            ],
+        )
         .unwrap();
         config.validate().unwrap();
         let debug = format!("{config:?}");
@@ -401,7 +439,7 @@ mod tests {
 
     #[test]
     fn a_blank_key_means_rules() {
-        let config = parse(&["--openrouter-key", "  "]).unwrap();
+        let config = parse_with(&[], &[("OPENROUTER_KEY", "  ")]).unwrap();
         assert_eq!(config.build_analyzer().unwrap().name(), "rules");
         let config = parse(&[]).unwrap();
         assert_eq!(config.build_analyzer().unwrap().name(), "rules");
@@ -425,47 +463,34 @@ mod tests {
             let err = parse(&[flag, value]).unwrap_err();
             assert!(err.contains(var), "{flag} {value}: {err}");
         }
-        for (args, var) in [
-            (&["--ai-timeout", "0s"][..], "AI_TIMEOUT"),
-            (&["--ai-timeout", "10s", "--ai-deadline", "5s"][..], "AI_DEADLINE"),
-            (&["--ai-backoff", "2s", "--ai-backoff-max", "1s"][..], "AI_BACKOFF_MAX"),
-            (&["--analysis-cache-ttl", "10ms"][..], "ANALYSIS_CACHE_TTL"),
-            (&["--auto-analyze-consumer", "a.b"][..], "AUTO_ANALYZE_CONSUMER"),
-            (&["--openrouter-key", "sk-or\u{7f}-secret"][..], "OPENROUTER_KEY"),
-            (&["--notify-consumer", "ai-analyzer"][..], "NOTIFY_CONSUMER"),
-            (&["--notify-webhook-url", "https://example.net/h"][..], "NOTIFY_WEBHOOK_SECRET"),
+        let webhook = |url| [("NOTIFY_WEBHOOK_URL", url), ("NOTIFY_WEBHOOK_SECRET", "0123456789abcdef")];
+        for (flags, secrets, var) in [
+            (&["--ai-timeout", "0s"][..], &[][..], "AI_TIMEOUT"),
+            (&["--ai-timeout", "10s", "--ai-deadline", "5s"][..], &[][..], "AI_DEADLINE"),
+            (&["--ai-backoff", "2s", "--ai-backoff-max", "1s"][..], &[][..], "AI_BACKOFF_MAX"),
+            (&["--analysis-cache-ttl", "10ms"][..], &[][..], "ANALYSIS_CACHE_TTL"),
+            (&["--auto-analyze-consumer", "a.b"][..], &[][..], "AUTO_ANALYZE_CONSUMER"),
+            (&[][..], &[("OPENROUTER_KEY", "sk-or\u{7f}-secret")][..], "OPENROUTER_KEY"),
+            (&["--notify-consumer", "ai-analyzer"][..], &[][..], "NOTIFY_CONSUMER"),
+            (&[][..], &[("NOTIFY_WEBHOOK_URL", "https://example.net/h")][..], "NOTIFY_WEBHOOK_SECRET"),
             (
-                &["--notify-webhook-url", "https://example.net/h", "--notify-webhook-secret", "short"][..],
+                &[][..],
+                &[("NOTIFY_WEBHOOK_URL", "https://example.net/h"), ("NOTIFY_WEBHOOK_SECRET", "short")][..],
                 "NOTIFY_WEBHOOK_SECRET",
             ),
+            (&[][..], &webhook("ftp://example.net/h")[..], "NOTIFY_WEBHOOK_URL"),
+            (&[][..], &webhook("https://u:p@example.net/h")[..], "NOTIFY_WEBHOOK_URL"),
             (
-                &[
-                    "--notify-webhook-url",
-                    "ftp://example.net/h",
-                    "--notify-webhook-secret",
-                    "0123456789abcdef",
-                ][..],
-                "NOTIFY_WEBHOOK_URL",
-            ),
-            (
-                &[
-                    "--notify-webhook-url",
-                    "https://u:p@example.net/h",
-                    "--notify-webhook-secret",
-                    "0123456789abcdef",
-                ][..],
-                "NOTIFY_WEBHOOK_URL",
-            ),
-            (
-                &["--notify-slack-webhook-url", "http://hooks.slack.com/services/x"][..],
+                &[][..],
+                &[("NOTIFY_SLACK_WEBHOOK_URL", "http://hooks.slack.com/services/x")][..],
                 "NOTIFY_SLACK_WEBHOOK_URL",
             ),
-            (&["--notify-backoff", "2s", "--notify-backoff-max", "1s"][..], "NOTIFY_BACKOFF_MAX"),
-            (&["--notify-poll", "1ms"][..], "NOTIFY_POLL"),
-            (&["--notify-retention", "10m"][..], "NOTIFY_RETENTION"),
+            (&["--notify-backoff", "2s", "--notify-backoff-max", "1s"][..], &[][..], "NOTIFY_BACKOFF_MAX"),
+            (&["--notify-poll", "1ms"][..], &[][..], "NOTIFY_POLL"),
+            (&["--notify-retention", "10m"][..], &[][..], "NOTIFY_RETENTION"),
         ] {
-            let err = parse(args).unwrap().validate().unwrap_err();
-            assert!(err.starts_with(var), "{args:?}: {err}");
+            let err = parse_with(flags, secrets).unwrap().validate().unwrap_err();
+            assert!(err.starts_with(var), "{flags:?} {secrets:?}: {err}");
         }
     }
 }

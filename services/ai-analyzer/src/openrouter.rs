@@ -92,7 +92,7 @@ impl OpenRouterAnalyzer {
                 ChatMessage { role: "user", content: &prompt.user },
             ],
             response_format: ResponseFormat { kind: "json_object" },
-            temperature: 0.2,
+            temperature: TEMPERATURE,
             max_tokens: self.settings.max_tokens,
         };
         let deadline = Instant::now() + self.settings.deadline;
@@ -193,6 +193,7 @@ impl OpenRouterAnalyzer {
     }
 
     fn finish(&self, response: ChatResponse) -> Result<Analysis, AnalyzeError> {
+        record_response(&response);
         if let Some(usage) = &response.usage {
             for (kind, tokens) in [("prompt", usage.prompt_tokens), ("completion", usage.completion_tokens)] {
                 if let Some(tokens) = tokens {
@@ -246,13 +247,63 @@ impl Analyzer for OpenRouterAnalyzer {
     }
 
     fn analyze<'a>(&'a self, input: &'a AnalysisInput) -> BoxFuture<'a, Result<Analysis, AnalyzeError>> {
+        // The OpenTelemetry generative-AI conventions: `{operation} {model}`, the provider,
+        // the request's parameters, then what the response says (model, tokens, why it
+        // stopped). Never the prompt or the answer: they quote hosts' logs.
         let span = tracing::info_span!(
-            "ai.chat_completion",
+            "gen_ai.chat",
+            otel.name = format!("chat {}", self.settings.model),
             otel.kind = "client",
-            model = %self.settings.model,
+            otel.status_code = tracing::field::Empty,
+            "error.type" = tracing::field::Empty,
+            gen_ai.operation.name = "chat",
+            gen_ai.provider.name = "openrouter",
+            gen_ai.request.model = self.settings.model.as_str(),
+            gen_ai.request.max_tokens = self.settings.max_tokens,
+            gen_ai.request.temperature = f64::from(TEMPERATURE),
+            gen_ai.response.model = tracing::field::Empty,
+            gen_ai.response.finish_reasons = tracing::field::Empty,
+            gen_ai.usage.input_tokens = tracing::field::Empty,
+            gen_ai.usage.output_tokens = tracing::field::Empty,
             incident_id = input.incident.id,
         );
-        Box::pin(self.call(input).instrument(span))
+        Box::pin(
+            async move {
+                let result = self.call(input).await;
+                if let Err(err) = &result {
+                    let span = tracing::Span::current();
+                    span.record("otel.status_code", "ERROR");
+                    span.record("error.type", err.code());
+                }
+                result
+            }
+            .instrument(span),
+        )
+    }
+}
+
+/// Low: the answer must be a JSON document in a fixed shape, not creative writing.
+const TEMPERATURE: f32 = 0.2;
+
+/// Writes what the provider answered onto the `gen_ai` span.
+fn record_response(response: &ChatResponse) {
+    let span = tracing::Span::current();
+    if let Some(model) =
+        response.model.as_deref().filter(|m| m.len() <= 128 && !m.chars().any(char::is_control))
+    {
+        span.record("gen_ai.response.model", model);
+    }
+    let reasons: Vec<&str> = response.choices.iter().filter_map(|c| c.finish_reason.as_deref()).collect();
+    if !reasons.is_empty() {
+        span.record("gen_ai.response.finish_reasons", reasons.join(",").as_str());
+    }
+    if let Some(usage) = &response.usage {
+        if let Some(tokens) = usage.prompt_tokens {
+            span.record("gen_ai.usage.input_tokens", tokens);
+        }
+        if let Some(tokens) = usage.completion_tokens {
+            span.record("gen_ai.usage.output_tokens", tokens);
+        }
     }
 }
 
@@ -503,6 +554,90 @@ mod tests {
         service_kit::install_crypto_provider();
         let a = OpenRouterAnalyzer::new(settings()).unwrap();
         assert!(!format!("{a:?}").contains("sk-or-secret"));
+    }
+
+    /// The model call's span by the generative-AI conventions: the provider, the model
+    /// asked for and the one that answered, token usage, why it stopped; an error type
+    /// when the provider fails. Never the prompt or the answer.
+    #[tokio::test]
+    async fn the_model_call_is_a_gen_ai_span() {
+        use opentelemetry::trace::TracerProvider as _;
+        use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+        use tracing_subscriber::layer::SubscriberExt;
+        use wiremock::matchers::method;
+        use wiremock::{Mock, MockServer, ResponseTemplate};
+
+        service_kit::install_crypto_provider();
+        let exporter = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        let _default = tracing::subscriber::set_default(subscriber);
+
+        let answer = serde_json::json!({
+            "analysis": "nginx was killed; restart it.",
+            "critical": true,
+            "suggested_action": {"command": "restart_service", "params": {"service": "nginx"}},
+        });
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+                "model": "vendor/model-2025",
+                "choices": [{"message": {"role": "assistant", "content": answer.to_string()}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 812, "completion_tokens": 97},
+            })))
+            .up_to_n_times(1)
+            .mount(&server)
+            .await;
+        Mock::given(method("POST"))
+            .respond_with(
+                ResponseTemplate::new(400)
+                    .set_body_json(serde_json::json!({"error": {"message": "bad model"}})),
+            )
+            .mount(&server)
+            .await;
+        let analyzer = OpenRouterAnalyzer::new(Settings {
+            base_url: Url::parse(&format!("{}/api/v1/", server.uri())).unwrap(),
+            model: "vendor/model".into(),
+            ..settings()
+        })
+        .unwrap();
+        let input = crate::rules::tests::input(
+            "service_down",
+            "critical",
+            "nginx",
+            "nginx: secret-in-log",
+            &["nginx"],
+        );
+        analyzer.analyze(&input).await.expect("the first call succeeds");
+        analyzer.analyze(&input).await.expect_err("the second is refused");
+        provider.force_flush().unwrap();
+
+        let spans = exporter.get_finished_spans().unwrap();
+        let calls: Vec<_> = spans.iter().filter(|s| s.name == "chat vendor/model").collect();
+        assert_eq!(calls.len(), 2, "{spans:#?}");
+        let attribute = |span: &opentelemetry_sdk::trace::SpanData, key: &str| {
+            span.attributes.iter().find(|kv| kv.key.as_str() == key).map(|kv| kv.value.to_string())
+        };
+        let ok = calls[0];
+        assert_eq!(ok.span_kind, opentelemetry::trace::SpanKind::Client);
+        assert_eq!(attribute(ok, "gen_ai.operation.name").as_deref(), Some("chat"));
+        assert_eq!(attribute(ok, "gen_ai.provider.name").as_deref(), Some("openrouter"));
+        assert_eq!(attribute(ok, "gen_ai.request.model").as_deref(), Some("vendor/model"));
+        assert_eq!(attribute(ok, "gen_ai.response.model").as_deref(), Some("vendor/model-2025"));
+        assert_eq!(attribute(ok, "gen_ai.usage.input_tokens").as_deref(), Some("812"));
+        assert_eq!(attribute(ok, "gen_ai.usage.output_tokens").as_deref(), Some("97"));
+        assert_eq!(attribute(ok, "gen_ai.response.finish_reasons").as_deref(), Some("stop"));
+        assert_eq!(ok.status, opentelemetry::trace::Status::Unset);
+        let refused = calls[1];
+        assert_eq!(attribute(refused, "error.type").as_deref(), Some("refused"));
+        assert!(matches!(refused.status, opentelemetry::trace::Status::Error { .. }));
+        for span in calls {
+            assert!(
+                span.attributes.iter().all(|kv| !kv.value.to_string().contains("secret-in-log")),
+                "the prompt must not be recorded: {span:#?}"
+            );
+        }
     }
 
     #[test]

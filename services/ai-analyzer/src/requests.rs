@@ -76,8 +76,7 @@ pub(crate) async fn serve(
 
 async fn handle(client: &async_nats::Client, engine: &Engine, msg: Message) {
     let span =
-        tracing::info_span!("analyze.request", otel.kind = "server", incident_id = tracing::field::Empty);
-    natsbus::trace::set_parent(&span, msg.headers.as_ref());
+        natsbus::process_span!(&msg.subject, msg.headers.as_ref(), incident_id = tracing::field::Empty);
     async move {
         let Some(reply_to) = msg.reply.clone() else {
             tracing::warn!("analyze request without a reply subject; ignored");
@@ -112,7 +111,7 @@ async fn handle(client: &async_nats::Client, engine: &Engine, msg: Message) {
                 }
             }
         };
-        if let Err(err) = natsbus::publish(client, reply_to.to_string(), &reply).await {
+        if let Err(err) = natsbus::reply(client, reply_to.to_string(), &reply).await {
             tracing::warn!(error = %err, "sending the analyze reply failed");
         }
     }

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use sqlx::PgConnection;
 use storage::audit::{FinishedAudit, PendingAudit};
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 use crate::error::ApiError;
 
@@ -37,8 +38,9 @@ type WriteFuture<'a> = Pin<Box<dyn Future<Output = Result<(), storage::StorageEr
 type Write<T> = for<'a> fn(&'a mut PgConnection, &'a [T]) -> WriteFuture<'a>;
 
 enum Item<T> {
-    /// A row and, when its writer waits, who to tell once it is written.
-    Row(T, Option<oneshot::Sender<Written>>),
+    /// A row, who to tell once it is written (when its writer waits), and the
+    /// writer's span when it is part of a trace.
+    Row(T, Option<oneshot::Sender<Written>>, Option<opentelemetry::Context>),
     /// Answered once everything queued before it is written.
     Settled(oneshot::Sender<()>),
 }
@@ -56,14 +58,16 @@ impl<T: Send + Sync + 'static> Batcher<T> {
             let mut rows = Vec::with_capacity(MAX_BATCH);
             let mut waiting = Vec::with_capacity(MAX_BATCH);
             let mut settled = Vec::new();
+            let mut traced = Vec::new();
             while let Some(first) = rx.recv().await {
                 let mut next = Some(first);
                 // Whatever queued up during the previous statement joins this one.
                 while let Some(item) = next.take() {
                     match item {
-                        Item::Row(row, done) => {
+                        Item::Row(row, done, context) => {
                             rows.push(row);
                             waiting.extend(done);
+                            traced.extend(context);
                         }
                         Item::Settled(done) => settled.push(done),
                     }
@@ -74,7 +78,16 @@ impl<T: Send + Sync + 'static> Batcher<T> {
                 if !rows.is_empty() {
                     metrics::histogram!("opspilot_audit_batch_rows", "queue" => name)
                         .record(rows.len() as f64);
-                    let result = write_batch(&pool, &mut conn, write, &rows).await.map_err(Arc::new);
+                    // The statement shows in the traces of the requests it wrote for.
+                    let span = if traced.is_empty() {
+                        tracing::Span::none()
+                    } else {
+                        tracing::info_span!("audit.write", queue = name, rows = rows.len())
+                    };
+                    natsbus::trace::adopt_batch(&span, &traced);
+                    traced.clear();
+                    let result =
+                        write_batch(&pool, &mut conn, write, &rows).instrument(span).await.map_err(Arc::new);
                     if let Err(err) = &result {
                         metrics::counter!("opspilot_audit_write_failures_total", "queue" => name)
                             .increment(1);
@@ -101,7 +114,7 @@ impl<T: Send + Sync + 'static> Batcher<T> {
     /// Queues `row` and waits until it is written.
     async fn write(&self, row: T) -> Result<(), ApiError> {
         let (done, written) = oneshot::channel();
-        self.tx.send(Item::Row(row, Some(done))).await.map_err(|_| Self::gone())?;
+        self.tx.send(Item::Row(row, Some(done), traced())).await.map_err(|_| Self::gone())?;
         written.await.map_err(|_| Self::gone())?.map_err(|err| match Arc::try_unwrap(err) {
             Ok(err) => err.into(),
             Err(shared) if shared.is_transient() => {
@@ -113,7 +126,7 @@ impl<T: Send + Sync + 'static> Batcher<T> {
 
     /// Queues `row` without waiting for it to be written.
     async fn queue(&self, row: T) -> Result<(), ApiError> {
-        self.tx.send(Item::Row(row, None)).await.map_err(|_| Self::gone())
+        self.tx.send(Item::Row(row, None, traced())).await.map_err(|_| Self::gone())
     }
 
     async fn settled(&self) {
@@ -122,6 +135,14 @@ impl<T: Send + Sync + 'static> Batcher<T> {
             let _ = settled.await;
         }
     }
+}
+
+/// The caller's trace context when it is part of a trace, for the batch's span to
+/// join (the context, not the span: holding the span would keep it open until the
+/// batch is written).
+fn traced() -> Option<opentelemetry::Context> {
+    service_kit::telemetry::in_trace()
+        .then(|| tracing_opentelemetry::OpenTelemetrySpanExt::context(&tracing::Span::current()))
 }
 
 /// Writes `rows` on the writer's own connection, taking one from the pool if it has

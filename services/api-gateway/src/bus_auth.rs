@@ -12,6 +12,7 @@ use crate::error::ApiError;
 
 /// Bus security settings.
 #[derive(Clone, clap::Args)]
+#[command(next_help_heading = "Bus security")]
 pub(crate) struct BusAuthArgs {
     /// Directory written by `api-gateway nats-init`: the gateway reads
     /// `gateway-keys.json` there (and its own `creds/api-gateway.creds` when
@@ -111,13 +112,7 @@ impl BusAuth {
         let topology = nats.topology();
         let issuer = keys.issuer(args.credentials_ttl)?;
         let options = async_nats::ConnectOptions::with_credentials(keys.system_creds.expose_secret())?;
-        let system = natsbus::connect_with(
-            options,
-            &nats.server_urls(),
-            natsbus::auth::SYSTEM_USER,
-            nats.request_timeout,
-        )
-        .await?;
+        let system = natsbus::connect_as(nats, options, natsbus::auth::SYSTEM_USER).await?;
         let operator_signer = natsbus::auth::KeyPair::from_seed(keys.operator_signing_seed.expose_secret())?;
         let pusher = RevocationPusher { spec: keys.account.clone(), topology, operator_signer, system };
         tracing::info!("bus security on: agents get credentials of their own");

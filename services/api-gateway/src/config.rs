@@ -1,4 +1,5 @@
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use natsbus::NatsConfig;
@@ -25,7 +26,7 @@ pub struct Config {
     pub serve: ServeArgs,
     #[command(flatten)]
     pub admin: service_kit::service::AdminArgs,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Telemetry")]
     pub telemetry: TelemetryArgs,
     #[command(flatten)]
     pub nats: NatsConfig,
@@ -70,6 +71,7 @@ fn parse_role(s: &str) -> Result<Role, String> {
 
 /// HTTP, security and behaviour settings.
 #[derive(Clone, clap::Args)]
+#[command(next_help_heading = "HTTP API")]
 pub struct ServeArgs {
     /// Address the HTTP API listens on.
     #[arg(
@@ -81,8 +83,18 @@ pub struct ServeArgs {
         global = true
     )]
     pub http_addr: SocketAddr,
-    /// Secret that signs access tokens (HS256); at least 32 bytes. Never logged.
-    #[arg(id = "jwt-secret", long = "jwt-secret", env = "JWT_SECRET", value_name = "JWT_SECRET", hide_env_values = true, value_parser = service_kit::config::secret, global = true)]
+    /// Secret that signs access tokens (HS256), at least 32 bytes: JWT_SECRET in the
+    /// environment, or this file. Never a flag, never logged.
+    #[arg(
+        id = "jwt-secret-file",
+        long = "jwt-secret-file",
+        env = "JWT_SECRET_FILE",
+        value_name = "JWT_SECRET_FILE",
+        global = true
+    )]
+    pub jwt_secret_file: Option<PathBuf>,
+    /// JWT_SECRET, read by [`service_kit::config::LoadSecrets`].
+    #[arg(skip)]
     pub jwt_secret: Option<SecretString>,
     /// `iss` claim of issued tokens; tokens from any other issuer are refused.
     #[arg(
@@ -109,11 +121,31 @@ pub struct ServeArgs {
         global = true
     )]
     pub admin_email: Option<String>,
-    /// Password of that first admin (never logged).
-    #[arg(id = "admin-password", long = "admin-password", env = "ADMIN_PASSWORD", value_name = "ADMIN_PASSWORD", hide_env_values = true, value_parser = service_kit::config::secret, global = true)]
+    /// Password of that first admin (and `create-user`'s, instead of standard input):
+    /// ADMIN_PASSWORD in the environment, or this file. Never a flag, never logged.
+    #[arg(
+        id = "admin-password-file",
+        long = "admin-password-file",
+        env = "ADMIN_PASSWORD_FILE",
+        value_name = "ADMIN_PASSWORD_FILE",
+        global = true
+    )]
+    pub admin_password_file: Option<PathBuf>,
+    /// ADMIN_PASSWORD, read by [`service_kit::config::LoadSecrets`].
+    #[arg(skip)]
     pub admin_password: Option<SecretString>,
-    /// An enrollment token accepted without a database entry (local development).
-    #[arg(id = "bootstrap-token", long = "bootstrap-token", env = "BOOTSTRAP_TOKEN", value_name = "BOOTSTRAP_TOKEN", hide_env_values = true, value_parser = service_kit::config::secret, global = true)]
+    /// An enrollment token accepted without a database entry (local development):
+    /// BOOTSTRAP_TOKEN in the environment, or this file. Never a flag, never logged.
+    #[arg(
+        id = "bootstrap-token-file",
+        long = "bootstrap-token-file",
+        env = "BOOTSTRAP_TOKEN_FILE",
+        value_name = "BOOTSTRAP_TOKEN_FILE",
+        global = true
+    )]
+    pub bootstrap_token_file: Option<PathBuf>,
+    /// BOOTSTRAP_TOKEN, read by [`service_kit::config::LoadSecrets`].
+    #[arg(skip)]
     pub bootstrap_token: Option<SecretString>,
     /// NATS URLs handed to enrolling agents (default: the gateway's own NATS_URLS).
     #[arg(
@@ -283,6 +315,24 @@ impl std::fmt::Debug for ServeArgs {
             .field("bootstrap_token", &self.bootstrap_token.as_ref().map(|_| "[REDACTED]"))
             .field("dev", &self.dev)
             .finish_non_exhaustive()
+    }
+}
+
+impl service_kit::config::LoadSecrets for ServeArgs {
+    fn load_secrets(&mut self, env: &service_kit::config::SecretEnv<'_>) -> Result<(), String> {
+        self.jwt_secret = env.secret("JWT_SECRET", self.jwt_secret_file.as_deref())?;
+        self.admin_password = env.secret("ADMIN_PASSWORD", self.admin_password_file.as_deref())?;
+        self.bootstrap_token = env.secret("BOOTSTRAP_TOKEN", self.bootstrap_token_file.as_deref())?;
+        Ok(())
+    }
+}
+
+impl service_kit::config::LoadSecrets for Config {
+    fn load_secrets(&mut self, env: &service_kit::config::SecretEnv<'_>) -> Result<(), String> {
+        self.serve.load_secrets(env)?;
+        self.nats.load_secrets(env)?;
+        self.db.load_secrets(env)?;
+        self.redis.load_secrets(env)
     }
 }
 

@@ -43,6 +43,10 @@ pub(crate) enum ApiError {
     KeyInUse(String),
     #[error("{0}")]
     SuggestionChanged(String),
+    /// A well-formed request the current state makes dangerous without an explicit
+    /// confirmation (a mutating fleet action to many agents).
+    #[error("{0}")]
+    ConfirmationRequired(String),
     #[error("{what} is busy; retry in {retry_after} s")]
     Busy { what: &'static str, retry_after: u64 },
     #[error("{0}")]
@@ -96,6 +100,9 @@ impl ApiError {
             ApiError::KeyInUse(_) => (StatusCode::CONFLICT, "key-in-use", "Key in use"),
             ApiError::SuggestionChanged(_) => {
                 (StatusCode::CONFLICT, "suggestion-changed", "The suggested action changed")
+            }
+            ApiError::ConfirmationRequired(_) => {
+                (StatusCode::CONFLICT, "confirmation-required", "Confirmation required")
             }
             ApiError::Busy { .. } => (StatusCode::SERVICE_UNAVAILABLE, "busy", "Busy"),
             ApiError::GatewayTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout", "Timed out"),

@@ -26,20 +26,30 @@ impl Extractor for HeaderExtractor<'_> {
     }
 }
 
-/// The span of one request, a child of the caller's trace when it sent `traceparent`.
+/// The span of one request, a child of the caller's trace when it sent `traceparent`,
+/// with the attribute names of the OpenTelemetry HTTP server conventions.
 pub(crate) fn make_span(request: &Request) -> tracing::Span {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
+    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
+    let method = known_method(request.method());
+    // The conventions name a span by its route, never by its path (unbounded).
+    let name = match &route {
+        Some(route) => format!("{method} {route}"),
+        None => method.to_owned(),
+    };
+    let user_agent = request.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
     let span = tracing::info_span!(
         "http.request",
-        otel.name = format!("{} {route}", request.method()),
+        otel.name = name,
         otel.kind = "server",
-        http.method = %request.method(),
-        http.route = %route,
-        http.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        http.request.method = method,
+        http.route = route.as_deref().unwrap_or(""),
+        http.response.status_code = tracing::field::Empty,
+        url.path = request.uri().path(),
+        url.scheme = "http",
+        network.protocol.version = protocol_version(request.version()),
+        user_agent.original = user_agent,
+        "error.type" = tracing::field::Empty,
     );
     let parent =
         opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(request.headers())));
@@ -47,7 +57,38 @@ pub(crate) fn make_span(request: &Request) -> tracing::Span {
     span
 }
 
-/// Counts and times every request by route and status.
+/// The method as the conventions want it: one of the known ones, else `_OTHER` (a
+/// client choosing arbitrary methods must not choose span names).
+fn known_method(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "_OTHER",
+    }
+}
+
+fn protocol_version(version: axum::http::Version) -> &'static str {
+    use axum::http::Version;
+    match version {
+        Version::HTTP_09 => "0.9",
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_2 => "2",
+        Version::HTTP_3 => "3",
+        _ => "1.1",
+    }
+}
+
+/// Counts and times every request by route and status, and records the status on the
+/// request's span: a 5xx is an error of the server span, a 4xx is not (the conventions:
+/// the client's mistake is not the server's failure).
 pub(crate) async fn metrics(request: Request, next: Next) -> Response {
     let route = request
         .extensions()
@@ -57,8 +98,14 @@ pub(crate) async fn metrics(request: Request, next: Next) -> Response {
     let method = request.method().to_string();
     let started = Instant::now();
     let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    tracing::Span::current().record("http.status_code", response.status().as_u16());
+    let code = response.status().as_u16();
+    let status = code.to_string();
+    let span = tracing::Span::current();
+    span.record("http.response.status_code", code);
+    if response.status().is_server_error() {
+        span.record("otel.status_code", "ERROR");
+        span.record("error.type", status.as_str());
+    }
     metrics::histogram!("opspilot_http_request_seconds", "route" => route.clone(), "method" => method.clone())
         .record(started.elapsed().as_secs_f64());
     metrics::counter!("opspilot_http_requests_total", "route" => route, "method" => method, "status" => status)

@@ -125,13 +125,7 @@ pub(crate) async fn run(config: &Config, req: NatsInitArgs) -> anyhow::Result<()
 async fn push_revocations(config: &Config, setup: &AuthSetup, pool: &storage::PgPool) -> anyhow::Result<()> {
     let keys = setup.gateway_keys()?;
     let options = async_nats::ConnectOptions::with_credentials(keys.system_creds.expose_secret())?;
-    let system = natsbus::connect_with(
-        options,
-        &config.nats.server_urls(),
-        natsbus::auth::SYSTEM_USER,
-        config.nats.request_timeout,
-    )
-    .await?;
+    let system = natsbus::connect_as(&config.nats, options, natsbus::auth::SYSTEM_USER).await?;
     let pusher = RevocationPusher {
         spec: keys.account.clone(),
         topology: config.nats.topology(),

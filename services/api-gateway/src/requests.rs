@@ -6,6 +6,10 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::auth::Role;
+use crate::routes::schema::{
+    AgentIdDoc, CommandNameDoc, EmailDoc, FingerprintDoc, HostnameDoc, LabelChangesDoc, NonceDoc,
+    PasswordDoc, SignatureDoc, TokenNameDoc, UserKeyDoc,
+};
 
 // Request and response bodies that carry a password, a token, a seed or a signature
 // print "[REDACTED]" in its place: a body that ends up in a log line by `{:?}` must not
@@ -18,7 +22,9 @@ pub(crate) fn redacted<T>(value: &Option<T>) -> Option<&'static str> {
 
 #[derive(Deserialize, ToSchema)]
 pub struct LoginRequest {
+    #[schema(max_length = 254, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$", example = "ops@example.com")]
     pub email: String,
+    #[schema(max_length = 1024, example = "correct horse battery staple")]
     pub password: String,
 }
 
@@ -27,8 +33,9 @@ pub struct LoginRequest {
 #[serde(deny_unknown_fields)]
 pub struct AgentPatch {
     /// Labels to set (`"key": "value"`) or remove (`"key": null`); the others stay.
-    #[schema(value_type = Option<std::collections::BTreeMap<String, Option<String>>>)]
-    pub labels: Option<std::collections::BTreeMap<String, Option<String>>>,
+    /// At least one; an agent has at most 64 operator labels.
+    #[schema(value_type = LabelChangesDoc, inline)]
+    pub labels: std::collections::BTreeMap<String, Option<String>>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -44,12 +51,18 @@ pub enum TargetStatus {
     Resolved,
 }
 
+/// A command for one agent. Each command takes its own `params` (none, `service`, or
+/// `path` and `lines`); the document lists them.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ExecuteRequest {
-    /// Optional; when given it must equal the agent id in the path.
+    /// Optional; when given it must equal the agent id in the path (400
+    /// `agent-mismatch` otherwise; `x-equals-path-parameter` says so to tools).
+    #[schema(value_type = Option<AgentIdDoc>, inline)]
     pub agent_id: Option<String>,
-    /// An allow-listed command (`restart_service`, `service_status`, `ping`, ...).
+    /// An allow-listed command.
+    #[schema(value_type = CommandNameDoc, inline)]
     pub command: String,
+    /// The command's parameters.
     #[serde(default)]
     pub params: Value,
 }
@@ -57,7 +70,8 @@ pub struct ExecuteRequest {
 /// The suggested action exactly as the operator was shown it.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ExecuteSuggested {
-    /// The suggestion's command (`restart_service`, ...).
+    /// The suggestion's command.
+    #[schema(value_type = CommandNameDoc, inline)]
     pub command: String,
     /// The suggestion's params.
     #[serde(default)]
@@ -67,19 +81,19 @@ pub struct ExecuteSuggested {
 #[derive(Deserialize, ToSchema)]
 pub struct EnrollRequest {
     /// An enrollment (bootstrap) token. Required for a machine not enrolled yet; a
-    /// request with a valid `proof` needs none.
-    #[schema(min_length = 1, max_length = 256)]
+    /// request with a valid `proof` needs none. A request has a token, a proof, or both.
+    #[schema(min_length = 1, max_length = 256, example = "opt_3b1f0c9e")]
     pub token: Option<String>,
     /// Stable identity of the machine (e.g. /etc/machine-id). It is not a secret: it
     /// finds the agent, and the `proof` shows the request comes from it.
-    #[schema(min_length = 8, max_length = 512)]
+    #[schema(value_type = FingerprintDoc, inline)]
     pub machine_fingerprint: String,
-    #[schema(min_length = 1, max_length = 253, pattern = "^[^\\s]+$")]
+    #[schema(value_type = HostnameDoc, inline)]
     pub hostname: String,
     /// An `U...` NKey the agent generated; when given, the response carries only a
     /// JWT for it and the private seed never leaves the agent. It becomes the key on
     /// record that later re-enrollments must prove.
-    #[schema(min_length = 56, max_length = 56, pattern = "^U[A-Z2-7]{55}$")]
+    #[schema(value_type = Option<UserKeyDoc>, inline)]
     pub nats_public_key: Option<String>,
     /// Proof that the caller holds the key on record for this machine's agent.
     pub proof: Option<EnrollProof>,
@@ -90,13 +104,13 @@ pub struct EnrollRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct EnrollProof {
     /// The key on record (`U...`).
-    #[schema(min_length = 56, max_length = 56, pattern = "^U[A-Z2-7]{55}$")]
+    #[schema(value_type = UserKeyDoc, inline)]
     pub public_key: String,
     /// A nonce from `POST /api/v1/agents/enroll/challenge`, good once.
-    #[schema(min_length = 16, max_length = 128, pattern = "^[A-Za-z0-9_-]+$")]
+    #[schema(value_type = NonceDoc, inline)]
     pub nonce: String,
     /// The Ed25519 signature, base64url without padding.
-    #[schema(min_length = 86, max_length = 86, pattern = "^[A-Za-z0-9_-]+$")]
+    #[schema(value_type = SignatureDoc, inline)]
     pub signature: String,
 }
 
@@ -119,16 +133,24 @@ pub struct ResolveConflict {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateToken {
+    /// 1 to 128 characters, no control characters, no white space around.
+    #[schema(value_type = TokenNameDoc, inline)]
     pub name: String,
-    /// Lifetime in seconds (default 86400, at most 90 days).
+    /// Lifetime in seconds, 60 to 90 days (default 86400).
+    #[schema(minimum = 60, maximum = 7776000, example = 86400)]
     pub expires_in_secs: Option<u64>,
-    /// How many enrollments it allows (default: unlimited until it expires).
+    /// How many enrollments it allows, 1 to 1000000 (default: unlimited until it
+    /// expires).
+    #[schema(minimum = 1, maximum = 1000000, example = 10)]
     pub max_uses: Option<u32>,
 }
 
 #[derive(Deserialize, ToSchema)]
 pub struct CreateUser {
+    #[schema(value_type = EmailDoc, inline)]
     pub email: String,
+    /// 12 to 1024 characters.
+    #[schema(value_type = PasswordDoc, inline)]
     pub password: String,
     pub role: Role,
 }
@@ -137,6 +159,8 @@ pub struct CreateUser {
 pub struct UpdateUser {
     pub role: Option<Role>,
     pub disabled: Option<bool>,
+    /// 12 to 1024 characters.
+    #[schema(value_type = Option<PasswordDoc>, inline)]
     pub password: Option<String>,
 }
 

@@ -8,7 +8,8 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use wire_models::{
-    AgentSubject, DlqOrigin, Event, HEADER_TRACEPARENT, IncidentCreated, PROTOCOL_VERSION, Subjects,
+    AgentSubject, DlqOrigin, Event, HEADER_MSG_ID, HEADER_TRACEPARENT, IncidentCreated, PROTOCOL_VERSION,
+    Subjects,
 };
 
 use crate::consumer::{self, BatchHandler, Checked, Rejection};
@@ -57,9 +58,8 @@ impl BatchHandler for EventsHandler {
             .iter()
             .filter(|m| m.headers.as_ref().is_some_and(|h| h.get(HEADER_TRACEPARENT).is_some()))
             .map(|m| {
-                let span = tracing::info_span!("ingest.event", subject = %m.subject, otel.kind = "consumer");
-                natsbus::trace::set_parent(&span, m.headers.as_ref());
-                span
+                let id = m.headers.as_ref().and_then(|h| h.get(HEADER_MSG_ID)).map(|v| v.as_str().to_owned());
+                natsbus::process_span!(&m.subject, m.headers.as_ref(), messaging.message.id = id)
             })
             .collect();
 
@@ -79,10 +79,11 @@ impl BatchHandler for EventsHandler {
         };
 
         let events: Vec<storage::incidents::NewEvent> = good.iter().map(|(_, e)| e.clone()).collect();
+        let batch_span = batch_span(&spans, size, events.len());
         let write = consumer::retry_transient("incidents", &batch, self.ack_wait, shutdown, || {
             storage::incidents::ingest_events(&self.pool, &events)
         })
-        .instrument(tracing::info_span!("ingest.batch", size, good = events.len()))
+        .instrument(batch_span.clone())
         .await;
         let (created, acked, seen_before) = match write {
             None => {
@@ -129,13 +130,17 @@ impl BatchHandler for EventsHandler {
         for incident in &created {
             tracing::debug!(incident_id = incident.id, agent_id = %incident.agent_id, kind = %incident.kind, "incident created");
         }
-        let announced = match self.unannounced(&created, &seen_before).await {
-            Ok(again) => self.announce_all(created.iter().chain(&again)).await,
-            Err(err) => {
-                tracing::warn!(error = %err, "looking up incidents of redelivered events failed");
-                false
+        let announced = async {
+            match self.unannounced(&created, &seen_before).await {
+                Ok(again) => self.announce_all(created.iter().chain(&again)).await,
+                Err(err) => {
+                    tracing::warn!(error = %err, "looking up incidents of redelivered events failed");
+                    false
+                }
             }
-        };
+        }
+        .instrument(batch_span)
+        .await;
         if announced {
             for i in &acked {
                 let _ = batch[*i].ack().await;
@@ -227,4 +232,13 @@ impl EventsHandler {
             }
         }
     }
+}
+
+/// The span of writing one batch. Its database spans belong to the events' traces: it
+/// is a child of the first traced event's span and linked to the others' (one span
+/// cannot have several parents); a batch without traced events is a trace of its own.
+fn batch_span(traced: &[tracing::Span], size: usize, good: usize) -> tracing::Span {
+    let span = tracing::info_span!("ingest.batch", size, good, messaging.batch.message_count = size);
+    natsbus::trace::adopt_batch(&span, &natsbus::trace::contexts(traced));
+    span
 }

@@ -32,21 +32,10 @@ use tokio_util::sync::CancellationToken;
     name = "event-ingestor",
     version,
     args_override_self = true,
-    about = "OpsPilot event ingestor: events and inventory from JetStream into Postgres"
+    about = "OpsPilot event ingestor: events and inventory from JetStream into Postgres",
+    next_help_heading = "Ingestion"
 )]
 pub struct Config {
-    #[command(flatten)]
-    pub telemetry: TelemetryArgs,
-    #[command(flatten)]
-    pub dev: service_kit::config::DevArgs,
-    #[command(flatten)]
-    pub nats: NatsConfig,
-    #[command(flatten)]
-    pub db: DbConfig,
-    #[command(flatten)]
-    pub admin: AdminArgs,
-    #[command(flatten)]
-    pub maintenance: maintenance::MaintenanceArgs,
     /// Largest batch fetched and written at once, in messages.
     #[arg(long = "batch-size", env = "INGEST_BATCH_SIZE", value_name = "INGEST_BATCH_SIZE", default_value_t = 8000, value_parser = clap::value_parser!(u16).range(1..=10_000))]
     pub batch_size: u16,
@@ -91,6 +80,25 @@ pub struct Config {
     /// Interval of the "ingest summary" log line.
     #[arg(long = "summary-interval", env = "INGEST_SUMMARY_INTERVAL", value_name = "INGEST_SUMMARY_INTERVAL", default_value = "30s", value_parser = service_kit::config::parse_duration)]
     pub summary_interval: Duration,
+    #[command(flatten, next_help_heading = "Telemetry")]
+    pub telemetry: TelemetryArgs,
+    #[command(flatten)]
+    pub dev: service_kit::config::DevArgs,
+    #[command(flatten)]
+    pub nats: NatsConfig,
+    #[command(flatten)]
+    pub db: DbConfig,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    #[command(flatten)]
+    pub maintenance: maintenance::MaintenanceArgs,
+}
+
+impl service_kit::config::LoadSecrets for Config {
+    fn load_secrets(&mut self, env: &service_kit::config::SecretEnv<'_>) -> Result<(), String> {
+        self.nats.load_secrets(env)?;
+        self.db.load_secrets(env)
+    }
 }
 
 impl Config {

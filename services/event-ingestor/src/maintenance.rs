@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Retention and the worker's schedule.
 #[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Maintenance")]
 pub struct MaintenanceArgs {
     /// How often the maintenance worker runs; `0s` turns it off.
     #[arg(long = "maintenance-interval", env = "MAINTENANCE_INTERVAL", value_name = "MAINTENANCE_INTERVAL", default_value = "1h", value_parser = service_kit::config::parse_duration)]

@@ -50,21 +50,10 @@ use tokio_util::sync::CancellationToken;
     name = "presence-tracker",
     version,
     args_override_self = true,
-    about = "OpsPilot presence tracker: heartbeats in, online/offline transitions out"
+    about = "OpsPilot presence tracker: heartbeats in, online/offline transitions out",
+    next_help_heading = "Presence"
 )]
 pub struct Config {
-    #[command(flatten)]
-    pub telemetry: TelemetryArgs,
-    #[command(flatten)]
-    pub dev: service_kit::config::DevArgs,
-    #[command(flatten)]
-    pub nats: NatsConfig,
-    #[command(flatten)]
-    pub db: DbConfig,
-    #[command(flatten)]
-    pub redis: RedisConfig,
-    #[command(flatten)]
-    pub admin: AdminArgs,
     /// Heartbeats an agent may miss before it counts as offline: its threshold is this
     /// many of its own heartbeat intervals.
     #[arg(long = "missed-heartbeats", env = "PRESENCE_MISSED_HEARTBEATS", value_name = "PRESENCE_MISSED_HEARTBEATS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
@@ -104,6 +93,26 @@ pub struct Config {
     /// re-created (async-nats watchers can hang after a server restart).
     #[arg(long = "watch-stall-timeout", env = "PRESENCE_WATCH_STALL_TIMEOUT", value_name = "PRESENCE_WATCH_STALL_TIMEOUT", default_value = "5s", value_parser = service_kit::config::parse_duration)]
     pub watch_stall_timeout: Duration,
+    #[command(flatten, next_help_heading = "Telemetry")]
+    pub telemetry: TelemetryArgs,
+    #[command(flatten)]
+    pub dev: service_kit::config::DevArgs,
+    #[command(flatten)]
+    pub nats: NatsConfig,
+    #[command(flatten)]
+    pub db: DbConfig,
+    #[command(flatten)]
+    pub redis: RedisConfig,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+impl service_kit::config::LoadSecrets for Config {
+    fn load_secrets(&mut self, env: &service_kit::config::SecretEnv<'_>) -> Result<(), String> {
+        self.nats.load_secrets(env)?;
+        self.db.load_secrets(env)?;
+        self.redis.load_secrets(env)
+    }
 }
 
 impl Config {

@@ -9,12 +9,8 @@ use service_kit::telemetry::TelemetryArgs;
 
 /// Simulated OpsPilot agents: heartbeats, events, inventory and RPC answers.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "agent-sim", version, args_override_self = true)]
+#[command(name = "agent-sim", version, args_override_self = true, next_help_heading = "Simulation")]
 pub struct Args {
-    #[command(flatten)]
-    pub telemetry: TelemetryArgs,
-    #[command(flatten)]
-    nats: NatsConfig,
     /// Number of simulated agents.
     #[arg(long, env = "SIM_AGENTS", value_name = "SIM_AGENTS", default_value_t = 5)]
     agents: usize,
@@ -49,8 +45,12 @@ pub struct Args {
     /// agents do; without it the agents use ids derived from SIM_SEED.
     #[arg(long = "api-url", env = "SIM_API_URL", value_name = "SIM_API_URL")]
     api_url: Option<String>,
-    /// Enrollment token used with SIM_API_URL (never logged).
-    #[arg(long = "enroll-token", env = "SIM_ENROLL_TOKEN", value_name = "SIM_ENROLL_TOKEN", hide_env_values = true, value_parser = service_kit::config::secret)]
+    /// Enrollment token used with SIM_API_URL: SIM_ENROLL_TOKEN in the environment, or
+    /// this file (never a flag, never logged).
+    #[arg(long = "enroll-token-file", env = "SIM_ENROLL_TOKEN_FILE", value_name = "SIM_ENROLL_TOKEN_FILE")]
+    enroll_token_file: Option<std::path::PathBuf>,
+    /// SIM_ENROLL_TOKEN, read by [`service_kit::config::LoadSecrets`].
+    #[arg(skip)]
     enroll_token: Option<secrecy::SecretString>,
     /// Where the agents keep their NKeys between runs (`agent-keys.json`), so a
     /// restart proves the same identities instead of being refused as unknown keys.
@@ -59,6 +59,17 @@ pub struct Args {
     /// Stop after this long (default: run until Ctrl-C).
     #[arg(long, env = "SIM_DURATION", value_name = "SIM_DURATION", value_parser = service_kit::config::parse_duration)]
     duration: Option<Duration>,
+    #[command(flatten, next_help_heading = "Telemetry")]
+    pub telemetry: TelemetryArgs,
+    #[command(flatten)]
+    nats: NatsConfig,
+}
+
+impl service_kit::config::LoadSecrets for Args {
+    fn load_secrets(&mut self, env: &service_kit::config::SecretEnv<'_>) -> Result<(), String> {
+        self.enroll_token = env.secret("SIM_ENROLL_TOKEN", self.enroll_token_file.as_deref())?;
+        self.nats.load_secrets(env)
+    }
 }
 
 impl Args {

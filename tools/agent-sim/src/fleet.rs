@@ -6,8 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use async_nats::HeaderMap;
-use bytes::Bytes;
 use futures::StreamExt;
 use rand::Rng;
 use tokio::task::JoinSet;
@@ -386,8 +384,7 @@ impl Fleet {
             }
             let (bus, behaviour, stats) = (bus.clone(), Arc::clone(&behaviour), Arc::clone(&self.stats));
             tokio::spawn(async move {
-                let span = tracing::info_span!("agent.rpc", agent_id = %agent.id, otel.kind = "server");
-                natsbus::trace::set_parent(&span, msg.headers.as_ref());
+                let span = natsbus::process_span!(&msg.subject, msg.headers.as_ref(), agent_id = %agent.id);
                 async move {
                     match answer(&bus, &agent, &msg, &behaviour).await {
                         Ok(()) => stats.rpc_answered.fetch_add(1, Ordering::Relaxed),
@@ -444,8 +441,6 @@ async fn answer(
             duration_ms: 0,
         },
     };
-    let mut headers = HeaderMap::new();
-    natsbus::trace::inject_current(&mut headers);
-    bus.client.publish_with_headers(reply_to, headers, Bytes::from(wire_models::encode(&reply)?)).await?;
+    natsbus::reply(&bus.client, reply_to.to_string(), &reply).await?;
     Ok(())
 }

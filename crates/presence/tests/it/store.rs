@@ -1,15 +1,8 @@
 use std::time::Duration;
 
-use clap::Parser;
 use presence::{ExpiredKeys, HeartbeatRecord, PresenceStore, StateChange};
 use storage::redis::RedisConfig;
 use wire_models::{AgentId, PresenceState};
-
-#[derive(Parser)]
-struct Args {
-    #[command(flatten)]
-    redis: RedisConfig,
-}
 
 /// A store under a prefix of this test's own; its keys are deleted when dropped.
 struct TestStore {
@@ -21,16 +14,9 @@ impl TestStore {
     async fn new() -> Self {
         test_support::init_tracing();
         let prefix = test_support::redis_prefix();
-        let args = Args::try_parse_from([
-            "test",
-            "--redis-url",
-            &test_support::redis_url(),
-            "--redis-prefix",
-            &prefix,
-        ])
-        .unwrap();
-        let pool = storage::redis::connect(&args.redis).await.unwrap();
-        Self { store: PresenceStore::new(pool, presence::Keys::for_config(&args.redis)), config: args.redis }
+        let config = test_support::redis_config(&test_support::redis_url(), &prefix);
+        let pool = storage::redis::connect(&config).await.unwrap();
+        Self { store: PresenceStore::new(pool, presence::Keys::for_config(&config)), config }
     }
 
     async fn conn(&self) -> redis::aio::MultiplexedConnection {

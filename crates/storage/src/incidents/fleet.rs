@@ -44,12 +44,17 @@ pub enum FleetSort {
 }
 
 impl FleetSort {
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "created" => Some(FleetSort::Created),
-            "last_seen" => Some(FleetSort::LastSeen),
-            _ => None,
+    pub const ALL: [FleetSort; 2] = [FleetSort::Created, FleetSort::LastSeen];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FleetSort::Created => "created",
+            FleetSort::LastSeen => "last_seen",
         }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|sort| sort.as_str() == s)
     }
 
     fn time_column(self) -> &'static str {

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use deadpool::managed::{self, Metrics, RecycleResult};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
-use redis::{Cmd, Pipeline, RedisError, RedisFuture, Value};
+use redis::{Arg, Cmd, Pipeline, RedisError, RedisFuture, Value};
+use tracing::Instrument;
 
 /// The pool every service shares.
 #[derive(Clone)]
@@ -41,8 +42,10 @@ pub(super) struct Manager {
 }
 
 impl Manager {
-    pub(super) fn new(url: &str) -> Result<Self, RedisError> {
-        Ok(Self { inner: deadpool_redis::Manager::new(url)? })
+    /// A manager for `client`'s connection settings (its TLS certificates included:
+    /// they travel inside the connection info).
+    pub(super) fn new(client: &redis::Client) -> Result<Self, RedisError> {
+        Ok(Self { inner: deadpool_redis::Manager::new(client.get_connection_info().clone())? })
     }
 }
 
@@ -92,12 +95,16 @@ impl Tracked {
 
 impl ConnectionLike for Connection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        Box::pin(async move {
-            let tracked = &mut *self.0;
-            let result = tracked.conn.req_packed_command(cmd).await;
-            tracked.note(&result);
-            result
-        })
+        let span = command_span(|| command_name(cmd), None);
+        Box::pin(
+            async move {
+                let tracked = &mut *self.0;
+                let result = tracked.conn.req_packed_command(cmd).await;
+                tracked.note(&result);
+                result
+            }
+            .instrument(span),
+        )
     }
 
     fn req_packed_commands<'a>(
@@ -106,15 +113,66 @@ impl ConnectionLike for Connection {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        Box::pin(async move {
-            let tracked = &mut *self.0;
-            let result = tracked.conn.req_packed_commands(pipeline, offset, count).await;
-            tracked.note(&result);
-            result
-        })
+        let span = command_span(|| "PIPELINE".to_owned(), Some(pipeline.cmd_iter().count()));
+        Box::pin(
+            async move {
+                let tracked = &mut *self.0;
+                let result = tracked.conn.req_packed_commands(pipeline, offset, count).await;
+                tracked.note(&result);
+                result
+            }
+            .instrument(span),
+        )
     }
 
     fn get_db(&self) -> i64 {
         self.0.conn.get_db()
+    }
+}
+
+/// A client span for one command (or pipeline), by the OpenTelemetry database
+/// conventions: the command's name, never its arguments (keys and values may be
+/// tokens). Only inside a trace (see [`service_kit::telemetry::in_trace`]).
+fn command_span(operation: impl FnOnce() -> String, batch: Option<usize>) -> tracing::Span {
+    if !service_kit::telemetry::in_trace() {
+        return tracing::Span::none();
+    }
+    let operation = operation();
+    let span = tracing::info_span!(
+        "redis",
+        otel.name = operation.as_str(),
+        otel.kind = "client",
+        db.system.name = "redis",
+        db.operation.name = operation.as_str(),
+        db.operation.batch.size = tracing::field::Empty,
+    );
+    if let Some(size) = batch {
+        span.record("db.operation.batch.size", size);
+    }
+    span
+}
+
+/// `GET`, `EVALSHA`...: the first argument when it looks like a command name.
+fn command_name(cmd: &Cmd) -> String {
+    let name = match cmd.args_iter().next() {
+        Some(Arg::Simple(bytes)) => std::str::from_utf8(bytes).unwrap_or_default(),
+        _ => "",
+    };
+    if name.is_empty() || name.len() > 32 || !name.bytes().all(|b| b.is_ascii_alphabetic()) {
+        return "COMMAND".to_owned();
+    }
+    name.to_ascii_uppercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_are_named_without_their_arguments() {
+        assert_eq!(command_name(redis::cmd("get").arg("session:secret")), "GET");
+        assert_eq!(command_name(redis::cmd("EVALSHA").arg("abc").arg(1)), "EVALSHA");
+        assert_eq!(command_name(&redis::cmd("not a command")), "COMMAND");
+        assert_eq!(command_name(&Cmd::new()), "COMMAND");
     }
 }

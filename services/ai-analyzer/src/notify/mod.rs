@@ -14,15 +14,17 @@ pub mod format;
 pub(crate) mod route;
 pub(crate) mod send;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
-use service_kit::config::{parse_duration, secret};
+use service_kit::config::parse_duration;
 use storage::notifications::{MIN_SECRET_LEN, NewTarget, NotifyEvent, TargetKind, check_target_url};
 use wire_models::Severity;
 
 /// Notification settings of the analyzer.
 #[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Notifications")]
 pub struct NotifyArgs {
     /// Route and send notifications in this replica. Nothing is sent while no target
     /// is configured, so this only needs turning off to keep a replica out of it.
@@ -37,15 +39,39 @@ pub struct NotifyArgs {
     )]
     pub consumer: String,
     /// A webhook target from the environment (`env-webhook`): HTTP(S) URL receiving
-    /// signed JSON posts (never logged).
-    #[arg(long = "notify-webhook-url", env = "NOTIFY_WEBHOOK_URL", value_name = "NOTIFY_WEBHOOK_URL", hide_env_values = true, value_parser = secret)]
+    /// signed JSON posts, as NOTIFY_WEBHOOK_URL in the environment or this file (never
+    /// a flag, never logged).
+    #[arg(
+        long = "notify-webhook-url-file",
+        env = "NOTIFY_WEBHOOK_URL_FILE",
+        value_name = "NOTIFY_WEBHOOK_URL_FILE"
+    )]
+    pub webhook_url_file: Option<PathBuf>,
+    /// NOTIFY_WEBHOOK_URL, read by [`service_kit::config::LoadSecrets`].
+    #[arg(skip)]
     pub webhook_url: Option<SecretString>,
-    /// The HMAC-SHA256 key signing `env-webhook`'s posts (at least 16 characters;
-    /// never logged). Required with NOTIFY_WEBHOOK_URL.
-    #[arg(long = "notify-webhook-secret", env = "NOTIFY_WEBHOOK_SECRET", value_name = "NOTIFY_WEBHOOK_SECRET", hide_env_values = true, value_parser = secret)]
+    /// The HMAC-SHA256 key signing `env-webhook`'s posts (at least 16 characters),
+    /// required with NOTIFY_WEBHOOK_URL: NOTIFY_WEBHOOK_SECRET in the environment, or
+    /// this file (never a flag, never logged).
+    #[arg(
+        long = "notify-webhook-secret-file",
+        env = "NOTIFY_WEBHOOK_SECRET_FILE",
+        value_name = "NOTIFY_WEBHOOK_SECRET_FILE"
+    )]
+    pub webhook_secret_file: Option<PathBuf>,
+    /// NOTIFY_WEBHOOK_SECRET, read by [`service_kit::config::LoadSecrets`].
+    #[arg(skip)]
     pub webhook_secret: Option<SecretString>,
-    /// A Slack incoming-webhook URL from the environment (`env-slack`; never logged).
-    #[arg(long = "notify-slack-webhook-url", env = "NOTIFY_SLACK_WEBHOOK_URL", value_name = "NOTIFY_SLACK_WEBHOOK_URL", hide_env_values = true, value_parser = secret)]
+    /// A Slack incoming-webhook URL from the environment (`env-slack`):
+    /// NOTIFY_SLACK_WEBHOOK_URL, or this file (never a flag, never logged).
+    #[arg(
+        long = "notify-slack-webhook-url-file",
+        env = "NOTIFY_SLACK_WEBHOOK_URL_FILE",
+        value_name = "NOTIFY_SLACK_WEBHOOK_URL_FILE"
+    )]
+    pub slack_url_file: Option<PathBuf>,
+    /// NOTIFY_SLACK_WEBHOOK_URL, read by [`service_kit::config::LoadSecrets`].
+    #[arg(skip)]
     pub slack_url: Option<SecretString>,
     /// What the environment's targets are told about: `incident`, `offline`,
     /// `action_failed` (comma-separated).
@@ -102,6 +128,15 @@ fn parse_event(s: &str) -> Result<NotifyEvent, String> {
 
 fn parse_severity(s: &str) -> Result<Severity, String> {
     Severity::parse(s.trim()).ok_or_else(|| "expected info, warning, error or critical".to_owned())
+}
+
+impl service_kit::config::LoadSecrets for NotifyArgs {
+    fn load_secrets(&mut self, env: &service_kit::config::SecretEnv<'_>) -> Result<(), String> {
+        self.webhook_url = env.secret("NOTIFY_WEBHOOK_URL", self.webhook_url_file.as_deref())?;
+        self.webhook_secret = env.secret("NOTIFY_WEBHOOK_SECRET", self.webhook_secret_file.as_deref())?;
+        self.slack_url = env.secret("NOTIFY_SLACK_WEBHOOK_URL", self.slack_url_file.as_deref())?;
+        Ok(())
+    }
 }
 
 impl NotifyArgs {

@@ -1,7 +1,6 @@
 use std::time::Duration;
 
 use ai_analyzer::{Config, Running};
-use clap::Parser;
 use serde_json::{Value, json};
 use test_support::Stack;
 use tokio_util::sync::CancellationToken;
@@ -44,8 +43,8 @@ pub fn config(stack: &Stack, provider: Option<&MockServer>, extra: &[&str]) -> C
     args.extend(stack.redis_args());
     if let Some(server) = provider {
         args.extend([
-            "--openrouter-key".to_owned(),
-            KEY.to_owned(),
+            "--openrouter-key-file".to_owned(),
+            stack.secret_file("openrouter-key", KEY),
             "--openrouter-base-url".to_owned(),
             format!("{}/api/v1", server.uri()),
             "--openrouter-model".to_owned(),
@@ -53,7 +52,7 @@ pub fn config(stack: &Stack, provider: Option<&MockServer>, extra: &[&str]) -> C
         ]);
     }
     args.extend(extra.iter().map(|s| (*s).to_owned()));
-    let config = Config::try_parse_from(args).unwrap();
+    let config: Config = test_support::parse_config(args);
     config.validate().unwrap();
     config
 }

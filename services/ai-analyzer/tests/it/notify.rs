@@ -386,7 +386,9 @@ async fn slack_gets_messages_shaped_as_its_incoming_webhooks_accept() {
     let url = receiver.url();
     let agent = agent(&stack, "<!channel>-host").await;
     // From the environment, as NOTIFY_SLACK_WEBHOOK_URL configures it.
-    let (analyzer, shutdown) = start(notify_config(&stack, &["--notify-slack-webhook-url", &url])).await;
+    let url_file = stack.secret_file("slack-webhook-url", &url);
+    let (analyzer, shutdown) =
+        start(notify_config(&stack, &["--notify-slack-webhook-url-file", &url_file])).await;
     let targets = store::list_targets(&stack.db.pool).await.unwrap();
     assert_eq!(targets.len(), 1);
     assert_eq!(targets[0].name, ai_analyzer::notify::ENV_SLACK);

@@ -17,7 +17,7 @@ use crate::auth::{Operator, Viewer};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::fleet_action::{Plan, Recipient};
-use crate::routes::page_size;
+use crate::routes::{page_size, schema};
 use crate::state::AppState;
 
 /// Most requests in flight for one action.
@@ -33,14 +33,19 @@ const QUOTED_IDS: usize = 10;
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ActionTarget {
-    /// These agents (each must be enrolled and not revoked).
+    /// These agents, at least one and at most `ACTION_MAX_TARGETS` (default 100000).
+    /// An id that is not enrolled, or revoked, is answered 404.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<schema::AgentIdDoc>>, inline, min_items = 1)]
     agent_ids: Option<Vec<String>>,
-    /// The agents a label selector matches (`env=prod,role in (web,lb)`; see Labels).
+    /// The agents a label selector matches (`env=prod,role in (web,lb)`; see Labels);
+    /// at least one requirement.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<schema::SelectorDoc>, inline)]
     selector: Option<String>,
     /// The agents whose hostname starts with this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<schema::HostnamePrefixDoc>, inline)]
     hostname_prefix: Option<String>,
 }
 
@@ -48,19 +53,24 @@ pub(crate) struct ActionTarget {
 #[serde(deny_unknown_fields)]
 pub(crate) struct FleetActionRequest {
     /// An allow-listed command (see `POST /api/v1/agents/{id}/execute`).
+    #[schema(value_type = schema::CommandNameDoc, inline)]
     command: String,
+    /// The command's parameters.
     #[serde(default)]
     params: Option<Value>,
     target: ActionTarget,
     /// Requests in flight at once, 1 to 1000 (default 64).
+    #[schema(minimum = 1, maximum = 1000, example = 64)]
     max_concurrency: Option<u32>,
     /// How long each agent has to answer, 100 to 300000 ms (default `RPC_TIMEOUT`).
+    #[schema(minimum = 100, maximum = 300000, example = 5000)]
     timeout_ms: Option<u32>,
     /// Resolve the target and answer with the agents, sending nothing.
     #[serde(default)]
     dry_run: bool,
     /// For a mutating command to more agents than `ACTION_CONFIRM_OVER`: the number
-    /// of agents targeted, as a dry run reports it.
+    /// of agents targeted, as a dry run reports it (409 `confirmation-required`
+    /// without it).
     confirm: Option<u64>,
 }
 
@@ -193,7 +203,10 @@ async fn resolve(state: &AppState, target: &ActionTarget) -> ApiResult<Vec<stora
     }
     let agents = if let Some(ids) = &target.agent_ids {
         if ids.is_empty() || ids.len() > state.actions.max_targets {
-            return Err(invalid(format!("target.agent_ids: 1 to {} agent ids", state.actions.max_targets)));
+            return Err(invalid(format!(
+                "target.agent_ids: 1 to {} agent ids (ACTION_MAX_TARGETS)",
+                state.actions.max_targets
+            )));
         }
         let mut checked = Vec::with_capacity(ids.len());
         for id in ids {
@@ -212,7 +225,9 @@ async fn resolve(state: &AppState, target: &ActionTarget) -> ApiResult<Vec<stora
                 .filter(|id| !known.contains(id))
                 .take(QUOTED_IDS)
                 .collect();
-            return Err(invalid(format!(
+            // Well-formed ids the fleet does not have (now): not found, as for a
+            // single agent's execute, not a malformed request.
+            return Err(ApiError::NotFound(format!(
                 "target.agent_ids: not enrolled or revoked: {}",
                 unknown.join(", ")
             )));
@@ -227,13 +242,13 @@ async fn resolve(state: &AppState, target: &ActionTarget) -> ApiResult<Vec<stora
         storage::agents::resolve(&state.pool, Targeting::Selector(&selector), limit).await?
     } else {
         let prefix = target.hostname_prefix.as_deref().unwrap_or_default();
-        if prefix.is_empty() || prefix.len() > 253 || prefix.chars().any(char::is_control) {
-            return Err(invalid("target.hostname_prefix: 1 to 253 characters, no control characters"));
-        }
+        crate::routes::agents::check_hostname_prefix(prefix).map_err(|e| invalid(format!("target.{e}")))?;
         storage::agents::resolve(&state.pool, Targeting::HostnamePrefix(prefix), limit).await?
     };
+    // What a valid target resolves to depends on the fleet now, not on the request:
+    // a conflict with the current state (409), which no schema can rule out.
     if agents.len() > state.actions.max_targets {
-        return Err(invalid(format!(
+        return Err(ApiError::Conflict(format!(
             "the target names more than {} agents (ACTION_MAX_TARGETS); narrow it",
             state.actions.max_targets
         )));
@@ -252,6 +267,8 @@ async fn resolve(state: &AppState, target: &ActionTarget) -> ApiResult<Vec<stora
         (status = 200, body = DryRun, description = "A dry run: the agents it would go to"),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "An agent in `target.agent_ids` is not enrolled, or revoked", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The target names no agent or more than `ACTION_MAX_TARGETS` (conflict), or a mutating command to more than `ACTION_CONFIRM_OVER` agents lacks `confirm` (confirmation-required)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn create(
@@ -286,17 +303,16 @@ pub(crate) async fn create(
         return Ok(Json(answer).into_response());
     }
     if total == 0 {
-        return Err(invalid("the target names no agent (a dry run shows what it resolves to)"));
+        return Err(ApiError::Conflict(
+            "the target names no agent (a dry run shows what it resolves to)".into(),
+        ));
     }
     if confirm_required && body.confirm != Some(total as u64) {
-        return Err(ApiError::bad_request(
-            "confirmation-required",
-            format!(
-                "{} changes state on {total} agents (more than {}): repeat that number in `confirm`",
-                command.name().as_str(),
-                state.actions.confirm_over
-            ),
-        ));
+        return Err(ApiError::ConfirmationRequired(format!(
+            "{} changes state on {total} agents (more than {}): repeat that number in `confirm`",
+            command.name().as_str(),
+            state.actions.confirm_over
+        )));
     }
     let id = Uuid::now_v7();
     let targets: Vec<storage::fleet_actions::Target> = agents
@@ -348,6 +364,7 @@ pub(crate) async fn create(
 #[into_params(parameter_in = Query)]
 pub(crate) struct ListQuery {
     /// The `next_cursor` of the previous page.
+    #[param(example = "0192f3a4-5b6c-7d8e-9f01-23456789abcd")]
     before: Option<Uuid>,
     /// 1 to 500 (default 100).
     limit: Option<u32>,
@@ -372,10 +389,6 @@ pub(crate) async fn list(
     }))
 }
 
-fn action_id(id: &str) -> ApiResult<Uuid> {
-    Uuid::parse_str(id).map_err(|_| ApiError::bad_request("invalid-path", "the action id is a UUID"))
-}
-
 async fn load(state: &AppState, id: Uuid) -> ApiResult<storage::fleet_actions::ActionRow> {
     storage::fleet_actions::get(&state.pool, id)
         .await?
@@ -385,7 +398,7 @@ async fn load(state: &AppState, id: Uuid) -> ApiResult<storage::fleet_actions::A
 /// One fleet action: its counts by outcome and its timing.
 #[utoipa::path(
     get, path = "/api/v1/actions/{id}", tag = "actions", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Action id (UUID)")),
+    params(("id" = Uuid, Path, description = "Action id", example = "0192f3a4-5b6c-7d8e-9f01-23456789abcd")),
     responses(
         (status = 200, body = FleetActionView),
         (status = 404, body = Problem, content_type = "application/problem+json"),
@@ -394,9 +407,8 @@ async fn load(state: &AppState, id: Uuid) -> ApiResult<storage::fleet_actions::A
 pub(crate) async fn get(
     State(state): State<AppState>,
     _viewer: Viewer,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<Json<FleetActionView>> {
-    let id = action_id(&id)?;
     let row = load(&state, id).await?;
     let counts: BTreeMap<String, i64> = storage::fleet_actions::counts(&state.pool, id).await?;
     let count = |k: &str| counts.get(k).copied().unwrap_or(0);
@@ -419,17 +431,26 @@ pub(crate) async fn get(
 #[into_params(parameter_in = Query)]
 pub(crate) struct ResultsQuery {
     /// Only this outcome: `ok`, `error`, `timeout`, `skipped`, `cancelled` or `pending`.
+    #[param(value_type = Option<OutcomeDoc>, inline)]
     outcome: Option<String>,
     /// The `next_cursor` of the previous page.
+    #[param(value_type = Option<schema::AgentIdDoc>, inline)]
     after: Option<String>,
     /// 1 to 500 (default 100).
     limit: Option<u32>,
 }
 
+/// What a per-agent result's `outcome` may be.
+const OUTCOMES: [&str; 6] = ["ok", "error", "timeout", "skipped", "cancelled", "pending"];
+
+schema::documented! {
+    OutcomeDoc => schema::enumeration(OUTCOMES).into();
+}
+
 /// A fleet action's per-agent results, by agent id.
 #[utoipa::path(
     get, path = "/api/v1/actions/{id}/results", tag = "actions", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Action id (UUID)"), ResultsQuery),
+    params(("id" = Uuid, Path, description = "Action id", example = "0192f3a4-5b6c-7d8e-9f01-23456789abcd"), ResultsQuery),
     responses(
         (status = 200, body = ActionResultPage),
         (status = 404, body = Problem, content_type = "application/problem+json"),
@@ -438,13 +459,12 @@ pub(crate) struct ResultsQuery {
 pub(crate) async fn results(
     State(state): State<AppState>,
     _viewer: Viewer,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(id): ApiPath<Uuid>,
     ApiQuery(query): ApiQuery<ResultsQuery>,
 ) -> ApiResult<Json<ActionResultPage>> {
-    let id = action_id(&id)?;
     let limit = page_size(query.limit)?;
     if let Some(outcome) = &query.outcome
-        && !["ok", "error", "timeout", "skipped", "cancelled", "pending"].contains(&outcome.as_str())
+        && !OUTCOMES.contains(&outcome.as_str())
     {
         return Err(ApiError::bad_request(
             "invalid-query",
@@ -482,7 +502,7 @@ pub(crate) async fn results(
 /// about a second.
 #[utoipa::path(
     post, path = "/api/v1/actions/{id}/cancel", tag = "actions", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Action id (UUID)")),
+    params(("id" = Uuid, Path, description = "Action id", example = "0192f3a4-5b6c-7d8e-9f01-23456789abcd")),
     responses(
         (status = 202, body = FleetActionView, description = "Cancellation asked"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
@@ -492,9 +512,8 @@ pub(crate) async fn results(
 pub(crate) async fn cancel(
     State(state): State<AppState>,
     Operator(user): Operator,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<(StatusCode, Json<FleetActionView>)> {
-    let id = action_id(&id)?;
     match storage::fleet_actions::request_cancel(&state.pool, id, &user.email).await? {
         None => return Err(ApiError::NotFound(format!("action {id} not found"))),
         Some(false) => return Err(ApiError::Conflict(format!("action {id} is not running"))),

@@ -12,7 +12,7 @@ use crate::auth::Admin;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::requests::*;
-use crate::routes::page_size;
+use crate::routes::{page_size, schema};
 use crate::state::AppState;
 use crate::views::*;
 
@@ -62,7 +62,7 @@ pub(crate) async fn create_token(
     ApiJson(body): ApiJson<CreateToken>,
 ) -> ApiResult<(StatusCode, Json<CreatedToken>)> {
     let name = body.name.trim();
-    if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+    if name.is_empty() || name.chars().count() > 128 || name.chars().any(char::is_control) {
         return Err(ApiError::bad_request("invalid-body", "name must be 1 to 128 printable characters"));
     }
     let lifetime = body.expires_in_secs.unwrap_or(86400);
@@ -116,7 +116,7 @@ pub(crate) async fn list_tokens(
 /// Revokes an enrollment token.
 #[utoipa::path(
     delete, path = "/api/v1/enrollment-tokens/{id}", tag = "admin", security(("bearer" = [])),
-    params(("id" = Uuid, Path, description = "Token id")),
+    params(("id" = Uuid, Path, description = "Token id", example = "0192f3a4-5b6c-7d8e-9f01-23456789abcd")),
     responses(
         (status = 200, body = TokenView),
         (status = 404, body = Problem, content_type = "application/problem+json"),
@@ -187,7 +187,7 @@ pub(crate) async fn list_users(
 /// Changes a user's role, disables them, or sets a new password.
 #[utoipa::path(
     patch, path = "/api/v1/users/{id}", tag = "admin", security(("bearer" = [])),
-    params(("id" = Uuid, Path, description = "User id")),
+    params(("id" = Uuid, Path, description = "User id", example = "0192f3a4-5b6c-7d8e-9f01-23456789abcd")),
     request_body = UpdateUser,
     responses(
         (status = 200, body = UserView),
@@ -240,6 +240,7 @@ pub(crate) async fn update_user(
 #[into_params(parameter_in = Query)]
 pub(crate) struct AuditQuery {
     /// Only actions on this agent.
+    #[param(value_type = Option<schema::AgentIdDoc>, inline)]
     agent_id: Option<String>,
     /// The `next_cursor` of the previous page.
     before: Option<i64>,
@@ -274,10 +275,18 @@ pub(crate) async fn audit(
 #[into_params(parameter_in = Query)]
 pub(crate) struct ConflictQuery {
     /// `pending`, `moved`, `split` or `rejected`.
+    #[param(value_type = Option<ConflictStatusDoc>, inline)]
     status: Option<String>,
     /// The `next_cursor` of the previous page.
     before: Option<i64>,
     limit: Option<u32>,
+}
+
+/// What an identity conflict's `status` may be.
+const CONFLICT_STATUSES: [&str; 4] = ["pending", "moved", "split", "rejected"];
+
+schema::documented! {
+    ConflictStatusDoc => schema::enumeration(CONFLICT_STATUSES).into();
 }
 
 /// Identity conflicts: enrolled machines that came back with a key not on record.
@@ -296,7 +305,7 @@ pub(crate) async fn list_conflicts(
 ) -> ApiResult<Json<IdentityConflictPage>> {
     let limit = page_size(query.limit)?;
     if let Some(status) = &query.status
-        && !["pending", "moved", "split", "rejected"].contains(&status.as_str())
+        && !CONFLICT_STATUSES.contains(&status.as_str())
     {
         return Err(ApiError::bad_request(
             "invalid-query",
@@ -313,7 +322,7 @@ pub(crate) async fn list_conflicts(
 /// refuses the key. The machine then enrolls with a proof by its key.
 #[utoipa::path(
     post, path = "/api/v1/identity-conflicts/{id}/resolve", tag = "admin", security(("bearer" = [])),
-    params(("id" = i64, Path, description = "Conflict id")),
+    params(("id" = i64, Path, description = "Conflict id", example = 1)),
     request_body = ResolveConflict,
     responses(
         (status = 200, body = IdentityConflictView),

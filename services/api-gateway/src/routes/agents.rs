@@ -11,7 +11,7 @@ use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, agent_id};
 use crate::presence_view;
 use crate::requests::*;
-use crate::routes::page_size;
+use crate::routes::{AgentPath, page_size, schema};
 use crate::state::AppState;
 use crate::views::*;
 
@@ -19,17 +19,30 @@ use crate::views::*;
 #[into_params(parameter_in = Query)]
 pub(crate) struct ListQuery {
     /// `online` or `offline`.
+    #[param(value_type = Option<AgentStatusDoc>, inline)]
     status: Option<String>,
     /// Only agents whose hostname starts with this.
+    #[param(value_type = Option<schema::HostnamePrefixDoc>, inline)]
     hostname_prefix: Option<String>,
     /// A label selector, Kubernetes-style: requirements joined by commas, all of which
     /// must hold: `env=prod`, `env!=dev`, `role in (web,lb)`, `zone notin (eu-1)`,
-    /// `canary` (has the label), `!legacy` (has not).
+    /// `canary` (has the label), `!legacy` (has not). At least one requirement.
+    #[param(value_type = Option<schema::SelectorDoc>, inline)]
     selector: Option<String>,
     /// The `next_cursor` of the previous page.
+    #[param(value_type = Option<schema::AgentIdDoc>, inline)]
     after: Option<String>,
     /// 1 to 500 (default 100).
     limit: Option<u32>,
+}
+
+/// What `status` filters on.
+const AGENT_STATUSES: [wire_models::PresenceState; 2] =
+    [wire_models::PresenceState::Online, wire_models::PresenceState::Offline];
+
+schema::documented! {
+    AgentStatusDoc => schema::enumeration(AGENT_STATUSES.map(wire_models::PresenceState::as_str)).into();
+    DeleteHistoryDoc => schema::enumeration(HISTORY).into();
 }
 
 /// Enrolled agents with their presence, ordered by id (keyset pagination).
@@ -48,18 +61,12 @@ pub(crate) async fn list(
 ) -> ApiResult<axum::response::Response> {
     let limit = page_size(query.limit)?;
     if let Some(status) = &query.status
-        && status != "online"
-        && status != "offline"
+        && !AGENT_STATUSES.iter().any(|s| s.as_str() == status)
     {
         return Err(ApiError::bad_request("invalid-query", "status must be online or offline"));
     }
-    if let Some(prefix) = &query.hostname_prefix
-        && (prefix.len() > 253 || prefix.chars().any(char::is_control))
-    {
-        return Err(ApiError::bad_request(
-            "invalid-query",
-            "hostname_prefix is too long or has control characters",
-        ));
+    if let Some(prefix) = &query.hostname_prefix {
+        check_hostname_prefix(prefix).map_err(|e| ApiError::bad_request("invalid-query", e))?;
     }
     let selector = query
         .selector
@@ -67,6 +74,11 @@ pub(crate) async fn list(
         .map(wire_models::LabelSelector::parse)
         .transpose()
         .map_err(|e| ApiError::bad_request("invalid-query", format!("selector: {e}")))?;
+    // An empty value is refused like any other invalid one (the document says so): a
+    // filter left out is the way to ask for everything.
+    if selector.as_ref().is_some_and(wire_models::LabelSelector::is_empty) {
+        return Err(ApiError::bad_request("invalid-query", "selector: give at least one requirement"));
+    }
     let after = query.after.as_deref().map(agent_id).transpose()?;
     // The selector's canonical form: the same selector however it was spelled.
     let canonical = selector.as_ref().map(ToString::to_string);
@@ -84,7 +96,7 @@ pub(crate) async fn list(
             &storage::agents::AgentFilter {
                 status: query.status.as_deref(),
                 hostname_prefix: query.hostname_prefix.as_deref(),
-                selector: selector.as_ref().filter(|s| !s.is_empty()),
+                selector: selector.as_ref(),
                 after: after.as_ref().map(|a| a.as_str()),
                 limit,
                 include_revoked: false,
@@ -101,7 +113,7 @@ pub(crate) async fn list(
 /// One agent with its presence and latest inventory.
 #[utoipa::path(
     get, path = "/api/v1/agents/{id}", tag = "agents", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Agent id (12 lowercase hex characters)")),
+    params(AgentPath),
     responses(
         (status = 200, body = AgentDetail),
         (status = 400, body = Problem, content_type = "application/problem+json"),
@@ -111,7 +123,7 @@ pub(crate) async fn list(
 pub(crate) async fn get(
     State(state): State<AppState>,
     _viewer: Viewer,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(AgentPath { id }): ApiPath<AgentPath>,
 ) -> ApiResult<Json<AgentDetail>> {
     let id = agent_id(&id)?;
     let row = find_agent(&state, &id).await?;
@@ -125,23 +137,24 @@ pub(crate) async fn get(
 /// labels of the same key.
 #[utoipa::path(
     patch, path = "/api/v1/agents/{id}", tag = "agents", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Agent id")),
+    params(AgentPath),
     request_body = AgentPatch,
     responses(
         (status = 200, body = AgentView),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The agent would have more than 64 operator labels", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn patch(
     State(state): State<AppState>,
     Operator(user): Operator,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(AgentPath { id }): ApiPath<AgentPath>,
     ApiJson(body): ApiJson<AgentPatch>,
 ) -> ApiResult<Json<AgentView>> {
     let id = agent_id(&id)?;
-    let changes = body.labels.unwrap_or_default();
+    let changes = body.labels;
     if changes.is_empty() {
         return Err(ApiError::bad_request(
             "invalid-body",
@@ -181,11 +194,13 @@ pub(crate) async fn patch(
             return Err(ApiError::NotFound(format!("agent {id} not found")));
         }
         storage::agents::LabelsSet::TooMany => {
+            // A valid change the agent's current labels leave no room for: the state
+            // refuses it, not the request's shape.
             storage::audit::finish(&state.pool, request_id, "invalid", None, 0).await?;
-            return Err(ApiError::bad_request(
-                "invalid-body",
-                format!("labels: an agent has at most {} operator labels", wire_models::MAX_LABELS),
-            ));
+            return Err(ApiError::Conflict(format!(
+                "labels: an agent has at most {} operator labels",
+                wire_models::MAX_LABELS
+            )));
         }
     };
     storage::audit::finish(&state.pool, request_id, "ok", None, 0).await?;
@@ -198,7 +213,7 @@ pub(crate) async fn patch(
 /// again, and its bus credentials stop working.
 #[utoipa::path(
     delete, path = "/api/v1/agents/{id}", tag = "agents", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Agent id")),
+    params(AgentPath),
     responses(
         (status = 204, description = "Revoked"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
@@ -208,7 +223,7 @@ pub(crate) async fn patch(
 pub(crate) async fn revoke(
     State(state): State<AppState>,
     Admin(user): Admin,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(AgentPath { id }): ApiPath<AgentPath>,
 ) -> ApiResult<StatusCode> {
     let id = agent_id(&id)?;
     let request_id = uuid::Uuid::now_v7();
@@ -250,14 +265,28 @@ pub(crate) async fn revoke(
 pub(crate) struct DeleteRevokedQuery {
     /// `keep` (default): the agent's incidents, inventory and presence history stay,
     /// under its revoked id. `purge`: they are deleted with it.
+    #[param(value_type = Option<DeleteHistoryDoc>, inline)]
     history: Option<String>,
+}
+
+/// What `history` may be: keep, or purge.
+const HISTORY: [&str; 2] = ["keep", "purge"];
+
+/// A hostname prefix filter: 1 to 253 characters (as the document counts them: code
+/// points), no control characters.
+pub(crate) fn check_hostname_prefix(prefix: &str) -> Result<(), &'static str> {
+    if prefix.is_empty() || prefix.chars().count() > 253 || prefix.chars().any(char::is_control) {
+        Err("hostname_prefix: 1 to 253 characters, no control characters")
+    } else {
+        Ok(())
+    }
 }
 
 /// Deletes a revoked agent so its machine can enroll again (as a new agent). Its
 /// revoked credentials stay revoked.
 #[utoipa::path(
     delete, path = "/api/v1/revoked-agents/{id}", tag = "agents", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Agent id of a revoked agent"), DeleteRevokedQuery),
+    params(AgentPath, DeleteRevokedQuery),
     responses(
         (status = 204, description = "Deleted; the machine may enroll again"),
         (status = 400, body = Problem, content_type = "application/problem+json"),
@@ -268,13 +297,13 @@ pub(crate) struct DeleteRevokedQuery {
 pub(crate) async fn delete_revoked(
     State(state): State<AppState>,
     Admin(user): Admin,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(AgentPath { id }): ApiPath<AgentPath>,
     ApiQuery(query): ApiQuery<DeleteRevokedQuery>,
 ) -> ApiResult<StatusCode> {
     let id = agent_id(&id)?;
     let purge = match query.history.as_deref() {
-        None | Some("keep") => false,
-        Some("purge") => true,
+        None => false,
+        Some(history) if HISTORY.contains(&history) => history == "purge",
         Some(_) => return Err(ApiError::bad_request("invalid-query", "history must be keep or purge")),
     };
     let deleted = storage::agents::delete_revoked(&state.pool, &id, purge).await?;
@@ -301,16 +330,18 @@ pub(crate) async fn delete_revoked(
 #[into_params(parameter_in = Query)]
 pub(crate) struct IncidentQuery {
     /// `new`, `analyzed`, `acknowledged` or `resolved`.
+    #[param(value_type = Option<schema::IncidentStatusDoc>, inline)]
     status: Option<String>,
     /// The `next_cursor` of the previous page.
     before: Option<i64>,
+    /// 1 to 500 (default 100).
     limit: Option<u32>,
 }
 
 /// An agent's incidents, newest first.
 #[utoipa::path(
     get, path = "/api/v1/agents/{id}/incidents", tag = "agents", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Agent id"), IncidentQuery),
+    params(AgentPath, IncidentQuery),
     responses(
         (status = 200, body = IncidentPage),
         (status = 400, body = Problem, content_type = "application/problem+json"),
@@ -320,7 +351,7 @@ pub(crate) struct IncidentQuery {
 pub(crate) async fn incidents(
     State(state): State<AppState>,
     _viewer: Viewer,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(AgentPath { id }): ApiPath<AgentPath>,
     ApiQuery(query): ApiQuery<IncidentQuery>,
 ) -> ApiResult<Json<IncidentPage>> {
     let id = agent_id(&id)?;
@@ -350,7 +381,7 @@ pub(crate) async fn incidents(
 /// Runs an allow-listed command on the agent and returns its reply.
 #[utoipa::path(
     post, path = "/api/v1/agents/{id}/execute", tag = "agents", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Agent id")),
+    params(AgentPath),
     request_body = ExecuteRequest,
     responses(
         (status = 200, description = "The agent's reply", body = ExecuteResponse),
@@ -364,7 +395,7 @@ pub(crate) async fn incidents(
 pub(crate) async fn execute(
     State(state): State<AppState>,
     Operator(user): Operator,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(AgentPath { id }): ApiPath<AgentPath>,
     ApiJson(body): ApiJson<ExecuteRequest>,
 ) -> ApiResult<Json<ExecuteResponse>> {
     let id = agent_id(&id)?;
@@ -441,7 +472,7 @@ pub(crate) struct PresenceQuery {
 /// how long.
 #[utoipa::path(
     get, path = "/api/v1/agents/{id}/presence", tag = "agents", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Agent id"), PresenceQuery),
+    params(AgentPath, PresenceQuery),
     responses(
         (status = 200, body = PresenceHistory),
         (status = 400, body = Problem, content_type = "application/problem+json"),
@@ -451,7 +482,7 @@ pub(crate) struct PresenceQuery {
 pub(crate) async fn presence(
     State(state): State<AppState>,
     _viewer: Viewer,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(AgentPath { id }): ApiPath<AgentPath>,
     ApiQuery(query): ApiQuery<PresenceQuery>,
 ) -> ApiResult<Json<PresenceHistory>> {
     let id = agent_id(&id)?;

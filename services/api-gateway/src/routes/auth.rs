@@ -26,7 +26,11 @@ pub(crate) async fn login(
     ClientIp(ip): ClientIp,
     ApiJson(body): ApiJson<LoginRequest>,
 ) -> ApiResult<Json<LoginResponse>> {
-    if body.email.len() > 254 || body.password.len() > 1024 || body.email.chars().any(char::is_control) {
+    // Lengths in characters, as the document's maxLength counts them.
+    if body.email.chars().count() > 254
+        || body.password.chars().count() > 1024
+        || body.email.chars().any(char::is_control)
+    {
         return Err(ApiError::bad_request(
             "invalid-body",
             "email or password too long, or with control characters",
@@ -90,7 +94,7 @@ pub(crate) async fn create_user(
 
 pub(crate) fn validate_email(email: &str) -> ApiResult<()> {
     let email = email.trim();
-    let valid = email.len() <= 254
+    let valid = email.chars().count() <= 254
         && email.split_once('@').is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.'))
         && !email.chars().any(|c| c.is_whitespace() || c.is_control());
     if valid { Ok(()) } else { Err(ApiError::bad_request("invalid-email", "not a valid email address")) }

@@ -79,12 +79,12 @@ struct Checked<'a> {
 fn check(body: &EnrollRequest) -> ApiResult<Checked<'_>> {
     let token = body.token.as_deref();
     if let Some(token) = token
-        && (token.is_empty() || token.len() > 256)
+        && (token.is_empty() || token.chars().count() > 256)
     {
         return Err(ApiError::bad_request("invalid-body", "token must be 1 to 256 characters"));
     }
     let fingerprint = body.machine_fingerprint.trim();
-    if !(8..=512).contains(&fingerprint.len()) || fingerprint.chars().any(char::is_control) {
+    if !(8..=512).contains(&fingerprint.chars().count()) || fingerprint.chars().any(char::is_control) {
         return Err(ApiError::bad_request(
             "invalid-body",
             "machine_fingerprint must be 8 to 512 printable characters",
@@ -92,7 +92,7 @@ fn check(body: &EnrollRequest) -> ApiResult<Checked<'_>> {
     }
     let hostname = body.hostname.trim();
     if hostname.is_empty()
-        || hostname.len() > 253
+        || hostname.chars().count() > 253
         || hostname.chars().any(|c| c.is_control() || c.is_whitespace())
     {
         return Err(ApiError::bad_request(

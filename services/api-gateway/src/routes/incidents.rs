@@ -12,7 +12,7 @@ use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, agent_id};
 use crate::requests::{ExecuteSuggested, PatchIncident};
 use crate::routes::agents::{ensure_online, find_agent};
-use crate::routes::page_size;
+use crate::routes::{IncidentPath, page_size, schema};
 use crate::state::AppState;
 use crate::views::{FleetIncidentPage, IncidentExecuteResponse, IncidentSummary, IncidentView};
 
@@ -36,23 +36,31 @@ fn incident_id(raw: i64) -> ApiResult<i64> {
 pub(crate) struct FleetQuery {
     /// One status or several, comma-separated: `new`, `analyzed`, `acknowledged`,
     /// `resolved`.
+    #[param(value_type = Option<Vec<schema::IncidentStatusDoc>>, inline, style = Form, explode = false, min_items = 1)]
     status: Option<String>,
     /// One severity or several, comma-separated: `info`, `warning`, `error`, `critical`.
+    #[param(value_type = Option<Vec<schema::SeverityDoc>>, inline, style = Form, explode = false, min_items = 1)]
     severity: Option<String>,
     /// Only critical incidents (`true`) or only the others (`false`).
     critical: Option<bool>,
     /// The event kind (`type`), e.g. `service_down`.
+    #[param(value_type = Option<schema::EventKindDoc>, inline)]
     kind: Option<String>,
     /// One agent's incidents.
+    #[param(value_type = Option<schema::AgentIdDoc>, inline)]
     agent_id: Option<String>,
     /// Agents whose hostname starts with this.
+    #[param(value_type = Option<schema::HostnamePrefixDoc>, inline)]
     hostname_prefix: Option<String>,
     /// From this time on (RFC 3339, inclusive), on the sort's time.
+    #[param(example = "2026-01-01T00:00:00Z")]
     since: Option<DateTime<Utc>>,
     /// Before this time (RFC 3339, exclusive), on the sort's time.
+    #[param(example = "2026-02-01T00:00:00Z")]
     until: Option<DateTime<Utc>>,
     /// Text that `source` or `raw_error` contains, case-insensitively (3 to 200
     /// characters).
+    #[param(value_type = Option<schema::IncidentTextDoc>, inline)]
     q: Option<String>,
 }
 
@@ -62,11 +70,18 @@ pub(crate) struct FleetQuery {
 pub(crate) struct FleetPaging {
     /// `created` (default: newest incident first) or `last_seen` (most recent
     /// occurrence first).
+    #[param(value_type = Option<SortDoc>, inline)]
     sort: Option<String>,
-    /// The `next_cursor` of the previous page.
+    /// The `next_cursor` of the previous page, with the same `sort` (a cursor of the
+    /// other sort is refused).
+    #[param(value_type = Option<schema::FleetCursorDoc>, inline)]
     cursor: Option<String>,
     /// 1 to 500 (default 100).
     limit: Option<u32>,
+}
+
+schema::documented! {
+    SortDoc => schema::enumeration(FleetSort::ALL.map(FleetSort::as_str)).into();
 }
 
 fn invalid(detail: impl Into<String>) -> ApiError {
@@ -99,21 +114,17 @@ fn fleet_filter(query: FleetQuery) -> ApiResult<FleetFilter> {
         })
         .transpose()?;
     let agent_id = query.agent_id.as_deref().map(agent_id).transpose()?;
-    if let Some(prefix) = &query.hostname_prefix
-        && (prefix.is_empty() || prefix.len() > 253 || prefix.chars().any(char::is_control))
-    {
-        return Err(invalid("hostname_prefix: 1 to 253 characters, no control characters"));
+    if let Some(prefix) = &query.hostname_prefix {
+        crate::routes::agents::check_hostname_prefix(prefix).map_err(invalid)?;
     }
     if let Some(q) = &query.q
         && (!(3..=200).contains(&q.chars().count()) || q.chars().any(char::is_control))
     {
         return Err(invalid("q: 3 to 200 characters, no control characters"));
     }
-    if let (Some(since), Some(until)) = (query.since, query.until)
-        && since >= until
-    {
-        return Err(invalid("since must be before until"));
-    }
+    // `since` at or after `until` is an empty interval: nothing is in it, which is an
+    // answer (an empty page), not a malformed request (the document cannot tie one
+    // parameter to another, and a request it allows must not be refused).
     Ok(FleetFilter {
         statuses,
         severities,
@@ -198,7 +209,7 @@ pub(crate) async fn summary(
 /// One incident.
 #[utoipa::path(
     get, path = "/api/v1/incidents/{id}", tag = "incidents", security(("bearer" = [])),
-    params(("id" = i64, Path, description = "Incident id")),
+    params(IncidentPath),
     responses(
         (status = 200, body = IncidentView),
         (status = 400, body = Problem, content_type = "application/problem+json"),
@@ -208,7 +219,7 @@ pub(crate) async fn summary(
 pub(crate) async fn get(
     State(state): State<AppState>,
     _viewer: Viewer,
-    ApiPath(id): ApiPath<i64>,
+    ApiPath(IncidentPath { id }): ApiPath<IncidentPath>,
 ) -> ApiResult<Json<IncidentView>> {
     Ok(Json(load(&state, incident_id(id)?).await?.into()))
 }
@@ -216,7 +227,7 @@ pub(crate) async fn get(
 /// Acknowledges or resolves an incident.
 #[utoipa::path(
     patch, path = "/api/v1/incidents/{id}", tag = "incidents", security(("bearer" = [])),
-    params(("id" = i64, Path, description = "Incident id")),
+    params(IncidentPath),
     request_body = PatchIncident,
     responses(
         (status = 200, body = IncidentView),
@@ -228,7 +239,7 @@ pub(crate) async fn get(
 pub(crate) async fn patch(
     State(state): State<AppState>,
     Operator(user): Operator,
-    ApiPath(id): ApiPath<i64>,
+    ApiPath(IncidentPath { id }): ApiPath<IncidentPath>,
     ApiJson(body): ApiJson<PatchIncident>,
 ) -> ApiResult<Json<IncidentView>> {
     let id = incident_id(id)?;
@@ -267,7 +278,7 @@ pub(crate) async fn patch(
 /// updated incident.
 #[utoipa::path(
     post, path = "/api/v1/incidents/{id}/analyze", tag = "incidents", security(("bearer" = [])),
-    params(("id" = i64, Path, description = "Incident id")),
+    params(IncidentPath),
     responses(
         (status = 200, body = IncidentView),
         (status = 404, body = Problem, content_type = "application/problem+json"),
@@ -279,7 +290,7 @@ pub(crate) async fn patch(
 pub(crate) async fn analyze(
     State(state): State<AppState>,
     Operator(user): Operator,
-    ApiPath(id): ApiPath<i64>,
+    ApiPath(IncidentPath { id }): ApiPath<IncidentPath>,
 ) -> ApiResult<Json<IncidentView>> {
     let id = incident_id(id)?;
     load(&state, id).await?;
@@ -310,7 +321,7 @@ pub(crate) async fn analyze(
 /// analyzed again in between and the suggestion changed, nothing runs (409).
 #[utoipa::path(
     post, path = "/api/v1/incidents/{id}/execute", tag = "incidents", security(("bearer" = [])),
-    params(("id" = i64, Path, description = "Incident id")),
+    params(IncidentPath),
     request_body = ExecuteSuggested,
     responses(
         (status = 200, body = IncidentExecuteResponse),
@@ -323,7 +334,7 @@ pub(crate) async fn analyze(
 pub(crate) async fn execute(
     State(state): State<AppState>,
     Operator(user): Operator,
-    ApiPath(id): ApiPath<i64>,
+    ApiPath(IncidentPath { id }): ApiPath<IncidentPath>,
     ApiJson(expected): ApiJson<ExecuteSuggested>,
 ) -> ApiResult<Json<IncidentExecuteResponse>> {
     let id = incident_id(id)?;

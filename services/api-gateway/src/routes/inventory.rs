@@ -9,7 +9,7 @@ use crate::auth::Viewer;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{ApiPath, ApiQuery, agent_id};
 use crate::routes::agents::find_agent;
-use crate::routes::page_size;
+use crate::routes::{AgentPath, page_size};
 use crate::state::AppState;
 use crate::views::*;
 
@@ -23,7 +23,7 @@ pub(crate) struct PageQuery {
 /// An agent's inventory history (a row per change), newest first.
 #[utoipa::path(
     get, path = "/api/v1/agents/{id}/inventory", tag = "agents", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Agent id"), PageQuery),
+    params(AgentPath, PageQuery),
     responses(
         (status = 200, body = InventoryPage),
         (status = 404, body = Problem, content_type = "application/problem+json"),
@@ -32,7 +32,7 @@ pub(crate) struct PageQuery {
 pub(crate) async fn inventory(
     State(state): State<AppState>,
     _viewer: Viewer,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(AgentPath { id }): ApiPath<AgentPath>,
     ApiQuery(query): ApiQuery<PageQuery>,
 ) -> ApiResult<Json<InventoryPage>> {
     let id = agent_id(&id)?;
@@ -55,7 +55,7 @@ pub(crate) struct DiffQuery {
 /// What changed between two of an agent's snapshots.
 #[utoipa::path(
     get, path = "/api/v1/agents/{id}/inventory/diff", tag = "agents", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Agent id"), DiffQuery),
+    params(AgentPath, DiffQuery),
     responses(
         (status = 200, body = InventoryDiff),
         (status = 404, body = Problem, content_type = "application/problem+json"),
@@ -64,7 +64,7 @@ pub(crate) struct DiffQuery {
 pub(crate) async fn inventory_diff(
     State(state): State<AppState>,
     _viewer: Viewer,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(AgentPath { id }): ApiPath<AgentPath>,
     ApiQuery(query): ApiQuery<DiffQuery>,
 ) -> ApiResult<Json<InventoryDiff>> {
     let id = agent_id(&id)?;

@@ -8,10 +8,12 @@ pub(crate) mod enrollment;
 pub(crate) mod incidents;
 pub(crate) mod inventory;
 pub(crate) mod notifications;
+pub(crate) mod schema;
 pub(crate) mod stream;
 
-use utoipa::OpenApi;
+use serde::Deserialize;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{IntoParams, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -49,19 +51,15 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
-/// What every operation can answer besides what its own annotation lists, and the
-/// shapes of ids the handlers check, added to the document once every route is in it.
-/// Without them the document under-promised: a client (or schemathesis) met 401, 415,
-/// 429 and 503 answers no operation listed, and agent ids the API refuses looked valid.
+/// What every operation can answer besides what its own annotation lists, added to the
+/// document once every route is in it. Without them the document under-promised: a
+/// client (or schemathesis) met 401, 415, 429 and 503 answers no operation listed.
 struct CommonContract;
-
-/// Twelve lowercase hex characters, as `wire_models::AgentId` requires.
-const AGENT_ID_PATTERN: &str = "^[0-9a-f]{12}$";
 
 impl utoipa::Modify for CommonContract {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::path::ParameterIn;
-        for (path, item) in openapi.paths.paths.iter_mut() {
+        for item in openapi.paths.paths.values_mut() {
             let operations =
                 [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
             for operation in operations.into_iter().flatten() {
@@ -86,6 +84,7 @@ impl utoipa::Modify for CommonContract {
                 }
                 add("429", "Rate limited; see Retry-After");
                 add("503", "A dependency (database, message bus) is unavailable; retry shortly");
+                // Every list pages through `page_size`, so every `limit` has its bounds.
                 for parameter in operation.parameters.iter_mut().flatten() {
                     let utoipa::openapi::RefOr::T(parameter) = parameter else { continue };
                     let Some(utoipa::openapi::RefOr::T(utoipa::openapi::Schema::Object(schema))) =
@@ -93,32 +92,33 @@ impl utoipa::Modify for CommonContract {
                     else {
                         continue;
                     };
-                    match (&parameter.parameter_in, parameter.name.as_str()) {
-                        (ParameterIn::Path, "id")
-                            if path.starts_with("/api/v1/agents/{id}")
-                                || path.starts_with("/api/v1/revoked-agents/{id}") =>
-                        {
-                            schema.pattern = Some(AGENT_ID_PATTERN.into());
-                        }
-                        (ParameterIn::Path, "id") if path.starts_with("/api/v1/incidents/{id}") => {
-                            schema.minimum = Some(utoipa::Number::Int(1));
-                        }
-                        (ParameterIn::Query, "after") if path == "/api/v1/agents" => {
-                            schema.pattern = Some(AGENT_ID_PATTERN.into());
-                        }
-                        (ParameterIn::Query, "agent_id") if path == "/api/v1/audit" => {
-                            schema.pattern = Some(AGENT_ID_PATTERN.into());
-                        }
-                        (ParameterIn::Query, "limit") => {
-                            schema.minimum = Some(utoipa::Number::Int(1));
-                            schema.maximum = Some(utoipa::Number::Int(500));
-                        }
-                        _ => {}
+                    if parameter.parameter_in == ParameterIn::Query && parameter.name == "limit" {
+                        schema.minimum = Some(utoipa::Number::Int(1));
+                        schema.maximum = Some(utoipa::Number::Int(MAX_PAGE_SIZE as isize));
+                        schema.examples = vec![serde_json::json!(DEFAULT_PAGE_SIZE)];
                     }
                 }
             }
         }
     }
+}
+
+/// An agent's id in a path.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct AgentPath {
+    /// Agent id (12 lowercase hex characters).
+    #[param(value_type = schema::AgentIdDoc, inline)]
+    pub(crate) id: String,
+}
+
+/// An incident's id in a path.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct IncidentPath {
+    /// Incident id.
+    #[param(minimum = 1, example = 1)]
+    pub(crate) id: i64,
 }
 
 fn problem_response(description: &str) -> utoipa::openapi::RefOr<utoipa::openapi::Response> {
@@ -171,16 +171,22 @@ pub(crate) fn api() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(notifications::deliveries))
         .split_for_parts();
     utoipa::Modify::modify(&CommonContract, &mut openapi);
+    utoipa::Modify::modify(&schema::InlineDescriptions, &mut openapi);
+    utoipa::Modify::modify(&schema::CrossFieldRules, &mut openapi);
     (router, openapi)
 }
+
+const DEFAULT_PAGE_SIZE: u32 = 100;
+const MAX_PAGE_SIZE: u32 = 500;
 
 /// Page size bounds shared by every list.
 pub(crate) fn page_size(limit: Option<u32>) -> Result<i64, crate::error::ApiError> {
     match limit {
-        None => Ok(100),
-        Some(n @ 1..=500) => Ok(i64::from(n)),
-        Some(_) => {
-            Err(crate::error::ApiError::bad_request("invalid-query", "limit must be between 1 and 500"))
-        }
+        None => Ok(i64::from(DEFAULT_PAGE_SIZE)),
+        Some(n @ 1..=MAX_PAGE_SIZE) => Ok(i64::from(n)),
+        Some(_) => Err(crate::error::ApiError::bad_request(
+            "invalid-query",
+            format!("limit must be between 1 and {MAX_PAGE_SIZE}"),
+        )),
     }
 }

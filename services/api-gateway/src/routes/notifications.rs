@@ -17,7 +17,7 @@ use crate::auth::Admin;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::routes::admin::audit_change;
-use crate::routes::page_size;
+use crate::routes::{page_size, schema};
 use crate::state::AppState;
 
 /// A notification target as admins see it: the URL's path and the signing secret are
@@ -79,19 +79,31 @@ pub(crate) struct TargetWithSecret {
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateTarget {
     /// 1 to 64 of `[a-z0-9_-]`; `env-` is reserved.
+    #[schema(value_type = TargetNameDoc, inline)]
     pub(crate) name: String,
     /// `webhook` or `slack`.
+    #[schema(value_type = TargetKindDoc, inline)]
     pub(crate) kind: String,
-    /// Where to post: http(s) for a webhook; a Slack incoming-webhook URL (https).
+    /// Where to post: http(s) for a webhook; a Slack incoming-webhook URL (https, or
+    /// http to a loopback address). No credentials, no fragment, at most 2048
+    /// characters.
+    #[schema(value_type = schema::WebhookUrlDoc, inline)]
     pub(crate) url: String,
-    /// A webhook's signing key (at least 16 characters); generated when absent.
+    /// A webhook's signing key (16 to 256 printable ASCII characters, no spaces);
+    /// generated when absent. A Slack target takes none.
+    #[schema(value_type = Option<schema::WebhookSecretDoc>, inline)]
     pub(crate) secret: Option<String>,
     /// Default: every event.
+    #[schema(value_type = Option<Vec<NotifyEventDoc>>, inline, min_items = 1, max_items = 8)]
     pub(crate) events: Option<Vec<String>>,
     /// Default `critical`.
+    #[schema(value_type = Option<schema::SeverityDoc>, inline)]
     pub(crate) min_severity: Option<String>,
+    /// Incident kinds notified, at most 64; empty or absent is every kind.
+    #[schema(value_type = Option<Vec<schema::EventKindDoc>>, inline, max_items = 64)]
     pub(crate) kinds: Option<Vec<String>>,
-    /// Default 10, at most 600.
+    /// 1 to 600 (default 10).
+    #[schema(minimum = 1, maximum = 600, example = 10)]
     pub(crate) rate_per_minute: Option<u32>,
     pub(crate) enabled: Option<bool>,
 }
@@ -108,18 +120,53 @@ impl std::fmt::Debug for CreateTarget {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct UpdateTarget {
+    /// As when created; it must suit the target's kind (409 otherwise: a Slack
+    /// target's URL is https, or http to a loopback address).
+    #[schema(value_type = Option<schema::WebhookUrlDoc>, inline)]
     pub(crate) url: Option<String>,
+    #[schema(value_type = Option<Vec<NotifyEventDoc>>, inline, min_items = 1, max_items = 8)]
     pub(crate) events: Option<Vec<String>>,
+    #[schema(value_type = Option<schema::SeverityDoc>, inline)]
     pub(crate) min_severity: Option<String>,
+    /// At most 64; empty is every kind.
+    #[schema(value_type = Option<Vec<schema::EventKindDoc>>, inline, max_items = 64)]
     pub(crate) kinds: Option<Vec<String>>,
+    /// 1 to 600.
+    #[schema(minimum = 1, maximum = 600, example = 10)]
     pub(crate) rate_per_minute: Option<u32>,
     pub(crate) enabled: Option<bool>,
-    /// Replace a webhook's signing secret with a new generated one (returned once).
+    /// Replace a webhook's signing secret with a new generated one (returned once);
+    /// a Slack target has none (409).
     pub(crate) rotate_secret: Option<bool>,
 }
 
 fn invalid(detail: impl Into<String>) -> ApiError {
     ApiError::bad_request("invalid-body", detail.into())
+}
+
+/// The kinds of target.
+const TARGET_KINDS: [TargetKind; 2] = [TargetKind::Webhook, TargetKind::Slack];
+/// What a delivery's `status` may be.
+const DELIVERY_STATUSES: [&str; 5] = ["pending", "sending", "delivered", "failed", "digested"];
+/// What a delivery's `event` may be: what targets subscribe to, and the two the
+/// analyzer adds.
+fn delivery_events() -> Vec<&'static str> {
+    NotifyEvent::ALL.iter().map(|e| e.as_str()).chain(["digest", "test"]).collect()
+}
+
+schema::documented! {
+    TargetKindDoc => schema::enumeration(TARGET_KINDS.map(TargetKind::as_str)).into();
+    NotifyEventDoc => schema::enumeration(NotifyEvent::ALL.map(NotifyEvent::as_str)).into();
+    DeliveryStatusDoc => schema::enumeration(DELIVERY_STATUSES).into();
+    DeliveryEventDoc => schema::enumeration(delivery_events()).into();
+    // Lowercase letters, digits, `-`, `_`, not starting with `env-` (spelt out
+    // without look-ahead, which not every regex engine has).
+    TargetNameDoc => schema::string()
+        .pattern(Some("^([a-df-z0-9_-]|e$|e[a-mo-z0-9_-]|en$|en[a-uw-z0-9_-]|env$|env[a-z0-9_])[a-z0-9_-]*$"))
+        .min_length(Some(1))
+        .max_length(Some(64))
+        .examples(["ops-webhook"])
+        .into();
 }
 
 fn check_name(name: &str) -> ApiResult<()> {
@@ -207,7 +254,10 @@ pub(crate) async fn create_target(
     ApiJson(body): ApiJson<CreateTarget>,
 ) -> ApiResult<(StatusCode, Json<TargetWithSecret>)> {
     check_name(&body.name)?;
-    let kind = TargetKind::parse(&body.kind).ok_or_else(|| invalid("kind must be webhook or slack"))?;
+    let kind = TARGET_KINDS
+        .into_iter()
+        .find(|k| k.as_str() == body.kind)
+        .ok_or_else(|| invalid("kind must be webhook or slack"))?;
     store::check_target_url(kind, &body.url).map_err(|e| invalid(format!("url {e}")))?;
     let events = match &body.events {
         Some(events) => parse_events(events)?,
@@ -263,7 +313,7 @@ pub(crate) async fn create_target(
 /// Changes a notification target (not one from the environment).
 #[utoipa::path(
     patch, path = "/api/v1/notifications/targets/{id}", tag = "admin", security(("bearer" = [])),
-    params(("id" = Uuid, Path, description = "Target id")),
+    params(("id" = Uuid, Path, description = "Target id", example = "0192f3a4-5b6c-7d8e-9f01-23456789abcd")),
     request_body = UpdateTarget,
     responses(
         (status = 200, body = TargetWithSecret),
@@ -277,19 +327,27 @@ pub(crate) async fn update_target(
     ApiPath(id): ApiPath<Uuid>,
     ApiJson(body): ApiJson<UpdateTarget>,
 ) -> ApiResult<Json<TargetWithSecret>> {
-    let current = store::get_target(&state.pool, id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("target {id} not found")))?;
+    // What the body says on its own is checked first (400); what depends on the
+    // target, which may change under the request, after it is read (409).
     if let Some(url) = &body.url {
-        store::check_target_url(current.kind, url).map_err(|e| invalid(format!("url {e}")))?;
+        store::check_target_url(TargetKind::Webhook, url).map_err(|e| invalid(format!("url {e}")))?;
     }
     let events = body.events.as_deref().map(parse_events).transpose()?;
     let min_severity = body.min_severity.as_deref().map(parse_severity).transpose()?;
     let kinds = body.kinds.as_deref().map(parse_kinds).transpose()?;
     let rate_per_minute = body.rate_per_minute.map(check_rate).transpose()?;
+    let current = store::get_target(&state.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("target {id} not found")))?;
+    if let Some(url) = &body.url {
+        store::check_target_url(current.kind, url)
+            .map_err(|e| ApiError::Conflict(format!("url {e} for a {} target", current.kind.as_str())))?;
+    }
     let secret = match (current.kind, body.rotate_secret) {
         (TargetKind::Webhook, Some(true)) => Some(generated_secret()),
-        (TargetKind::Slack, Some(true)) => return Err(invalid("a slack target has no secret to rotate")),
+        (TargetKind::Slack, Some(true)) => {
+            return Err(ApiError::Conflict("a slack target has no secret to rotate".into()));
+        }
         _ => None,
     };
     let update = store::TargetUpdate {
@@ -320,7 +378,7 @@ pub(crate) async fn update_target(
 /// Deletes a notification target and its delivery history.
 #[utoipa::path(
     delete, path = "/api/v1/notifications/targets/{id}", tag = "admin", security(("bearer" = [])),
-    params(("id" = Uuid, Path, description = "Target id")),
+    params(("id" = Uuid, Path, description = "Target id", example = "0192f3a4-5b6c-7d8e-9f01-23456789abcd")),
     responses(
         (status = 200, body = TargetView),
         (status = 404, body = Problem, content_type = "application/problem+json"),
@@ -359,7 +417,7 @@ pub(crate) struct TestQueued {
 /// within the target's rate).
 #[utoipa::path(
     post, path = "/api/v1/notifications/targets/{id}/test", tag = "admin", security(("bearer" = [])),
-    params(("id" = Uuid, Path, description = "Target id")),
+    params(("id" = Uuid, Path, description = "Target id", example = "0192f3a4-5b6c-7d8e-9f01-23456789abcd")),
     responses(
         (status = 202, body = TestQueued),
         (status = 404, body = Problem, content_type = "application/problem+json"),
@@ -392,10 +450,13 @@ pub(crate) async fn test_target(
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct DeliveryQuery {
+    #[param(example = "0192f3a4-5b6c-7d8e-9f01-23456789abcd")]
     target_id: Option<Uuid>,
     /// `pending`, `sending`, `delivered`, `failed` or `digested`.
+    #[param(value_type = Option<DeliveryStatusDoc>, inline)]
     status: Option<String>,
     /// `incident`, `offline`, `action_failed`, `digest` or `test`.
+    #[param(value_type = Option<DeliveryEventDoc>, inline)]
     event: Option<String>,
     /// The `next_cursor` of the previous page.
     before: Option<i64>,
@@ -471,7 +532,7 @@ pub(crate) async fn deliveries(
 ) -> ApiResult<Json<DeliveryPage>> {
     let limit = page_size(query.limit)?;
     if let Some(status) = &query.status
-        && !["pending", "sending", "delivered", "failed", "digested"].contains(&status.as_str())
+        && !DELIVERY_STATUSES.contains(&status.as_str())
     {
         return Err(ApiError::bad_request(
             "invalid-query",
@@ -479,7 +540,7 @@ pub(crate) async fn deliveries(
         ));
     }
     if let Some(event) = &query.event
-        && !["incident", "offline", "action_failed", "digest", "test"].contains(&event.as_str())
+        && !delivery_events().contains(&event.as_str())
     {
         return Err(ApiError::bad_request(
             "invalid-query",

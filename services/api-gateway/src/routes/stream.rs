@@ -14,6 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::auth::{CurrentUser, Role, Viewer};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{ApiQuery, agent_id};
+use crate::routes::schema;
 use crate::state::AppState;
 use crate::stream::{ClientFilter, EVENT_TYPES, client_stream};
 
@@ -87,18 +88,29 @@ async fn redeem(state: &AppState, ticket: &str) -> ApiResult<CurrentUser> {
 pub(crate) struct StreamQuery {
     /// A ticket from `POST /api/v1/stream/tickets`, instead of an `Authorization`
     /// header.
+    #[param(min_length = 1, max_length = 128, example = "eDd7UldXtJRCf4kBT5fXmSjzk40U61HiD7XeyYNOswQ")]
     ticket: Option<String>,
-    /// Only these agents' events (comma-separated agent ids).
+    /// Only these agents' events (comma-separated agent ids, at most 100).
+    #[param(value_type = Option<Vec<schema::AgentIdDoc>>, inline, style = Form, explode = false, min_items = 1, max_items = 100)]
     agent_id: Option<String>,
     /// Only these event types (comma-separated): `presence`, `incident.created`,
-    /// `incident.updated`, `action.finished`.
+    /// `incident.updated`, `action.finished`, `fleet_action`.
+    #[param(value_type = Option<Vec<EventTypeDoc>>, inline, style = Form, explode = false, min_items = 1)]
     types: Option<String>,
     /// Resume after this event id (what `Last-Event-ID` says; the header wins).
     last_event_id: Option<u64>,
 }
 
+schema::documented! {
+    EventTypeDoc => schema::enumeration(EVENT_TYPES).into();
+}
+
 fn filter_of(query: &StreamQuery) -> ApiResult<ClientFilter> {
     let mut filter = ClientFilter::default();
+    // Counted as given, repeats included, as the document's maxItems counts them.
+    if query.agent_id.iter().flat_map(|s| s.split(',')).count() > 100 {
+        return Err(ApiError::bad_request("invalid-query", "agent_id: at most 100 agents"));
+    }
     for id in query.agent_id.iter().flat_map(|s| s.split(',')) {
         let id = agent_id(id.trim())?;
         if !filter.agents.contains(&id) {
@@ -113,9 +125,6 @@ fn filter_of(query: &StreamQuery) -> ApiResult<ClientFilter> {
             filter.types.push(known);
         }
     }
-    if filter.agents.len() > 100 {
-        return Err(ApiError::bad_request("invalid-query", "agent_id: at most 100 agents"));
-    }
     Ok(filter)
 }
 
@@ -127,7 +136,7 @@ fn filter_of(query: &StreamQuery) -> ApiResult<ClientFilter> {
 /// alive. Authenticated by `Authorization` or by a ticket.
 #[utoipa::path(
     get, path = "/api/v1/stream", tag = "stream", security(("bearer" = [])),
-    params(StreamQuery, ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event id")),
+    params(StreamQuery, ("Last-Event-ID" = Option<u64>, Header, nullable = false, description = "Resume after this event id")),
     responses(
         (status = 200, description = "An endless `text/event-stream`", body = String, content_type = "text/event-stream"),
         (status = 400, body = Problem, content_type = "application/problem+json"),

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent_sim::{Bus, Fleet, FleetConfig, RpcBehaviour, RpcMode, SimAgent};
-use clap::Parser;
 use natsbus::auth::Identity;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
@@ -21,14 +20,15 @@ async fn an_enrolled_agent_works_end_to_end_with_its_own_identity_until_revoked(
     let stop = CancellationToken::new();
     let mut args = vec!["event-ingestor".to_owned(), "--admin-addr".into(), "127.0.0.1:0".into()];
     args.extend(api.stack.args_for(&Identity::EventIngestor));
-    let ingestor = event_ingestor::start(event_ingestor::Config::try_parse_from(args).unwrap(), stop.clone())
-        .await
-        .unwrap();
+    let ingestor =
+        event_ingestor::start(test_support::parse_config::<event_ingestor::Config>(args), stop.clone())
+            .await
+            .unwrap();
     let mut args = vec!["presence-tracker".to_owned(), "--admin-addr".into(), "127.0.0.1:0".into()];
     args.extend(api.stack.args_for(&Identity::PresenceTracker));
     args.extend(api.stack.redis_args());
     let tracker =
-        presence_tracker::start(presence_tracker::Config::try_parse_from(args).unwrap(), stop.clone())
+        presence_tracker::start(test_support::parse_config::<presence_tracker::Config>(args), stop.clone())
             .await
             .unwrap();
 

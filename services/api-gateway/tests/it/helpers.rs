@@ -3,7 +3,6 @@ use std::time::Duration;
 
 use agent_sim::{Bus, Fleet, FleetConfig, RpcBehaviour, RpcMode, SimAgent};
 use api_gateway::{Config, Running};
-use clap::Parser;
 use natsbus::auth::Identity;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -43,8 +42,8 @@ pub fn base_args(stack: &Stack) -> Vec<String> {
         "api-gateway".to_owned(),
         "--http-addr".into(),
         "127.0.0.1:0".into(),
-        "--jwt-secret".into(),
-        SECRET.into(),
+        "--jwt-secret-file".into(),
+        stack.secret_file("jwt-secret", SECRET),
     ];
     args.extend(stack.args_for(&natsbus::auth::Identity::ApiGateway));
     args.extend(stack.redis_args());
@@ -67,8 +66,8 @@ pub async fn login_at(base: &str, email: &str) -> String {
 fn config_for(stack: &Stack, extra: &[&str]) -> Config {
     let mut args = base_args(stack);
     args.extend([
-        "--bootstrap-token".to_owned(),
-        BOOTSTRAP.into(),
+        "--bootstrap-token-file".to_owned(),
+        stack.secret_file("bootstrap-token", BOOTSTRAP),
         "--rpc-timeout".into(),
         "1s".into(),
         "--analyze-timeout".into(),
@@ -80,7 +79,7 @@ fn config_for(stack: &Stack, extra: &[&str]) -> Config {
         "0".into(),
     ]);
     args.extend(extra.iter().map(|s| (*s).to_owned()));
-    let config = Config::try_parse_from(args).unwrap();
+    let config = test_support::parse_config::<Config>(args);
     config.validate().unwrap();
     config
 }
@@ -296,7 +295,7 @@ pub async fn start_analyzer(stack: &Stack, extra: &[&str]) -> (ai_analyzer::Runn
     args.extend(stack.args_for(&natsbus::auth::Identity::AiAnalyzer));
     args.extend(stack.redis_args());
     args.extend(extra.iter().map(|a| (*a).to_owned()));
-    let config = ai_analyzer::Config::try_parse_from(args).unwrap();
+    let config = test_support::parse_config::<ai_analyzer::Config>(args);
     config.validate().unwrap();
     let shutdown = CancellationToken::new();
     (ai_analyzer::start(config, shutdown.clone()).await.unwrap(), shutdown)
@@ -392,14 +391,13 @@ impl Services {
             args.extend(extra.iter().map(|s| (*s).to_owned()));
             args
         };
-        let ingestor = event_ingestor::Config::try_parse_from(args(
+        let ingestor = test_support::parse_config::<event_ingestor::Config>(args(
             "event-ingestor",
             &Identity::EventIngestor,
             false,
             &[],
-        ))
-        .unwrap();
-        let tracker = presence_tracker::Config::try_parse_from(args(
+        ));
+        let tracker = test_support::parse_config::<presence_tracker::Config>(args(
             "presence-tracker",
             &Identity::PresenceTracker,
             true,
@@ -415,16 +413,14 @@ impl Services {
                 "--last-seen-resolution",
                 "0s",
             ],
-        ))
-        .unwrap();
+        ));
         // No OpenRouter key: the rules analyzer answers.
-        let analyzer = ai_analyzer::Config::try_parse_from(args(
+        let analyzer = test_support::parse_config::<ai_analyzer::Config>(args(
             "ai-analyzer",
             &Identity::AiAnalyzer,
             true,
             &["--auto-analyze", "true"],
-        ))
-        .unwrap();
+        ));
         analyzer.validate().unwrap();
         Self {
             ingestor: event_ingestor::start(ingestor, stop.clone()).await.unwrap(),

@@ -324,14 +324,14 @@ async fn create_user_subcommand_and_first_admin_from_the_environment() {
     natsbus::ensure_topology(&js, &stack.topology).await.unwrap();
     let mut args = base_args(&stack);
     args.extend([
-        "--database-url".into(),
-        db2.url(),
+        "--database-url-file".into(),
+        stack.secret_file("second-database-url", &db2.url()),
         "--admin-email".into(),
         "root@example.com".into(),
-        "--admin-password".into(),
-        PASSWORD.into(),
+        "--admin-password-file".into(),
+        stack.secret_file("admin-password", PASSWORD),
     ]);
-    let config = <api_gateway::Config as clap::Parser>::try_parse_from(args).unwrap();
+    let config = test_support::parse_config::<api_gateway::Config>(args);
     let shutdown = tokio_util::sync::CancellationToken::new();
     let running = api_gateway::start(config, shutdown.clone()).await.unwrap();
     let admins: i64 = sqlx::query_scalar("SELECT count(*) FROM users WHERE role = 'admin'")

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use agent_sim::{Bus, Fleet};
 use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::pull;
-use clap::Parser as _;
 use futures::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 use wire_models::{EventKind, Severity};
@@ -36,7 +35,7 @@ async fn start_ingestor(api: &Api) -> (event_ingestor::Running, CancellationToke
         DLQ_BYTES.to_string(),
     ]);
     let shutdown = CancellationToken::new();
-    let config = event_ingestor::Config::try_parse_from(args).unwrap();
+    let config = test_support::parse_config::<event_ingestor::Config>(args);
     (event_ingestor::start(config, shutdown.clone()).await.unwrap(), shutdown)
 }
 
@@ -58,7 +57,7 @@ async fn start_tracker(api: &Api) -> (presence_tracker::Running, CancellationTok
     args.extend(api.stack.args_for(&natsbus::auth::Identity::PresenceTracker));
     args.extend(api.stack.redis_args());
     let shutdown = CancellationToken::new();
-    let config = presence_tracker::Config::try_parse_from(args).unwrap();
+    let config = test_support::parse_config::<presence_tracker::Config>(args);
     (presence_tracker::start(config, shutdown.clone()).await.unwrap(), shutdown)
 }
 

@@ -19,7 +19,7 @@ fn env(stack: &Stack) -> Vec<(&'static str, String)> {
 #[tokio::test]
 async fn starts_reports_ready_and_stops_in_process() {
     let stack = Stack::start().await;
-    let config = Config::try_parse_from(crate::helpers::base_args(&stack)).unwrap();
+    let config: Config = test_support::parse_config(crate::helpers::base_args(&stack));
     config.validate().unwrap();
     let shutdown = CancellationToken::new();
     let running = api_gateway::start(config, shutdown.clone()).await.unwrap();
@@ -87,24 +87,22 @@ async fn a_bad_configuration_exits_64_naming_the_variable() {
     assert!(stderr[0].contains("JWT_SECRET"), "{stderr:?}");
 }
 
+/// The gateway with `flags`, and `JWT_SECRET` as its only secret.
+fn with_jwt_secret(secret: &str, flags: &[&str]) -> Config {
+    let vars = [("JWT_SECRET", secret)];
+    let args = std::iter::once("api-gateway").chain(flags.iter().copied());
+    service_kit::config::try_parse_with_secrets(args, service_kit::config::SecretEnv::fixed(&vars)).unwrap()
+}
+
 #[tokio::test]
 async fn a_weak_secret_is_accepted_only_in_development_mode() {
-    let config =
-        Config::try_parse_from(["api-gateway", "--jwt-secret", "change_me", "--insecure-bus"]).unwrap();
-    assert!(config.validate().is_err());
-    let config =
-        Config::try_parse_from(["api-gateway", "--jwt-secret", "change_me", "--dev", "--insecure-bus"])
-            .unwrap();
-    config.validate().unwrap();
+    assert!(with_jwt_secret("change_me", &["--insecure-bus"]).validate().is_err());
+    with_jwt_secret("change_me", &["--dev", "--insecure-bus"]).validate().unwrap();
     // Placeholders likewise: refused, then accepted in development mode only.
     let placeholder = "REPLACE-ME-with-at-least-32-random-bytes-compose-demo";
-    let config =
-        Config::try_parse_from(["api-gateway", "--jwt-secret", placeholder, "--insecure-bus"]).unwrap();
-    assert!(config.validate().unwrap_err().starts_with("JWT_SECRET:"));
-    let config =
-        Config::try_parse_from(["api-gateway", "--jwt-secret", placeholder, "--dev", "--insecure-bus"])
-            .unwrap();
-    config.validate().unwrap();
+    let refused = with_jwt_secret(placeholder, &["--insecure-bus"]).validate().unwrap_err();
+    assert!(refused.starts_with("JWT_SECRET:"), "{refused}");
+    with_jwt_secret(placeholder, &["--dev", "--insecure-bus"]).validate().unwrap();
 }
 
 #[tokio::test]

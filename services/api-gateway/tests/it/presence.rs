@@ -1,7 +1,6 @@
 use std::time::Duration;
 
 use agent_sim::{Bus, SimAgent};
-use clap::Parser;
 use reqwest::StatusCode;
 use tokio_util::sync::CancellationToken;
 
@@ -16,7 +15,7 @@ async fn presence_is_explained_live_and_in_history() {
     args.extend(api.stack.args_for(&natsbus::auth::Identity::PresenceTracker));
     args.extend(api.stack.redis_args());
     args.extend(["--reconcile-interval".into(), "500ms".into()]);
-    let config = presence_tracker::Config::try_parse_from(args).unwrap();
+    let config = test_support::parse_config::<presence_tracker::Config>(args);
     let stop_tracker = CancellationToken::new();
     let tracker = presence_tracker::start(config, stop_tracker.clone()).await.unwrap();
 

@@ -56,8 +56,10 @@ async fn postgres_down_mid_run_delays_but_loses_nothing() {
     enroll(&stack, &fleet).await;
     let proxy = TcpProxy::start(stack.db.server_addr()).await;
     let url = stack.db.url_via_port(proxy.port());
+    let url_file = stack.secret_file("database-url-via-proxy", &url);
     let (running, shutdown) =
-        start(&stack, &["--database-url", &url, "--db-acquire-timeout", "1s", "--ack-wait", "3s"]).await;
+        start(&stack, &["--database-url-file", &url_file, "--db-acquire-timeout", "1s", "--ack-wait", "3s"])
+            .await;
 
     assert_eq!(fleet.publish_events(&bus, 1_000, 256).await, 1_000);
     wait_drained(&stack, &stack.topology.events_stream, "event-ingestor", Duration::from_secs(30)).await;

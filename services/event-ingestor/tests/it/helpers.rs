@@ -2,7 +2,6 @@ use std::time::Duration;
 
 use agent_sim::{Bus, Fleet};
 use async_nats::jetstream::consumer::pull;
-use clap::Parser;
 use event_ingestor::{Config, Running};
 use futures::StreamExt;
 use test_support::Stack;
@@ -31,7 +30,7 @@ pub fn config(stack: &Stack, extra: &[&str]) -> Config {
     ];
     args.extend(stack.args_for(&natsbus::auth::Identity::EventIngestor));
     args.extend(extra.iter().map(|s| (*s).to_owned()));
-    Config::try_parse_from(args).unwrap()
+    test_support::parse_config(args)
 }
 
 pub async fn start(stack: &Stack, extra: &[&str]) -> (Running, CancellationToken) {

@@ -47,12 +47,44 @@ async fn an_event_with_a_traceparent_is_ingested_in_that_trace() {
         .unwrap();
 
     let span = receiver
-        .wait_for("the ingestor's span in the agent's trace", Duration::from_secs(20), |s| {
-            s.service == "event-ingestor" && s.trace_id == trace_id
+        .wait_for("the ingestor's process span in the agent's trace", Duration::from_secs(20), |s| {
+            s.service == "event-ingestor" && s.trace_id == trace_id && s.kind == "CONSUMER"
         })
         .await;
     assert_eq!(span.parent_span_id, agent_span, "{span:?}");
-    assert_eq!(span.name, "ingest.event");
+    let root = stack.topology.subjects.root().as_str();
+    assert_eq!(span.name, format!("process {root}.{{agent_id}}.events.{{kind}}"));
+    assert_eq!(span.attribute("messaging.system"), Some("nats"));
+    assert_eq!(span.attribute("messaging.operation.type"), Some("process"));
+    let subject = stack.topology.subjects.event(&event.agent_id, &event.kind);
+    assert_eq!(span.attribute("messaging.destination.name"), Some(subject.as_str()));
+    assert_eq!(span.attribute("messaging.message.id"), Some(event.event_id.to_string().as_str()));
+
+    // The batch that wrote it, and the statements that did, are in the same trace.
+    let batch = receiver
+        .wait_for("the batch span", Duration::from_secs(20), |s| {
+            s.service == "event-ingestor" && s.trace_id == trace_id && s.name == "ingest.batch"
+        })
+        .await;
+    assert_eq!(batch.parent_span_id, span.span_id);
+    let insert = receiver
+        .wait_for("the statement writing the incident", Duration::from_secs(20), |s| {
+            s.trace_id == trace_id
+                && s.attribute("db.system.name") == Some("postgresql")
+                && s.attribute("db.query.text").is_some_and(|q| q.contains("INSERT INTO incidents"))
+        })
+        .await;
+    assert_eq!(insert.kind, "CLIENT");
+    assert_eq!(insert.parent_span_id, batch.span_id);
+    assert!(insert.attribute("db.query.text").is_some_and(|q| !q.contains("Out of memory")), "{insert:?}");
+    // And so is the notification the ingestor publishes for the new incident.
+    let publish = receiver
+        .wait_for("the incident notification", Duration::from_secs(20), |s| {
+            s.service == "event-ingestor" && s.trace_id == trace_id && s.kind == "PRODUCER"
+        })
+        .await;
+    assert_eq!(publish.name, format!("publish {}", stack.topology.subjects.incident_created()));
+    assert_eq!(publish.attribute("messaging.operation.type"), Some("send"));
     ingestor.signal("TERM");
     assert_eq!(ingestor.wait(Duration::from_secs(20)).await, Some(0));
 }

@@ -113,7 +113,9 @@ async fn a_redis_outage_leaves_no_agent_in_a_wrong_state() {
         test_support::redis_url().trim_start_matches("redis://").trim_end_matches('/').to_owned();
     let proxy = TcpProxy::start(redis_addr).await;
     let url = format!("redis://127.0.0.1:{}", proxy.port());
-    let (running, shutdown) = start(&stack, &["--redis-url", &url, "--redis-timeout", "500ms"]).await;
+    let url_file = stack.secret_file("redis-url-via-proxy", &url);
+    let (running, shutdown) =
+        start(&stack, &["--redis-url-file", &url_file, "--redis-timeout", "500ms"]).await;
     let _beats = Heartbeats::start(&bus, &fleet);
     wait_status(&stack, &steady.id, "online", Duration::from_secs(5)).await;
     wait_status(&stack, &leaving.id, "online", Duration::from_secs(5)).await;
@@ -183,7 +185,9 @@ async fn a_postgres_outage_delays_transitions_but_loses_none() {
     newcomer.set_silent(true);
     let proxy = TcpProxy::start(stack.db.server_addr()).await;
     let url = stack.db.url_via_port(proxy.port());
-    let (running, shutdown) = start(&stack, &["--database-url", &url, "--db-acquire-timeout", "1s"]).await;
+    let url_file = stack.secret_file("database-url-via-proxy", &url);
+    let (running, shutdown) =
+        start(&stack, &["--database-url-file", &url_file, "--db-acquire-timeout", "1s"]).await;
     let _beats = Heartbeats::start(&bus, &fleet);
     wait_status(&stack, &steady.id, "online", Duration::from_secs(5)).await;
     wait_status(&stack, &leaving.id, "online", Duration::from_secs(5)).await;

@@ -2,7 +2,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agent_sim::{Bus, SimAgent};
-use clap::Parser;
 use futures::StreamExt;
 use presence_tracker::{Config, Running};
 use test_support::Stack;
@@ -72,7 +71,7 @@ pub fn config(stack: &Stack, extra: &[&str]) -> Config {
     args.extend(stack.args_for(&natsbus::auth::Identity::PresenceTracker));
     args.extend(stack.redis_args());
     args.extend(extra.iter().map(|s| (*s).to_owned()));
-    Config::try_parse_from(args).unwrap()
+    test_support::parse_config(args)
 }
 
 pub async fn start(stack: &Stack, extra: &[&str]) -> (Running, CancellationToken) {
@@ -190,15 +189,8 @@ impl Changes {
 
 /// The Redis view the API reads.
 pub async fn redis_view(stack: &Stack, id: &AgentId) -> Option<presence::PresenceView> {
-    #[derive(Parser)]
-    struct Args {
-        #[command(flatten)]
-        redis: storage::redis::RedisConfig,
-    }
-    let mut argv = vec!["t".to_owned()];
-    argv.extend(stack.redis_args());
-    let args = Args::try_parse_from(argv).unwrap();
-    let pool = storage::redis::connect(&args.redis).await.unwrap();
-    let store = presence::PresenceStore::new(pool, presence::Keys::for_config(&args.redis));
+    let redis = stack.redis_config();
+    let pool = storage::redis::connect(&redis).await.unwrap();
+    let store = presence::PresenceStore::new(pool, presence::Keys::for_config(&redis));
     store.read(std::slice::from_ref(id)).await.unwrap().remove(id)
 }

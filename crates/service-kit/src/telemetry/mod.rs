@@ -1,9 +1,14 @@
 //! Logs, traces and panics, set up the same way in every service.
 //!
 //! Logs go to stdout as JSON (`LOG_FORMAT=json`, for collectors) or human-readable
-//! text (`pretty`), filtered by `RUST_LOG`. When `OTEL_EXPORTER_OTLP_ENDPOINT` is set,
-//! spans are exported over OTLP/HTTP (protobuf) with the service name, version and
-//! instance as resource attributes, and W3C trace context is the propagator.
+//! text (`pretty`), filtered by `RUST_LOG`. A JSON line carries the fields of the spans
+//! it was written in (agent_id, request_id, incident_id...) and, inside a trace, its
+//! `trace_id` and `span_id`. When `OTEL_EXPORTER_OTLP_ENDPOINT` is set, spans are
+//! exported over OTLP/HTTP (protobuf) with the service name, version and instance as
+//! resource attributes, Postgres statements become client spans ([`sql`]), and W3C
+//! trace context is the propagator.
+
+use std::sync::{Arc, OnceLock};
 
 use opentelemetry::KeyValue;
 use opentelemetry::trace::TracerProvider as _;
@@ -11,9 +16,15 @@ use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing_subscriber::EnvFilter;
+use tracing::Dispatch;
+use tracing::dispatcher::WeakDispatch;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer as _};
+
+mod json;
+mod sql;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -21,7 +32,7 @@ pub enum LogFormat {
     Pretty,
 }
 
-/// Telemetry flags shared by every service.
+/// Telemetry flags shared by every service; global, so a subcommand takes them too.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TelemetryArgs {
     /// Log format: `json` for log collectors, `pretty` for people.
@@ -30,6 +41,7 @@ pub struct TelemetryArgs {
         long = "log-format",
         env = "LOG_FORMAT",
         value_name = "LOG_FORMAT",
+        global = true,
         value_enum,
         default_value = "pretty"
     )]
@@ -40,6 +52,7 @@ pub struct TelemetryArgs {
         long = "log-filter",
         env = "RUST_LOG",
         value_name = "RUST_LOG",
+        global = true,
         default_value = "info"
     )]
     pub log_filter: String,
@@ -49,7 +62,8 @@ pub struct TelemetryArgs {
         id = "otlp-endpoint",
         long = "otlp-endpoint",
         env = "OTEL_EXPORTER_OTLP_ENDPOINT",
-        value_name = "OTEL_EXPORTER_OTLP_ENDPOINT"
+        value_name = "OTEL_EXPORTER_OTLP_ENDPOINT",
+        global = true
     )]
     pub otlp_endpoint: Option<String>,
     /// Instance name reported with every span (defaults to host name and pid).
@@ -57,7 +71,8 @@ pub struct TelemetryArgs {
         id = "instance-id",
         long = "instance-id",
         env = "OTEL_SERVICE_INSTANCE_ID",
-        value_name = "OTEL_SERVICE_INSTANCE_ID"
+        value_name = "OTEL_SERVICE_INSTANCE_ID",
+        global = true
     )]
     pub instance_id: Option<String>,
 }
@@ -72,6 +87,39 @@ impl TelemetryArgs {
             return Err("OTEL_EXPORTER_OTLP_ENDPOINT: must be an http:// or https:// URL".into());
         }
         Ok(())
+    }
+}
+
+/// Whether the current span is part of a sampled trace. Client spans (a Redis command,
+/// a NATS publish) are opened only then: outside a trace they would each start one of
+/// their own, and without an exporter they would cost a span for nothing.
+pub fn in_trace() -> bool {
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let current = tracing::Span::current();
+    if current.is_none() {
+        return false;
+    }
+    let context = current.context();
+    let span = context.span();
+    let span_context = span.span_context();
+    span_context.is_valid() && span_context.is_sampled()
+}
+
+/// The subscriber the layers are part of, for the layers that read another layer's
+/// span data (trace ids) while handling an event: the thread's default dispatcher is
+/// unavailable then (tracing's re-entrancy guard).
+#[derive(Clone, Default)]
+pub(crate) struct Registered(Arc<OnceLock<WeakDispatch>>);
+
+impl Registered {
+    /// Remembers the current default dispatcher (call right after installing it).
+    pub(crate) fn set_current(&self) {
+        let _ = self.0.set(tracing::dispatcher::get_default(Dispatch::downgrade));
+    }
+
+    pub(crate) fn get(&self) -> Option<Dispatch> {
+        self.0.get().and_then(WeakDispatch::upgrade)
     }
 }
 
@@ -103,23 +151,33 @@ impl Drop for TelemetryGuard {
 
 /// Installs the global subscriber, the OTLP exporter (when configured), the W3C
 /// propagator and a panic hook that logs through `tracing`.
+///
+/// Each layer has its own filter: `RUST_LOG` decides what is logged and which spans are
+/// exported, while sqlx's statement events (debug level) reach only the layer that
+/// turns them into database spans, and only when spans are exported.
 pub fn init(service: &'static str, args: &TelemetryArgs) -> anyhow::Result<TelemetryGuard> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let filter = EnvFilter::try_new(&args.log_filter)?;
+    let filter = || EnvFilter::try_new(&args.log_filter);
 
     let provider = match &args.otlp_endpoint {
         Some(endpoint) => Some(tracer_provider(service, endpoint, args.instance_id.clone())?),
         None => None,
     };
-    let otel_layer = provider.as_ref().map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service)));
-
-    let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
-    match args.log_format {
-        LogFormat::Json => registry
-            .with(tracing_subscriber::fmt::layer().json().flatten_event(true).with_current_span(false))
-            .try_init()?,
-        LogFormat::Pretty => registry.with(tracing_subscriber::fmt::layer()).try_init()?,
-    }
+    let otel_layer = match &provider {
+        Some(p) => Some(tracing_opentelemetry::layer().with_tracer(p.tracer(service)).with_filter(filter()?)),
+        None => None,
+    };
+    let dispatch = Registered::default();
+    let sql_layer = provider.as_ref().map(|p| {
+        sql::SqlSpans::new(p.tracer("opspilot.postgres"), dispatch.clone())
+            .with_filter(Targets::new().with_target(sql::TARGET, tracing::Level::TRACE))
+    });
+    let log_layer = match args.log_format {
+        LogFormat::Json => json::layer(dispatch.clone()).with_filter(filter()?).boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer().with_filter(filter()?).boxed(),
+    };
+    tracing_subscriber::registry().with(otel_layer).with(sql_layer).with(log_layer).try_init()?;
+    dispatch.set_current();
 
     std::panic::set_hook(Box::new(|info| {
         let location = info.location().map(|l| format!("{}:{}", l.file(), l.line()));
