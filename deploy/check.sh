@@ -37,6 +37,8 @@
 #      bucket settings), shared-state gauges read with max(), every alert unit-tested
 #      and given a runbook in deploy/README.md, and deploy/k8s/monitoring's
 #      PrometheusRule in step with alerts.yaml.
+#   7. the agent's .deb: built with cargo-deb, its unit, maintainer scripts and
+#      conffiles checked (agent/debian/check-deb.sh).
 # Exits non-zero when any check fails.
 set -uo pipefail
 
@@ -1050,6 +1052,10 @@ if ensure_promtool; then
 else
     skip "deploy/observability: no promtool (Debian package prometheus): rule syntax and unit tests not run, structure checked"
 fi
+
+# --- 7. the agent's .deb -----------------------------------------------------------------
+# shellcheck source=agent/debian/check-deb.sh
+. "$ROOT/agent/debian/check-deb.sh"
 
 # --- summary -------------------------------------------------------------------------------
 echo

@@ -14,7 +14,7 @@ if ! command -v wrk >/dev/null 2>&1; then
     $SUDO apt-get install -y -qq wrk >/dev/null 2>&1 \
         || { $SUDO apt-get update -qq >/dev/null && $SUDO apt-get install -y -qq wrk >/dev/null; }
 fi
-cargo build --release -q -p opspilot-bench -p api-gateway -p event-ingestor -p presence-tracker -p ai-analyzer -p agent-sim
+cargo build --release -q -p opspilot-bench -p api-gateway -p event-ingestor -p presence-tracker -p ai-analyzer -p agent-sim -p opspilot-agent
 # shellcheck source=/dev/null
 source .stack/env
 exec target/release/opspilot-bench "$@"

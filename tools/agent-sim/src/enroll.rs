@@ -5,46 +5,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use agent_client::{EnrollClient, EnrollError, EnrollRequest};
 use anyhow::Context as _;
-use base64::Engine as _;
 use natsbus::auth::KeyPair;
-use serde::{Deserialize, Serialize};
 
 use crate::{Fleet, SimAgent};
-
-#[derive(Serialize)]
-struct EnrollRequest<'a> {
-    token: &'a str,
-    machine_fingerprint: &'a str,
-    hostname: &'a str,
-    nats_public_key: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    proof: Option<Proof>,
-}
-
-#[derive(Serialize)]
-struct Proof {
-    public_key: String,
-    nonce: String,
-    signature: String,
-}
-
-#[derive(Deserialize)]
-struct Challenge {
-    nonce: String,
-}
-
-#[derive(Deserialize)]
-struct EnrollResponse {
-    agent_id: String,
-    nats_urls: Vec<String>,
-    nats_credentials: Option<Credentials>,
-}
-
-#[derive(Deserialize)]
-struct Credentials {
-    jwt: String,
-}
 
 /// An agent as enrollment left it: its id, and its own NATS credentials when the
 /// deployment runs with bus security.
@@ -118,16 +83,14 @@ impl Keyring {
 
 /// Enrolls fleets through one API with one keyring.
 pub struct Enroller {
-    http: reqwest::Client,
-    base: String,
+    client: EnrollClient,
     token: String,
     keyring: Keyring,
 }
 
 impl Enroller {
     pub fn new(api_base: &str, token: &str, keyring: Keyring) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(10)).build()?;
-        Ok(Self { http, base: api_base.trim_end_matches('/').to_owned(), token: token.to_owned(), keyring })
+        Ok(Self { client: EnrollClient::new(api_base)?, token: token.to_owned(), keyring })
     }
 
     /// Enrolls every agent of `fleet`; an agent the backend refuses (revoked, or its
@@ -149,59 +112,30 @@ impl Enroller {
         let fingerprint = agent.machine_fingerprint();
         let (key, known) = self.keyring.key_for(&fingerprint)?;
         let public = key.public_key();
-        let proof = if known { Some(self.prove(&key, &fingerprint, &public).await?) } else { None };
-        let response = self
-            .http
-            .post(format!("{}/api/v1/agents/enroll", self.base))
-            .json(&EnrollRequest {
-                token: &self.token,
-                machine_fingerprint: &fingerprint,
-                hostname: &agent.hostname,
-                nats_public_key: &public,
-                proof,
-            })
-            .send()
-            .await?;
-        let status = response.status();
-        if matches!(status.as_u16(), 403 | 409) {
-            let body: serde_json::Value = response.json().await.unwrap_or_default();
-            let reason = body["detail"].as_str().unwrap_or("refused").to_owned();
-            return Ok(Err(Skipped { hostname: agent.hostname.clone(), status: status.as_u16(), reason }));
-        }
-        if !status.is_success() {
-            let body = response.text().await.unwrap_or_default();
-            anyhow::bail!("enrolling {} failed with {status}: {body}", agent.hostname);
-        }
-        let body: EnrollResponse = response.json().await?;
-        let id = wire_models::AgentId::parse(&body.agent_id)?;
+        let proof = if known { Some(self.client.prove(&key, &fingerprint, &public).await?) } else { None };
+        let request = EnrollRequest {
+            token: Some(&self.token),
+            machine_fingerprint: &fingerprint,
+            hostname: &agent.hostname,
+            nats_public_key: &public,
+            proof,
+        };
+        let body = match self.client.enroll(&request).await {
+            Ok(body) => body,
+            Err(EnrollError::Refused { status: status @ (403 | 409), detail, .. }) => {
+                return Ok(Err(Skipped { hostname: agent.hostname.clone(), status, reason: detail }));
+            }
+            Err(err) => return Err(err).with_context(|| format!("enrolling {}", agent.hostname)),
+        };
         let creds = match body.nats_credentials {
             Some(c) => Some(natsbus::auth::creds_file(&c.jwt, &key.seed()?)),
             None => None,
         };
         Ok(Ok(Enrolled {
-            agent: SimAgent::new(id, agent.hostname.clone()),
+            agent: SimAgent::new(body.agent_id, agent.hostname.clone()),
             creds,
             nats_urls: body.nats_urls,
         }))
-    }
-
-    /// A proof that this process holds `key`: a fresh challenge, signed.
-    async fn prove(&self, key: &KeyPair, fingerprint: &str, public: &str) -> anyhow::Result<Proof> {
-        let challenge: Challenge = self
-            .http
-            .post(format!("{}/api/v1/agents/enroll/challenge", self.base))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        let message = wire_models::enroll_proof_message(&challenge.nonce, fingerprint, Some(public));
-        let signature = key.sign(&message)?;
-        Ok(Proof {
-            public_key: public.to_owned(),
-            nonce: challenge.nonce,
-            signature: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(signature),
-        })
     }
 }
 
@@ -229,6 +163,5 @@ pub async fn connect_as(
 ) -> anyhow::Result<async_nats::Client> {
     let creds = agent.creds.as_deref().ok_or_else(|| anyhow::anyhow!("no credentials were issued"))?;
     let options = async_nats::ConnectOptions::with_credentials(creds)?;
-    let name = natsbus::auth::Identity::Agent(agent.agent.id.clone()).name();
-    Ok(natsbus::connect_with(options, &agent.nats_urls, &name, request_timeout).await?)
+    Ok(agent_client::connect(options, &agent.nats_urls, &agent.agent.id, request_timeout).await?)
 }

@@ -11,10 +11,7 @@ use rand::Rng;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-use uuid::Uuid;
-use wire_models::{
-    AgentId, AgentSubject, Command, PROTOCOL_VERSION, RpcError, RpcReply, RpcRequest, RpcStatus,
-};
+use wire_models::{AgentId, AgentSubject, Command, RpcRequest};
 
 use crate::{Bus, SimAgent};
 
@@ -427,19 +424,7 @@ async fn answer(
             }
             agent.answer(&request, fail, started)
         }
-        Err(err) => RpcReply {
-            v: PROTOCOL_VERSION,
-            // Echo the request id when it can be read at all, so the caller can match.
-            request_id: serde_json::from_slice::<serde_json::Value>(&msg.payload)
-                .ok()
-                .and_then(|v| v.get("request_id")?.as_str()?.parse().ok())
-                .unwrap_or(Uuid::nil()),
-            status: RpcStatus::Error,
-            output: None,
-            exit_code: None,
-            error: Some(RpcError { code: "bad_request".into(), message: err.to_string() }),
-            duration_ms: 0,
-        },
+        Err(err) => agent_client::rpc::bad_request(&msg.payload, &err.to_string()),
     };
     natsbus::reply(&bus.client, reply_to.to_string(), &reply).await?;
     Ok(())

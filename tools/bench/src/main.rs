@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod actions;
+mod agent;
 mod console;
 mod fleet_actions;
 mod footprint;
@@ -74,7 +75,7 @@ struct Args {
     /// Events a simulated day of the `lifecycle` scenario ingests (a month of days).
     #[arg(long, default_value_t = 100_000)]
     month_events_per_day: usize,
-    /// Scenarios to run (comma-separated: ingest,inventory,presence,actions,fleet,reads,console,stream,footprint,lifecycle;
+    /// Scenarios to run (comma-separated: ingest,inventory,presence,actions,fleet,reads,console,stream,footprint,agent,lifecycle;
     /// `lifecycle` simulates a month of storage with the maintenance worker's clock advanced;
     /// `fleet` sends one fleet-wide action to each of `--fleet-sizes` agents;
     /// `console` renders the console's pages on the read scenario's data;
@@ -82,7 +83,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "ingest,inventory,presence,actions,fleet,reads,console,stream,footprint,lifecycle"
+        default_value = "ingest,inventory,presence,actions,fleet,reads,console,stream,footprint,agent,lifecycle"
     )]
     only: Vec<String>,
     /// Where to write the results.
@@ -146,6 +147,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if wants("footprint") {
         footprint::run(&mut rows).await?;
+    }
+    if wants("agent") {
+        agent::run(&mut rows).await?;
     }
     if wants("lifecycle") {
         lifecycle::run(args.month_events_per_day, &mut rows).await?;

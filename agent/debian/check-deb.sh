@@ -1,0 +1,59 @@
+# Sourced by deploy/check.sh (`make deploy-check`), which provides ROOT, WORK, log,
+# pass, fail and skip: builds the agent's .deb with cargo-deb (installed from
+# crates.io when missing) and checks what it holds: the hardened unit, the maintainer
+# scripts, the conffiles, the polkit rule and a binary that runs.
+
+agent_deb_check() {
+    local out="$WORK/agent-deb"
+    if ! command -v cargo-deb >/dev/null 2>&1 && ! cargo deb --version >/dev/null 2>&1; then
+        log "installing cargo-deb from crates.io"
+        if ! cargo install --locked cargo-deb >"$WORK/cargo-deb-install.log" 2>&1; then
+            skip "agent .deb: cargo-deb could not be installed (see $WORK/cargo-deb-install.log)"
+            return
+        fi
+    fi
+    rm -rf "$out" && mkdir -p "$out"
+    if ! cargo build --release -p opspilot-agent >"$out/build.log" 2>&1; then
+        cat "$out/build.log"; fail "agent .deb: release build"; return
+    fi
+    if ! cargo deb -p opspilot-agent --no-build --strip --output "$out" >"$out/deb.log" 2>&1; then
+        cat "$out/deb.log"; fail "agent .deb: cargo deb"; return
+    fi
+    local deb
+    deb="$(ls "$out"/*.deb 2>/dev/null | head -n 1)"
+    if [ -z "$deb" ]; then fail "agent .deb: no package written"; return; fi
+    dpkg-deb --info "$deb" >"$out/info.txt" 2>&1
+    dpkg-deb --contents "$deb" >"$out/contents.txt" 2>&1
+    cat "$out/info.txt"
+    local missing=()
+    for script in postinst prerm postrm conffiles; do
+        grep -qw "$script" "$out/info.txt" || missing+=("control: $script")
+    done
+    for path in ./usr/bin/opspilot-agent ./etc/opspilot-agent/agent.toml ./etc/opspilot-agent/policy.toml \
+        ./usr/share/polkit-1/rules.d/50-opspilot-agent.rules; do
+        grep -q " $path\$" "$out/contents.txt" || missing+=("file: $path")
+    done
+    grep -Eq ' \./(usr/)?lib/systemd/system/opspilot-agent\.service$' "$out/contents.txt" || missing+=("file: the systemd unit")
+    rm -rf "$out/root" && mkdir -p "$out/root" && dpkg-deb -x "$deb" "$out/root"
+    local unit
+    unit="$(ls "$out"/root/lib/systemd/system/opspilot-agent.service "$out"/root/usr/lib/systemd/system/opspilot-agent.service 2>/dev/null | head -n 1)"
+    for directive in User=opspilot-agent NoNewPrivileges=yes ProtectSystem=strict ProtectHome=yes \
+        PrivateTmp=yes CapabilityBoundingSet= RestrictAddressFamilies= SystemCallFilter=@system-service; do
+        grep -q "^$directive" "${unit:-/dev/null}" || missing+=("unit: $directive")
+    done
+    dpkg-deb -e "$deb" "$out/control"
+    grep -q "adduser --system" "$out/control/postinst" || missing+=("postinst: creates the system user")
+    grep -q "systemctl" "$out/control/postinst" || missing+=("postinst: enables the unit")
+    if ! "$out/root/usr/bin/opspilot-agent" --version >/dev/null 2>&1; then
+        missing+=("the packaged binary does not run")
+    fi
+    if [ ${#missing[@]} -eq 0 ]; then
+        pass "agent .deb: $(basename "$deb") with the hardened unit, maintainer scripts and conffiles"
+    else
+        printf '  missing: %s\n' "${missing[@]}"
+        fail "agent .deb: $(basename "$deb") is incomplete"
+    fi
+}
+
+log "agent .deb"
+agent_deb_check
