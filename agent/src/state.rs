@@ -3,8 +3,7 @@
 //! the old one, the directory synced) with mode 0600, so a crash or a power cut leaves
 //! either the old or the new file, never half of one, and no other user can read them.
 
-use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
@@ -135,22 +134,8 @@ fn read_optional(path: &Path) -> Result<Option<String>, StateError> {
 
 /// Writes `bytes` to `path` atomically with mode 0600.
 pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
-    let io = |source| StateError::Io { path: path.to_owned(), source };
-    let dir = path.parent().ok_or_else(|| io(std::io::Error::other("no parent directory")))?;
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
-    let tmp = dir.join(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
-    let result = (|| {
-        // create_new: never follow or reuse something another user planted there.
-        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(io)
+    agent_client::files::write_private(path, bytes)
+        .map_err(|source| StateError::Io { path: path.to_owned(), source })
 }
 
 /// The machine fingerprint: the OS machine id, or the DMI product UUID where there is

@@ -9,6 +9,7 @@
 
 mod bus;
 pub mod enroll;
+pub mod files;
 pub mod rpc;
 
 pub use bus::{Bus, BusError, connect};

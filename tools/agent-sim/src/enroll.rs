@@ -63,20 +63,13 @@ impl Keyring {
         Ok((pair, false))
     }
 
-    /// Writes the keyring atomically (a temporary file renamed over the old one).
+    /// Writes the keyring atomically, as the agent writes its own seed.
     fn save(&self) -> anyhow::Result<()> {
         let Some(file) = &self.file else { return Ok(()) };
-        use std::io::Write as _;
-        use std::os::unix::fs::OpenOptionsExt as _;
         if let Some(dir) = file.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let tmp = file.with_extension("json.tmp");
-        let mut out =
-            std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-        out.write_all(serde_json::to_string_pretty(&self.seeds)?.as_bytes())?;
-        out.sync_all()?;
-        std::fs::rename(&tmp, file)?;
+        agent_client::files::write_private(file, serde_json::to_string_pretty(&self.seeds)?.as_bytes())?;
         Ok(())
     }
 }
