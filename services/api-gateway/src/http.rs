@@ -152,3 +152,57 @@ pub(crate) async fn method_not_allowed() -> ApiError {
 pub(crate) fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::Router;
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    use opentelemetry::trace::{Status, TracerProvider as _};
+    use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+    use tower_http::trace::TraceLayer;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    /// A 5xx marks the server span as an error (with `error.type`); a 4xx does not: the
+    /// client's mistake is not the server's failure.
+    #[tokio::test]
+    async fn a_server_error_is_an_error_of_the_span_and_a_client_error_is_not() {
+        service_kit::install_crypto_provider();
+        let exporter = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        let _default = tracing::subscriber::set_default(subscriber);
+
+        let app = Router::new()
+            .route("/broken/{id}", get(|| async { StatusCode::SERVICE_UNAVAILABLE }))
+            .route("/refused/{id}", get(|| async { StatusCode::UNPROCESSABLE_ENTITY }))
+            .layer(axum::middleware::from_fn(super::metrics))
+            .layer(TraceLayer::new_for_http().make_span_with(super::make_span));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        for path in ["/broken/7", "/refused/7"] {
+            reqwest::get(format!("{base}{path}")).await.unwrap();
+        }
+        server.abort();
+        provider.force_flush().unwrap();
+
+        let spans = exporter.get_finished_spans().unwrap();
+        let span = |name: &str| -> SpanData {
+            spans.iter().find(|s| s.name == name).cloned().unwrap_or_else(|| panic!("no {name}: {spans:#?}"))
+        };
+        let attribute = |span: &SpanData, key: &str| {
+            span.attributes.iter().find(|kv| kv.key.as_str() == key).map(|kv| kv.value.to_string())
+        };
+        let broken = span("GET /broken/{id}");
+        assert!(matches!(broken.status, Status::Error { .. }), "{broken:#?}");
+        assert_eq!(attribute(&broken, "error.type").as_deref(), Some("503"));
+        assert_eq!(attribute(&broken, "http.response.status_code").as_deref(), Some("503"));
+        assert_eq!(attribute(&broken, "http.route").as_deref(), Some("/broken/{id}"));
+        let refused = span("GET /refused/{id}");
+        assert_eq!(refused.status, Status::Unset, "{refused:#?}");
+        assert_eq!(attribute(&refused, "error.type"), None);
+        assert_eq!(attribute(&refused, "http.response.status_code").as_deref(), Some("422"));
+    }
+}
