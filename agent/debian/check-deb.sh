@@ -1,12 +1,12 @@
 # Sourced by deploy/check.sh (`make deploy-check`), which provides ROOT, WORK, log,
-# pass, fail and skip: builds the agent's .deb with cargo-deb (installed from
-# crates.io when missing) and checks what it holds: the hardened unit, the maintainer
+# pass, fail and skip: builds the agent's .deb with cargo-deb (installed with
+# `cargo install` when missing) and checks what it holds: the hardened unit, the maintainer
 # scripts, the conffiles, the polkit rule and a binary that runs.
 
 agent_deb_check() {
     local out="$WORK/agent-deb"
     if ! command -v cargo-deb >/dev/null 2>&1 && ! cargo deb --version >/dev/null 2>&1; then
-        log "installing cargo-deb from crates.io"
+        log "installing cargo-deb (cargo install)"
         if ! cargo install --locked cargo-deb >"$WORK/cargo-deb-install.log" 2>&1; then
             skip "agent .deb: cargo-deb could not be installed (see $WORK/cargo-deb-install.log)"
             return
