@@ -86,7 +86,6 @@ pub(crate) async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let stats = spec.client.statistics();
-    let mut connects = stats.connects.load(std::sync::atomic::Ordering::Relaxed);
     let mut reason = Restart::Start;
     let mut attempt: u32 = 0;
     loop {
@@ -110,13 +109,14 @@ pub(crate) async fn run(
             }
         };
         attempt = 0;
-        let now_connects = stats.connects.load(std::sync::atomic::Ordering::Relaxed);
-        if now_connects != connects {
-            // Reconnected while the watch was being (re)created: this new watch already
-            // started after it, but agents still need their full threshold.
-            connects = now_connects;
-            health.resumed(crate::now_ms());
-        }
+        // Reconnects while the watch was being (re)created are behind this new watch.
+        let mut connects = stats.connects.load(std::sync::atomic::Ordering::Relaxed);
+        // Until the watch exists the bucket may have had no leader (in a cluster, a
+        // creation waits or fails while one is elected), and then nobody could put a
+        // heartbeat: every agent gets its full threshold from here, not from when the
+        // gap began. The re-sync delivers old entries at once, so they cannot stand in
+        // for heartbeats the agents had no chance to send.
+        health.resumed(crate::now_ms());
         if reason == Restart::Start {
             tracing::info!(bucket = %spec.bucket, "kv watch started; syncing current heartbeats");
         } else {
@@ -133,11 +133,6 @@ pub(crate) async fn run(
             Some(reason) => reason,
             None => return Ok(()),
         };
-        if matches!(reason, Restart::Error | Restart::Ended | Restart::Stalled) {
-            // The tracker was deaf for a while (a stall lasts seconds before it is
-            // noticed): every agent gets its full threshold again.
-            health.resumed(crate::now_ms());
-        }
     }
 }
 

@@ -117,7 +117,10 @@ pub fn permissions(identity: &Identity, topology: &Topology) -> Permissions {
                 s.fleet_action_progress(),
                 // Operators' live streams read the change feed (the incidents stream)
                 // with ordered consumers of their own: no other stream, no durable.
+                // After a reconnect the consumer asks for its own info to learn
+                // whether the server still has it.
                 format!("$JS.API.STREAM.INFO.{}", topology.incidents_stream),
+                format!("$JS.API.CONSUMER.INFO.{}.>", topology.incidents_stream),
                 format!("$JS.API.CONSUMER.CREATE.{}", topology.incidents_stream),
                 format!("$JS.API.CONSUMER.CREATE.{}.>", topology.incidents_stream),
                 format!("$JS.API.CONSUMER.MSG.NEXT.{}.>", topology.incidents_stream),
