@@ -26,9 +26,5 @@ pub fn describe() {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn every_metric_recorded_here_is_described() {
-        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-        test_support::metrics::assert_every_metric_described(&src, super::describe, &[]);
-    }
+    test_support::every_metric_described_test!(super::describe);
 }

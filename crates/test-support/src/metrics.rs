@@ -539,6 +539,21 @@ fn rust_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// Defines the test `every_metric_recorded_here_is_described` for the invoking crate:
+/// [`assert_every_metric_described`] on its `src/`, which only the invoking crate's
+/// `CARGO_MANIFEST_DIR` locates. `describe` is the crate's own; the `shared` ones are
+/// the describes of crates whose metrics it records through them.
+#[macro_export]
+macro_rules! every_metric_described_test {
+    ($describe:path $(, shared: [$($shared:path),* $(,)?])? $(,)?) => {
+        #[test]
+        fn every_metric_recorded_here_is_described() {
+            let src = ::std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+            $crate::metrics::assert_every_metric_described(&src, $describe, &[$($($shared),*)?]);
+        }
+    };
+}
+
 /// The metrics the source under `src` records are exactly the ones `describe` describes
 /// (apart from those `shared`, the describes of crates it uses, cover), each as the
 /// kind it is recorded as and with HELP text.

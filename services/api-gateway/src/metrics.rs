@@ -81,13 +81,5 @@ pub(crate) fn describe() {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn every_metric_recorded_here_is_described() {
-        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-        test_support::metrics::assert_every_metric_described(
-            &src,
-            super::describe,
-            &[natsbus::metrics::describe],
-        );
-    }
+    test_support::every_metric_described_test!(super::describe, shared: [natsbus::metrics::describe]);
 }
