@@ -38,7 +38,8 @@
 #      and given a runbook in deploy/README.md, and deploy/k8s/monitoring's
 #      PrometheusRule in step with alerts.yaml.
 #   7. the agent's .deb: built with cargo-deb, its unit, maintainer scripts and
-#      conffiles checked (agent/debian/check-deb.sh).
+#      conffiles checked, the unit verified and its exposure scored by
+#      systemd-analyze, offline (agent/debian/check-deb.sh).
 # Exits non-zero when any check fails.
 set -uo pipefail
 

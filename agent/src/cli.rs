@@ -1,6 +1,7 @@
 //! The command line: `enroll`, `run` and `check`, with the configuration file and a
 //! few overrides shared by all three.
 
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -42,7 +43,7 @@ pub enum Cmd {
     },
     /// Run the agent until SIGTERM or SIGINT.
     Run,
-    /// Validate the configuration, the state and the connection to the backend.
+    /// Validate the configuration, the state, the API and the connection to NATS.
     Check,
 }
 
@@ -119,16 +120,13 @@ async fn enroll(config: &Config, token_file: Option<&Path>) -> anyhow::Result<()
         }
     };
     println!("enrolled as agent {}", enrollment.agent_id);
-    // The packaged service runs as its own user, which cannot read files root wrote.
-    let state_owner = std::fs::metadata(&config.state_dir).map(|m| std::os::unix::fs::MetadataExt::uid(&m));
-    if rustix::process::geteuid().is_root()
-        && let Ok(owner) = state_owner
-        && owner != 0
+    // Root enrolling into the service user's directory gave the files to that user (a
+    // failure to do so failed the enrollment).
+    if let Ok(dir) = std::fs::metadata(&config.state_dir)
+        && let Some((uid, gid)) =
+            crate::state::owner_for(rustix::process::geteuid().is_root(), dir.uid(), dir.gid())
     {
-        eprintln!(
-            "opspilot-agent: warning: enrolled as root in a directory owned by uid {owner}; the \
-             service cannot read its state: enroll with `sudo -u opspilot-agent`"
-        );
+        println!("state files owned by uid {uid} gid {gid}, the owner of {}", config.state_dir.display());
     }
     Ok(())
 }
@@ -174,6 +172,10 @@ async fn check(config: &Config) -> anyhow::Result<()> {
         }
         println!("ok   nats credentials valid until {expires}");
     }
+    // Where credentials are renewed: a host that cannot reach it works until they expire.
+    let api = agent_client::EnrollClient::new(&enrollment.api)?;
+    api.health().await.map_err(|e| anyhow::anyhow!("the api {} does not answer: {e}", enrollment.api))?;
+    println!("ok   api {} answers", enrollment.api);
     let options = if state.has_creds() {
         natsbus::creds_file_options(&state.creds_path())
     } else {

@@ -70,7 +70,8 @@ pub struct EventsConfig {
     pub filesystem_check_interval_secs: u64,
     /// Report units that enter the `failed` state (from the inventory's unit list).
     pub failed_units: bool,
-    /// Report OOM kills (the kernel's counter, checked with the filesystems).
+    /// Report OOM kills (the cgroups' and the kernel's counters, checked with the
+    /// filesystems).
     pub oom_kills: bool,
     pub logs: Vec<LogWatch>,
 }
@@ -162,6 +163,8 @@ pub struct HostPaths {
     pub rpm: PathBuf,
     /// The kernel's counters (`oom_kill`).
     pub vmstat: PathBuf,
+    /// The cgroup v2 hierarchy, whose `memory.events` name the unit an OOM kill hit.
+    pub cgroup_root: PathBuf,
 }
 
 impl Default for HostPaths {
@@ -173,6 +176,7 @@ impl Default for HostPaths {
             dpkg_status: PathBuf::from("/var/lib/dpkg/status"),
             rpm: PathBuf::from("/usr/bin/rpm"),
             vmstat: PathBuf::from("/proc/vmstat"),
+            cgroup_root: PathBuf::from("/sys/fs/cgroup"),
         }
     }
 }
@@ -273,6 +277,7 @@ impl Config {
             ("host.dpkg_status", &host.dpkg_status),
             ("host.rpm", &host.rpm),
             ("host.vmstat", &host.vmstat),
+            ("host.cgroup_root", &host.cgroup_root),
         ] {
             absolute(field, path)?;
         }

@@ -1,9 +1,10 @@
 //! Events from the host: filesystems over the usage threshold, lines of log files
-//! matching configured patterns, and units entering the `failed` state. Each event is
-//! put in the spool, which the publisher drains; each has a stable `source` naming
-//! what produced it (`filesystem:/var`, `log:/var/log/syslog`, `systemd:nginx`).
+//! matching configured patterns, and units entering the `failed` state (OOM kills are
+//! in `oom`). Each event is put in the spool, which the publisher drains; each has a
+//! stable `source` naming what produced it (`filesystem:/var`, `log:/var/log/syslog`,
+//! `systemd:nginx`).
 
-use std::collections::HashSet;
+use std::collections::BTreeMap;
 use std::io::{Read as _, Seek as _, SeekFrom};
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use wire_models::{AgentId, Event, EventKind, PROTOCOL_VERSION, ServiceInfo, Severity};
 
+use crate::conditions::Conditions;
 use crate::config::LogRule;
 use crate::inventory::clean;
 use crate::spool::Spool;
@@ -84,15 +86,16 @@ pub fn usage(path: &Path) -> std::io::Result<(u8, u64, u64)> {
 }
 
 /// Watches filesystem usage until `shutdown`; one event when a filesystem goes over
-/// the threshold, another only after it went back under it.
+/// the threshold, another only after it went back under it (across restarts: see
+/// [`Conditions`]).
 pub async fn watch_filesystems(
     sink: Sink,
+    conditions: Arc<Conditions>,
     mounts: Vec<PathBuf>,
     threshold: u8,
     every: Duration,
     shutdown: CancellationToken,
 ) {
-    let mut over: HashSet<PathBuf> = HashSet::new();
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let disk_full = kind("disk_full");
@@ -101,95 +104,70 @@ pub async fn watch_filesystems(
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
+        let mut over = BTreeMap::new();
         for mount in &mounts {
+            let source = format!("filesystem:{}", mount.display());
             match usage(mount) {
                 Ok((percent, total, used)) if percent >= threshold => {
-                    if over.insert(mount.clone()) {
-                        let raw = format!(
-                            "filesystem {} is {percent}% full ({used} of {total} bytes used, \
-                             threshold {threshold}%)",
-                            mount.display()
-                        );
-                        let context = json!({
-                            "mount": mount.display().to_string(),
-                            "percent": percent,
-                            "total_bytes": total,
-                            "used_bytes": used,
-                            "threshold_percent": threshold,
-                        });
-                        let context = context.as_object().cloned().unwrap_or_default();
-                        let severity = if percent >= 98 { Severity::Critical } else { Severity::Error };
-                        sink.emit(
-                            &disk_full,
-                            severity,
-                            &format!("filesystem:{}", mount.display()),
-                            &raw,
-                            context,
-                        );
+                    over.insert(source, (mount, percent, total, used));
+                }
+                Ok(_) => {}
+                // Unknown this time: as it was.
+                Err(err) => {
+                    tracing::debug!(mount = %mount.display(), error = %err, "statvfs failed");
+                    if conditions.is_active(&source) {
+                        over.insert(source, (mount, 0, 0, 0));
                     }
                 }
-                Ok(_) => {
-                    over.remove(mount);
-                }
-                Err(err) => tracing::debug!(mount = %mount.display(), error = %err, "statvfs failed"),
             }
         }
+        let holding = over.keys().cloned().collect();
+        conditions.update("filesystem:", &holding, |source| {
+            let Some(&(mount, percent, total, used)) = over.get(source) else { return };
+            let raw = format!(
+                "filesystem {} is {percent}% full ({used} of {total} bytes used, threshold {threshold}%)",
+                mount.display()
+            );
+            let context = json!({
+                "mount": mount.display().to_string(),
+                "percent": percent,
+                "total_bytes": total,
+                "used_bytes": used,
+                "threshold_percent": threshold,
+            });
+            let context = context.as_object().cloned().unwrap_or_default();
+            let severity = if percent >= 98 { Severity::Critical } else { Severity::Error };
+            sink.emit(&disk_full, severity, source, &raw, context);
+        });
     }
 }
 
-/// The kernel's count of OOM kills since boot (`oom_kill` in /proc/vmstat, Linux 4.13+).
-pub fn oom_kills(vmstat: &str) -> Option<u64> {
-    vmstat.lines().find_map(|line| line.strip_prefix("oom_kill ")?.trim().parse().ok())
-}
-
-/// Watches the kernel's OOM kill counter until `shutdown`: one event per check in
-/// which it grew, saying how many processes were killed. Reading a counter needs no
-/// privilege and no access to the kernel log (which the unit's sandbox denies); the
-/// victim's name is in the kernel log, which a `[[events.logs]]` rule on
-/// /var/log/kern.log can report as well.
-pub async fn watch_oom_kills(sink: Sink, vmstat: PathBuf, every: Duration, shutdown: CancellationToken) {
-    let read = |path: &Path| std::fs::read_to_string(path).ok().as_deref().and_then(oom_kills);
-    let Some(mut last) = read(&vmstat) else {
-        tracing::debug!(path = %vmstat.display(), "no oom_kill counter; oom kills are not watched");
+/// Reports units that entered the `failed` state since the last inventory (across
+/// restarts: see [`Conditions`]). An empty unit list is taken for a `systemctl` that
+/// could not answer, not for a host whose failed units all recovered at once.
+pub fn failed_units(sink: &Sink, conditions: &Conditions, now: &[ServiceInfo]) {
+    if now.is_empty() {
         return;
-    };
-    let oom = kind("oom");
-    let mut ticker = tokio::time::interval(every);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
-        let Some(now) = read(&vmstat) else { continue };
-        if now > last {
-            let killed = now - last;
-            let mut context = Map::new();
-            context.insert("killed".into(), json!(killed));
-            context.insert("oom_kill_total".into(), json!(now));
-            let raw = format!("the kernel's out-of-memory killer killed {killed} process(es)");
-            sink.emit(&oom, Severity::Critical, "kernel:oom", &raw, context);
-        }
-        last = now;
     }
-}
-
-/// Reports units that newly entered the `failed` state between two inventories.
-pub fn failed_units(sink: &Sink, before: &[ServiceInfo], now: &[ServiceInfo]) {
-    let failed_before: HashSet<&str> =
-        before.iter().filter(|s| s.state == "failed").map(|s| s.name.as_str()).collect();
+    let failed: BTreeMap<String, &str> = now
+        .iter()
+        .filter(|s| s.state == "failed")
+        .map(|s| (format!("systemd:{}", s.name), s.name.as_str()))
+        .collect();
     let service_down = kind("service_down");
-    for unit in now.iter().filter(|s| s.state == "failed" && !failed_before.contains(s.name.as_str())) {
+    let holding = failed.keys().cloned().collect();
+    conditions.update("systemd:", &holding, |source| {
+        let Some(&unit) = failed.get(source) else { return };
         let mut context = Map::new();
-        context.insert("unit".into(), Value::String(unit.name.clone()));
+        context.insert("unit".into(), Value::String(unit.to_owned()));
         sink.emit(
             &service_down,
             Severity::Critical,
-            &format!("systemd:{}", unit.name),
-            &format!("{}.service entered the failed state", unit.name),
+            source,
+            &format!("{unit}.service entered the failed state"),
             context,
         );
-    }
+    });
 }
 
 /// Tails one log file until `shutdown`: from its end at start, following rotation
@@ -348,7 +326,7 @@ mod tests {
 
     #[test]
     fn the_fixed_kinds_are_valid() {
-        for name in ["disk_full", "service_down", "oom"] {
+        for name in ["disk_full", "service_down"] {
             EventKind::parse(name).unwrap();
         }
     }
@@ -399,41 +377,6 @@ mod tests {
         assert_eq!(limit.take_dropped(), None);
         assert!(limit.allow(t0 + Duration::from_secs(20)), "one token back after 20 s at 3/min");
         assert!(!limit.allow(t0 + Duration::from_secs(20)));
-    }
-
-    #[test]
-    fn the_oom_kill_counter_is_read_from_vmstat() {
-        assert_eq!(oom_kills("pgfault 12\noom_kill 3\nnr_foo 1\n"), Some(3));
-        assert_eq!(oom_kills("pgfault 12\n"), None);
-        let here = std::fs::read_to_string("/proc/vmstat").unwrap();
-        assert!(oom_kills(&here).is_some(), "this kernel counts oom kills");
-    }
-
-    #[tokio::test]
-    async fn a_growing_oom_counter_becomes_one_event() {
-        let dir = tempfile::tempdir().unwrap();
-        let vmstat = dir.path().join("vmstat");
-        std::fs::write(&vmstat, "oom_kill 5\n").unwrap();
-        let spool = Arc::new(Spool::open(&dir.path().join("spool"), 10).unwrap());
-        let sink = Sink {
-            agent_id: AgentId::parse("a1b2c3d4e5f6").unwrap(),
-            hostname: "h".into(),
-            spool: Arc::clone(&spool),
-            wake: Arc::new(Notify::new()),
-        };
-        let stop = CancellationToken::new();
-        let watch =
-            tokio::spawn(watch_oom_kills(sink, vmstat.clone(), Duration::from_millis(20), stop.clone()));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(spool.is_empty(), "kills before the agent started are not reported");
-        std::fs::write(&vmstat, "oom_kill 7\n").unwrap();
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        stop.cancel();
-        watch.await.unwrap();
-        let (_, event) = spool.peek().unwrap();
-        assert_eq!((event.kind.as_str(), event.source.as_str()), ("oom", "kernel:oom"));
-        assert_eq!(event.context["killed"], 2);
-        assert_eq!(spool.len(), 1);
     }
 
     #[test]

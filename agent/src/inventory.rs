@@ -1,20 +1,28 @@
 //! The host's inventory, read from the host itself: `/etc/os-release`, the kernel
 //! (uname), systemd units and their states (`systemctl list-units`), installed
-//! packages (dpkg's status file) and the configured labels.
+//! packages (dpkg's status file) and the configured labels; cut to the protocol's size
+//! limit when a host has more than fits.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
 use chrono::Utc;
-use serde_json::{Map, Value};
-use wire_models::{AgentId, Inventory, InventoryReport, OsInfo, PROTOCOL_VERSION, PackageInfo, ServiceInfo};
+use serde_json::{Map, Value, json};
+use wire_models::{
+    AgentId, Inventory, InventoryReport, OsInfo, PROTOCOL_VERSION, PackageInfo, ServiceInfo, WireMessage as _,
+};
 
 use crate::config::Config;
 use crate::exec;
 
-/// Collects a snapshot of this host.
-pub async fn collect(config: &Config, agent_id: &AgentId, hostname: &str) -> InventoryReport {
+/// Collects a snapshot of this host, cut to fit the protocol's size limit (what was
+/// left out, if anything, is the second value).
+pub async fn collect(
+    config: &Config,
+    agent_id: &AgentId,
+    hostname: &str,
+) -> (InventoryReport, Option<Truncation>) {
     let services = units(&config.actions.systemctl).await;
     let (os_release, dpkg_status) = (config.host.os_release.clone(), config.host.dpkg_status.clone());
     // Parsing a dpkg status file of a few thousand packages is file I/O and a few ms of
@@ -25,7 +33,7 @@ pub async fn collect(config: &Config, agent_id: &AgentId, hostname: &str) -> Inv
     let packages = if packages.is_empty() { rpm_packages(&config.host.rpm).await } else { packages };
     let meta: Map<String, Value> =
         config.labels.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
-    InventoryReport {
+    let report = InventoryReport {
         v: PROTOCOL_VERSION,
         agent_id: agent_id.clone(),
         collected_at: Utc::now(),
@@ -37,6 +45,112 @@ pub async fn collect(config: &Config, agent_id: &AgentId, hostname: &str) -> Inv
             meta,
             extra: Map::new(),
         },
+    };
+    // What is sent should cutting ever panic: the host without its lists.
+    let mut bare = InventoryReport {
+        v: report.v,
+        agent_id: report.agent_id.clone(),
+        collected_at: report.collected_at,
+        snapshot: Inventory {
+            hostname: report.snapshot.hostname.clone(),
+            os: report.snapshot.os.clone(),
+            services: Vec::new(),
+            packages: Vec::new(),
+            meta: report.snapshot.meta.clone(),
+            extra: Map::new(),
+        },
+    };
+    // Encoding a large snapshot (several times when it must be cut) is milliseconds of
+    // CPU: not on the runtime's thread.
+    tokio::task::spawn_blocking(move || {
+        let mut report = report;
+        let truncation = fit(&mut report, InventoryReport::MAX_BYTES);
+        (report, truncation)
+    })
+    .await
+    .unwrap_or_else(|_| {
+        let truncation = fit(&mut bare, InventoryReport::MAX_BYTES);
+        (bare, truncation)
+    })
+}
+
+/// Name of the snapshot key that marks a cut snapshot (docs/PROTOCOL.md, 5.3).
+pub const TRUNCATED_KEY: &str = "truncated";
+
+/// What [`fit`] left out: how many packages and units were kept of how many.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Truncation {
+    pub packages_kept: usize,
+    pub packages_total: usize,
+    pub services_kept: usize,
+    pub services_total: usize,
+}
+
+/// Room kept for the `truncated` marker itself.
+const MARKER_ROOM: usize = 160;
+
+/// Cuts `report` until it encodes to at most `max` bytes: the package list first, then
+/// the units, each keeping the longest prefix that fits (the same host gives the same
+/// snapshot, so the same hash), and marks the snapshot with what was kept of how many
+/// (`snapshot.truncated`). Returns None when it fitted whole.
+pub fn fit(report: &mut InventoryReport, max: usize) -> Option<Truncation> {
+    let encoded = |report: &InventoryReport| serde_json::to_vec(report).map_or(usize::MAX, |b| b.len());
+    let size = encoded(report);
+    if size <= max {
+        return None;
+    }
+    let (packages_total, services_total) = (report.snapshot.packages.len(), report.snapshot.services.len());
+    // Each entry costs its own encoding and a comma; the rest of the report is fixed.
+    let entry = |json: Result<Vec<u8>, serde_json::Error>| json.map_or(0, |b| b.len()) + 1;
+    let package_sizes: Vec<usize> =
+        report.snapshot.packages.iter().map(|p| entry(serde_json::to_vec(p))).collect();
+    let service_sizes: Vec<usize> =
+        report.snapshot.services.iter().map(|s| entry(serde_json::to_vec(s))).collect();
+    let fixed =
+        size.saturating_sub(package_sizes.iter().sum::<usize>() + service_sizes.iter().sum::<usize>());
+    let mut room = max.saturating_sub(fixed + MARKER_ROOM);
+    let services_fit: usize = service_sizes.iter().sum();
+    let packages_kept =
+        if services_fit <= room { prefix_within(&package_sizes, room - services_fit) } else { 0 };
+    report.snapshot.packages.truncate(packages_kept);
+    room = room.saturating_sub(package_sizes[..packages_kept].iter().sum());
+    let services_kept = prefix_within(&service_sizes, room);
+    report.snapshot.services.truncate(services_kept);
+    let mut truncation = Truncation { packages_kept, packages_total, services_kept, services_total };
+    loop {
+        report.snapshot.extra.insert(TRUNCATED_KEY.to_owned(), truncation.marker());
+        // The estimate is exact but for rounding; make sure, one entry at a time.
+        if encoded(report) <= max {
+            return Some(truncation);
+        }
+        if report.snapshot.packages.pop().is_some() {
+            truncation.packages_kept -= 1;
+        } else if report.snapshot.services.pop().is_some() {
+            truncation.services_kept -= 1;
+        } else {
+            return Some(truncation);
+        }
+    }
+}
+
+/// How many of the first entries fit in `room` bytes.
+fn prefix_within(sizes: &[usize], room: usize) -> usize {
+    let mut used = 0;
+    sizes
+        .iter()
+        .take_while(|&&size| {
+            used += size;
+            used <= room
+        })
+        .count()
+}
+
+impl Truncation {
+    fn marker(&self) -> Value {
+        json!({
+            "packages": {"kept": self.packages_kept, "total": self.packages_total},
+            "services": {"kept": self.services_kept, "total": self.services_total},
+        })
     }
 }
 
@@ -84,6 +198,9 @@ pub fn parse_os_release(text: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Longest package version the protocol accepts, in bytes.
+const MAX_VERSION: usize = 128;
+
 /// Installed packages from dpkg's status file (none where there is no dpkg).
 pub fn packages(dpkg_status: &Path) -> Vec<PackageInfo> {
     std::fs::read_to_string(dpkg_status).map(|t| parse_dpkg_status(&t)).unwrap_or_default()
@@ -113,7 +230,7 @@ pub fn parse_dpkg_status(text: &str) -> Vec<PackageInfo> {
                 }
                 _ => name.to_owned(),
             };
-            out.push(PackageInfo { name: clean(&name, 256), version: clean(version, 256) });
+            out.push(PackageInfo { name: clean(&name, 256), version: clean(version, MAX_VERSION) });
         }
         if out.len() >= 20_000 {
             break;
@@ -148,7 +265,7 @@ pub fn parse_rpm(text: &str) -> Vec<PackageInfo> {
         .filter_map(|line| {
             let (name, version) = line.split_once('\t')?;
             (!name.trim().is_empty())
-                .then(|| PackageInfo { name: clean(name, 256), version: clean(version, 256) })
+                .then(|| PackageInfo { name: clean(name, 256), version: clean(version, MAX_VERSION) })
         })
         .take(20_000)
         .collect();
@@ -244,6 +361,87 @@ mod tests {
         let units = parse_units(text);
         let got: Vec<_> = units.iter().map(|u| (u.name.as_str(), u.state.as_str())).collect();
         assert_eq!(got, [("cron", "running"), ("nginx", "failed"), ("ssh", "dead")]);
+    }
+
+    fn report(packages: usize, services: usize, name_len: usize) -> InventoryReport {
+        let name = |i: usize, what: &str| format!("{what}-{i:05}-{}", "x".repeat(name_len));
+        InventoryReport {
+            v: PROTOCOL_VERSION,
+            agent_id: AgentId::parse("a1b2c3d4e5f6").unwrap(),
+            collected_at: Utc::now(),
+            snapshot: Inventory {
+                hostname: "big-host".into(),
+                os: unknown_os(),
+                services: (0..services)
+                    .map(|i| ServiceInfo { name: name(i, "unit"), state: "running".into() })
+                    .collect(),
+                packages: (0..packages)
+                    .map(|i| PackageInfo { name: name(i, "package"), version: "1.0.0-1".into() })
+                    .collect(),
+                meta: Map::new(),
+                extra: Map::new(),
+            },
+        }
+    }
+
+    #[test]
+    fn a_huge_package_list_is_cut_to_the_protocols_limit_the_same_way_every_time() {
+        let max = InventoryReport::MAX_BYTES;
+        let big = report(20_000, 300, 200);
+        assert!(wire_models::encode(&big).unwrap().len() > 4 * max, "well over the limit");
+        let (mut first, mut second) = (big.clone(), big.clone());
+        let truncation = fit(&mut first, max).expect("cut");
+        fit(&mut second, max);
+        assert_eq!(first.snapshot_hash(), second.snapshot_hash(), "the same host, the same snapshot");
+
+        let bytes = wire_models::encode(&first).unwrap();
+        assert!(bytes.len() <= max && bytes.len() > max - 1024, "{} bytes: filled, not over", bytes.len());
+        let decoded: InventoryReport = wire_models::decode(&bytes).expect("the backend accepts it");
+        assert_eq!(decoded.snapshot.services, big.snapshot.services, "units kept while packages fit");
+        let kept = decoded.snapshot.packages.len();
+        assert!(kept > 0 && kept < 20_000);
+        assert_eq!(decoded.snapshot.packages[..], big.snapshot.packages[..kept], "a prefix, in order");
+        assert_eq!(
+            truncation,
+            Truncation {
+                packages_kept: kept,
+                packages_total: 20_000,
+                services_kept: 300,
+                services_total: 300
+            }
+        );
+        assert_eq!(
+            decoded.snapshot.extra[TRUNCATED_KEY],
+            json!({"packages": {"kept": kept, "total": 20_000}, "services": {"kept": 300, "total": 300}})
+        );
+    }
+
+    #[test]
+    fn units_are_cut_only_once_no_package_is_left() {
+        let max = InventoryReport::MAX_BYTES;
+        let mut huge = report(10, 4096, 240);
+        let truncation = fit(&mut huge, max).expect("cut");
+        assert_eq!((truncation.packages_kept, truncation.packages_total), (0, 10));
+        assert!(truncation.services_kept > 0 && truncation.services_kept < 4096);
+        let bytes = wire_models::encode(&huge).unwrap();
+        assert!(bytes.len() <= max);
+        wire_models::decode::<InventoryReport>(&bytes).unwrap();
+    }
+
+    #[test]
+    fn an_inventory_that_fits_is_sent_whole_and_unmarked() {
+        let mut small = report(1000, 100, 10);
+        let before = small.clone();
+        assert_eq!(fit(&mut small, InventoryReport::MAX_BYTES), None);
+        assert_eq!(small, before);
+        assert!(!small.snapshot.extra.contains_key(TRUNCATED_KEY));
+    }
+
+    #[test]
+    fn long_package_versions_are_cut_to_what_the_protocol_accepts() {
+        let long = "9".repeat(300);
+        let status = format!("Package: odd\nStatus: install ok installed\nVersion: {long}\n");
+        assert_eq!(parse_dpkg_status(&status)[0].version.len(), MAX_VERSION);
     }
 
     #[test]

@@ -8,11 +8,13 @@
 
 pub mod actions;
 pub mod cli;
+pub mod conditions;
 pub mod config;
 pub mod enroll;
 pub mod events;
 pub mod exec;
 pub mod inventory;
+pub mod oom;
 pub mod run;
 pub mod spool;
 pub mod state;

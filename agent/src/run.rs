@@ -17,6 +17,7 @@ use tracing::Instrument as _;
 use wire_models::{Heartbeat, PROTOCOL_VERSION, SubjectRoot, Subjects};
 
 use crate::actions::Actions;
+use crate::conditions::Conditions;
 use crate::config::Config;
 use crate::events::{self, Sink};
 use crate::spool::Spool;
@@ -69,6 +70,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         spool: Arc::clone(&spool),
         wake: Arc::clone(&wake),
     };
+    let conditions = Arc::new(Conditions::load(&state));
     let actions = Arc::new(Actions { config: config.actions.clone(), inventory: inventory_tx });
     let tasks = tokio_util::task::TaskTracker::new();
     let stop = shutdown.child_token();
@@ -78,20 +80,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         config.clone(),
         enrollment.clone(),
         sink.clone(),
+        Arc::clone(&conditions),
         inventory_rx,
         stop.clone(),
     ));
     tasks.spawn(publish_spool(bus.clone(), Arc::clone(&spool), wake, stop.clone()));
     tasks.spawn(events::watch_filesystems(
         sink.clone(),
+        Arc::clone(&conditions),
         config.filesystems.clone(),
         config.filesystem_threshold_percent,
         config.filesystem_check,
         stop.clone(),
     ));
     if config.oom_kills {
-        let vmstat = config.host.vmstat.clone();
-        tasks.spawn(events::watch_oom_kills(sink.clone(), vmstat, config.filesystem_check, stop.clone()));
+        let (vmstat, cgroups) = (config.host.vmstat.clone(), config.host.cgroup_root.clone());
+        tasks.spawn(crate::oom::watch(sink.clone(), vmstat, cgroups, config.filesystem_check, stop.clone()));
     }
     for rule in &config.logs {
         tasks.spawn(events::tail_log(sink.clone(), rule.clone(), LOG_POLL, stop.clone()));
@@ -198,13 +202,14 @@ async fn inventory(
     config: Config,
     enrollment: Enrollment,
     sink: Sink,
+    conditions: Arc<Conditions>,
     mut asked: mpsc::Receiver<()>,
     stop: CancellationToken,
 ) {
     let mut check = tokio::time::interval(config.inventory_check);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_sent: Option<(String, tokio::time::Instant)> = None;
-    let mut last_units = Vec::new();
+    let mut last_truncation = None;
     let mut pending = false;
     loop {
         let forced = tokio::select! {
@@ -212,11 +217,25 @@ async fn inventory(
             _ = check.tick() => false,
             Some(()) = asked.recv() => true,
         };
-        let report = crate::inventory::collect(&config, &enrollment.agent_id, &enrollment.hostname).await;
-        if config.failed_units {
-            events::failed_units(&sink, &last_units, &report.snapshot.services);
+        let (report, truncation) =
+            crate::inventory::collect(&config, &enrollment.agent_id, &enrollment.hostname).await;
+        // Said when it starts or changes, not at every check while the host stays big.
+        if truncation != last_truncation {
+            if let Some(t) = &truncation {
+                tracing::warn!(
+                    packages_kept = t.packages_kept,
+                    packages = t.packages_total,
+                    services_kept = t.services_kept,
+                    services = t.services_total,
+                    max_bytes = <wire_models::InventoryReport as wire_models::WireMessage>::MAX_BYTES,
+                    "inventory over the protocol's size limit; sending it cut"
+                );
+            }
+            last_truncation = truncation;
         }
-        last_units.clone_from(&report.snapshot.services);
+        if config.failed_units {
+            events::failed_units(&sink, &conditions, &report.snapshot.services);
+        }
         let hash = report.snapshot_hash();
         let due = match &last_sent {
             None => true,

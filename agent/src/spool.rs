@@ -32,7 +32,7 @@ impl Spool {
     /// Opens the spool in `dir`, keeping what an earlier run left there.
     pub fn open(dir: &Path, max: usize) -> Result<Self, StateError> {
         let io = |source| StateError::Io { path: dir.to_owned(), source };
-        std::fs::create_dir_all(dir).map_err(io)?;
+        crate::state::create_private_dir(dir)?;
         let mut names: Vec<String> = std::fs::read_dir(dir)
             .map_err(io)?
             .filter_map(|entry| entry.ok()?.file_name().into_string().ok())

@@ -3,7 +3,7 @@
 //! the old one, the directory synced) with mode 0600, so a crash or a power cut leaves
 //! either the old or the new file, never half of one, and no other user can read them.
 
-use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
@@ -132,10 +132,41 @@ fn read_optional(path: &Path) -> Result<Option<String>, StateError> {
     }
 }
 
-/// Writes `bytes` to `path` atomically with mode 0600.
+/// Writes `bytes` to `path` atomically with mode 0600, owned by the directory's owner
+/// when root writes into a directory that another user owns (see [`owner_for`]).
 pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
-    agent_client::files::write_private(path, bytes)
+    let owner = path
+        .parent()
+        .and_then(|dir| std::fs::metadata(dir).ok())
+        .and_then(|dir| owner_for(rustix::process::geteuid().is_root(), dir.uid(), dir.gid()));
+    agent_client::files::write_private_as(path, bytes, owner)
         .map_err(|source| StateError::Io { path: path.to_owned(), source })
+}
+
+/// Who should own a file written into a directory owned by `dir_uid`:`dir_gid`.
+/// Root writing into a directory another user owns (`sudo opspilot-agent enroll` into
+/// the packaged state directory) gives the file to that user, since the service runs as
+/// it and could not read a file root kept. Anyone else keeps what they write.
+pub fn owner_for(writer_is_root: bool, dir_uid: u32, dir_gid: u32) -> Option<(u32, u32)> {
+    (writer_is_root && dir_uid != 0).then_some((dir_uid, dir_gid))
+}
+
+/// Creates `dir` (and its parents) with mode 0700, giving it to its parent's owner as
+/// [`write_private`] does for files.
+pub fn create_private_dir(dir: &Path) -> Result<(), StateError> {
+    let io = |source| StateError::Io { path: dir.to_owned(), source };
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).map_err(io)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+    let parent = dir.parent().and_then(|p| std::fs::metadata(p).ok());
+    if let Some((uid, gid)) =
+        parent.and_then(|p| owner_for(rustix::process::geteuid().is_root(), p.uid(), p.gid()))
+    {
+        std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(io)?;
+    }
+    Ok(())
 }
 
 /// The machine fingerprint: the OS machine id, or the DMI product UUID where there is
@@ -180,6 +211,39 @@ mod tests {
         assert_eq!(mode, 0o700);
         state.save_creds(None).unwrap();
         assert!(!state.has_creds());
+    }
+
+    #[test]
+    fn root_gives_what_it_writes_to_the_owner_of_the_directory() {
+        assert_eq!(owner_for(true, 998, 997), Some((998, 997)), "sudo enroll into the service's directory");
+        assert_eq!(owner_for(true, 0, 0), None, "root's own directory");
+        assert_eq!(owner_for(false, 998, 997), None, "the service's user, or anyone else");
+        assert_eq!(owner_for(false, 1000, 1000), None);
+    }
+
+    #[test]
+    fn files_root_writes_into_another_users_directory_are_that_users() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("not root: giving files away is covered by the decision test only");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let state_dir = dir.path().join("state");
+        std::fs::create_dir(&state_dir).unwrap();
+        std::os::unix::fs::chown(&state_dir, Some(65534), Some(65534)).unwrap();
+        let state = StateDir::new(&state_dir);
+        state.ensure().unwrap();
+        state.save_key(&KeyPair::new_user()).unwrap();
+        create_private_dir(&state.spool_dir()).unwrap();
+        for path in [state_dir.join(SEED_FILE), state.spool_dir()] {
+            let meta = std::fs::metadata(&path).unwrap();
+            assert_eq!((meta.uid(), meta.gid()), (65534, 65534), "{}", path.display());
+        }
+        // Root's own directory: root's files.
+        let own = StateDir::new(&dir.path().join("own"));
+        own.ensure().unwrap();
+        own.save_creds(Some("creds")).unwrap();
+        assert_eq!(std::fs::metadata(own.creds_path()).unwrap().uid(), 0);
     }
 
     #[test]

@@ -38,6 +38,11 @@ impl Host {
         )
         .unwrap();
         std::fs::write(root.join("vmstat"), "pgfault 1\noom_kill 0\n").unwrap();
+        // A cgroup v2 tree with one unit, whose kills before the start are not news.
+        std::fs::create_dir_all(root.join("cgroup/system.slice/nginx.service")).unwrap();
+        for cgroup in ["cgroup/system.slice", "cgroup/system.slice/nginx.service"] {
+            std::fs::write(root.join(cgroup).join("memory.events"), "oom 3\noom_kill 3\n").unwrap();
+        }
         std::fs::write(root.join("machine-id"), format!("{}\n", Uuid::new_v4().simple())).unwrap();
         let systemctl = root.join("systemctl");
         std::fs::write(
@@ -64,7 +69,7 @@ impl Host {
              [events]\nfilesystems = [\"{root}\"]\nfilesystem_threshold_percent = 1\nfilesystem_check_interval_secs = 1\n\
              [[events.logs]]\npath = \"{root}/log/app.log\"\npatterns = [\"(?i)error\"]\nkind = \"log_match\"\n\
              [actions]\nsystemctl = \"{root}/systemctl\"\nlog_root = \"{root}/log\"\npolicy_file = \"{root}/policy.toml\"\n\
-             [host]\nmachine_id = \"{root}/machine-id\"\nproduct_uuid = \"{root}/none\"\nvmstat = \"{root}/vmstat\"\n",
+             [host]\nmachine_id = \"{root}/machine-id\"\nproduct_uuid = \"{root}/none\"\nvmstat = \"{root}/vmstat\"\ncgroup_root = \"{root}/cgroup\"\n",
             root = root.display()
         );
         std::fs::write(root.join("agent.toml"), config).unwrap();
@@ -89,6 +94,20 @@ impl Host {
             .map(|c| c.lines().map(str::to_owned).collect::<Vec<_>>())
             .filter(|argv| argv.first().map(String::as_str) != Some("list-units"))
             .collect()
+    }
+
+    /// Changes one line of the configuration file.
+    fn reconfigure(&self, from: &str, to: &str) {
+        let text = std::fs::read_to_string(self.path("agent.toml")).unwrap();
+        assert!(text.contains(from), "{from:?} is in the configuration");
+        std::fs::write(self.path("agent.toml"), text.replace(from, to)).unwrap();
+    }
+
+    /// The active conditions the agent saved.
+    fn conditions(&self) -> Vec<String> {
+        let Ok(text) = std::fs::read_to_string(self.path("state/conditions.json")) else { return Vec::new() };
+        let saved: Value = serde_json::from_str(&text).unwrap();
+        saved["active"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_owned()).collect()
     }
 
     fn append_log(&self, text: &str) {
@@ -238,6 +257,7 @@ async fn the_agent_enrolls_reports_this_host_turns_its_problems_into_incidents_a
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && stdout.contains(&format!("enrolled as {id}")), "{stdout}");
     assert!(stdout.contains("connected to nats"), "{stdout}");
+    assert!(stdout.contains(&format!("ok   api {api} answers")), "{stdout}");
     std::fs::write(host.path("bad.toml"), "[events]\nfilesystem_threshold_percent = 200\n").unwrap();
     let bad = host.path("bad.toml").display().to_string();
     let out = check(vec!["--config".into(), bad, "check".into()]).await;
@@ -273,14 +293,18 @@ async fn the_agent_enrolls_reports_this_host_turns_its_problems_into_incidents_a
         assert!(inventory.snapshot.packages.iter().any(|p| p.name == "dpkg"), "dpkg lists itself");
     }
 
-    // Events: the filesystem over its (1 %) threshold, the failed unit, an OOM kill, a
-    // matching log line (the old one before the start is not reported, nor a line that
-    // does not match).
+    // Events: the filesystem over its (1 %) threshold, the failed unit, an OOM kill in
+    // nginx's cgroup and one outside any cgroup, a matching log line (the old one before
+    // the start is not reported, nor a line that does not match).
     host.append_log("all good\nERROR: payment backend unreachable\n");
-    std::fs::write(host.path("vmstat"), "pgfault 1\noom_kill 1\n").unwrap();
-    let seen = test_support::eventually(Duration::from_secs(15), "four events", || async {
+    // In the kernel's order: the victim's cgroup, then its ancestors.
+    for cgroup in ["cgroup/system.slice/nginx.service", "cgroup/system.slice"] {
+        std::fs::write(host.path(cgroup).join("memory.events"), "oom 4\noom_kill 4\n").unwrap();
+    }
+    std::fs::write(host.path("vmstat"), "pgfault 1\noom_kill 2\n").unwrap();
+    let seen = test_support::eventually(Duration::from_secs(15), "five events", || async {
         let events = events(&stack, &id).await;
-        (events.len() >= 4).then_some(events)
+        (events.len() >= 5).then_some(events)
     })
     .await;
     let mut sources: Vec<_> = seen.iter().map(|e| (e.kind.as_str().to_owned(), e.source.clone())).collect();
@@ -289,6 +313,7 @@ async fn the_agent_enrolls_reports_this_host_turns_its_problems_into_incidents_a
         ("disk_full".to_owned(), format!("filesystem:{}", host.dir.path().display())),
         ("log_match".to_owned(), format!("log:{}", host.path("log/app.log").display())),
         ("oom".to_owned(), "kernel:oom".to_owned()),
+        ("oom".to_owned(), "oom:nginx.service".to_owned()),
         ("service_down".to_owned(), "systemd:nginx".to_owned()),
     ];
     want.sort();
@@ -298,13 +323,14 @@ async fn the_agent_enrolls_reports_this_host_turns_its_problems_into_incidents_a
     // ... and the backend turns them into incidents.
     let incidents: Vec<(String, String)> =
         test_support::eventually(Duration::from_secs(15), "incidents", || async {
-            let rows: Vec<(String, String)> =
-                sqlx::query_as("SELECT type, source FROM incidents WHERE agent_id = $1 ORDER BY type")
-                    .bind(id.as_str())
-                    .fetch_all(&stack.db.pool)
-                    .await
-                    .unwrap();
-            (rows.len() >= 4).then_some(rows)
+            let rows: Vec<(String, String)> = sqlx::query_as(
+                "SELECT type, source FROM incidents WHERE agent_id = $1 ORDER BY type, source",
+            )
+            .bind(id.as_str())
+            .fetch_all(&stack.db.pool)
+            .await
+            .unwrap();
+            (rows.len() >= 5).then_some(rows)
         })
         .await;
     assert_eq!(incidents, want);
@@ -482,4 +508,194 @@ async fn credentials_are_renewed_before_they_expire_and_the_agent_stays_connecte
     );
     agent.signal("TERM");
     assert_eq!(agent.wait(Duration::from_secs(10)).await, Some(0));
+}
+
+/// A restarted agent does not report again a condition it reported that still holds;
+/// one that cleared (while it ran or while it was down) is reported when it comes back.
+///
+/// Why the agent must do this itself: the backend's de-duplication is by `event_id`
+/// (JetStream's `Nats-Msg-Id` within its window, then the ingestion ledger), which
+/// only drops a retried publish of the same event, and a condition reported again after
+/// a restart is a new event with a new id. The event-ingestor does fold events with the
+/// same fingerprint (agent, kind, source and the normalised `raw_error`) into the
+/// incident that is still open, but only counts them there (`occurrences`), and once
+/// that incident is resolved the same event opens a new one. Only the agent can tell
+/// "still the same condition" from "it happened again".
+#[tokio::test]
+async fn a_restarted_agent_does_not_report_conditions_that_still_hold_again() {
+    test_support::init_tracing();
+    let stack = Stack::start().await;
+    let (_gateway, api) = start_gateway(&stack).await;
+    let host = Host::new(&api);
+    let out = enroll(&host, true).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let id = agent_id(&host);
+    let disk = format!("filesystem:{}", host.dir.path().display());
+    let sources = |events: &[Event]| events.iter().map(|e| e.source.clone()).collect::<Vec<_>>();
+
+    // The filesystem over its (1 %) threshold and the failed unit: one event each.
+    let mut agent = run_agent(&host);
+    let first = test_support::eventually(Duration::from_secs(15), "the two conditions", || async {
+        let events = events(&stack, &id).await;
+        (events.len() >= 2 && host.conditions().len() == 2).then_some(events)
+    })
+    .await;
+    let mut want = vec![disk.clone(), "systemd:nginx".to_owned()];
+    let mut got = sources(&first);
+    got.sort();
+    assert_eq!(got, want);
+    assert_eq!(host.conditions(), want);
+
+    // Restarted while both still hold: checked again, not reported again.
+    agent.signal("TERM");
+    assert_eq!(agent.wait(Duration::from_secs(10)).await, Some(0));
+    let mut agent = run_agent(&host);
+    agent.wait_for_line("inventory sent", Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await; // filesystem checks every second
+    assert_eq!(sources(&events(&stack, &id).await).len(), 2, "no second event after a restart");
+
+    // The unit recovers and fails again: a new event.
+    std::fs::write(host.path("units"), "nginx.service loaded active running Web\n").unwrap();
+    test_support::eventually(Duration::from_secs(10), "the unit's condition cleared", || async {
+        (host.conditions() == [disk.clone()]).then_some(())
+    })
+    .await;
+    std::fs::write(host.path("units"), "nginx.service loaded failed failed Web\n").unwrap();
+    let events_now = test_support::eventually(Duration::from_secs(10), "the unit failing again", || async {
+        let events = events(&stack, &id).await;
+        (events.len() >= 3).then_some(events)
+    })
+    .await;
+    assert_eq!(events_now[2].source, "systemd:nginx");
+
+    // The filesystem drops under the threshold while the agent is down: forgotten, so
+    // going over again is new.
+    agent.signal("TERM");
+    assert_eq!(agent.wait(Duration::from_secs(10)).await, Some(0));
+    host.reconfigure("filesystem_threshold_percent = 1\n", "filesystem_threshold_percent = 100\n");
+    let mut agent = run_agent(&host);
+    test_support::eventually(Duration::from_secs(10), "the filesystem's condition forgotten", || async {
+        (host.conditions() == ["systemd:nginx"]).then_some(())
+    })
+    .await;
+    agent.signal("TERM");
+    assert_eq!(agent.wait(Duration::from_secs(10)).await, Some(0));
+    host.reconfigure("filesystem_threshold_percent = 100\n", "filesystem_threshold_percent = 1\n");
+    let mut agent = run_agent(&host);
+    let all = test_support::eventually(Duration::from_secs(10), "the filesystem over again", || async {
+        let events = events(&stack, &id).await;
+        (events.len() >= 4).then_some(events)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let all_now = events(&stack, &id).await;
+    assert_eq!(all_now.len(), 4, "{:?}", sources(&all_now));
+    assert_eq!(all[3].source, disk);
+    want.sort();
+    assert_eq!(host.conditions(), want);
+    agent.signal("TERM");
+    assert_eq!(agent.wait(Duration::from_secs(10)).await, Some(0));
+}
+
+#[tokio::test]
+async fn check_probes_the_api_and_fails_when_it_does_not_answer() {
+    test_support::init_tracing();
+    let stack = Stack::start().await;
+    let (mut gateway, api) = start_gateway(&stack).await;
+    let host = Host::new(&api);
+    let out = enroll(&host, true).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let config = host.path("agent.toml").display().to_string();
+    let check = || async {
+        tokio::process::Command::new(agent_binary())
+            .args(["--config", config.as_str(), "check"])
+            .env_clear()
+            .output()
+            .await
+            .unwrap()
+    };
+    let out = check().await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(&format!("ok   api {api} answers\n")), "{stdout}");
+
+    // Nothing listens on the API's port any more.
+    gateway.signal("TERM");
+    gateway.wait(Duration::from_secs(20)).await;
+    let out = check().await;
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stdout.contains("ok   enrolled as") && !stdout.contains("ok   api"), "{stdout}");
+    assert!(stderr.contains(&format!("the api {api} does not answer")), "{stderr}");
+}
+
+#[tokio::test]
+async fn an_inventory_over_the_size_limit_is_sent_cut_and_marked() {
+    test_support::init_tracing();
+    let stack = Stack::start().await;
+    let (_gateway, api) = start_gateway(&stack).await;
+    let host = Host::new(&api);
+    // 20000 packages with long names: several times what an inventory may carry.
+    let mut status = String::new();
+    for i in 0..20_000 {
+        let name = format!("package-{i:05}-{}", "x".repeat(180));
+        status.push_str(&format!("Package: {name}\nStatus: install ok installed\nVersion: 1.0-{i}\n\n"));
+    }
+    std::fs::write(host.path("dpkg-status"), status).unwrap();
+    let mut config = std::fs::read_to_string(host.path("agent.toml")).unwrap();
+    assert!(config.trim_end().ends_with(&format!("cgroup_root = \"{}\"", host.path("cgroup").display())));
+    config.push_str(&format!("dpkg_status = \"{}\"\n", host.path("dpkg-status").display()));
+    std::fs::write(host.path("agent.toml"), config).unwrap();
+    let out = enroll(&host, true).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let id = agent_id(&host);
+
+    let mut agent = run_agent(&host);
+    let (size, inventory) = test_support::eventually(Duration::from_secs(20), "an inventory", || async {
+        let subject = stack.topology.subjects.inventory(&id);
+        let msgs = messages(&stack, &stack.topology.inventory_stream, subject).await;
+        msgs.first().map(|m| (m.payload.len(), wire_models::decode::<InventoryReport>(&m.payload).unwrap()))
+    })
+    .await;
+    assert!(size <= 512 * 1024, "{size} bytes");
+    let kept = inventory.snapshot.packages.len();
+    assert!(kept > 1000 && kept < 20_000, "{kept} packages kept");
+    assert!(inventory.snapshot.packages[0].name.starts_with("package-00000-"));
+    let marker = &inventory.snapshot.extra["truncated"];
+    assert_eq!(
+        (marker["packages"]["kept"].as_u64(), marker["packages"]["total"].as_u64()),
+        (Some(kept as u64), Some(20_000))
+    );
+    assert_eq!(marker["services"]["kept"], marker["services"]["total"], "units kept whole");
+    // Said once, not at every check (every second here).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let warnings = agent.output().iter().filter(|l| l.contains("over the protocol's size limit")).count();
+    assert_eq!(warnings, 1);
+    agent.signal("TERM");
+    assert_eq!(agent.wait(Duration::from_secs(10)).await, Some(0));
+}
+
+/// `sudo opspilot-agent enroll` into the packaged state directory (owned by the
+/// service's user): the files are that user's, so the service can read them.
+#[tokio::test]
+async fn enrolling_as_root_gives_the_state_to_the_owner_of_its_directory() {
+    use std::os::unix::fs::MetadataExt as _;
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("not root: the ownership decision is tested in the agent's state module");
+        return;
+    }
+    test_support::init_tracing();
+    let stack = Stack::start().await;
+    let (_gateway, api) = start_gateway(&stack).await;
+    let host = Host::new(&api);
+    std::fs::create_dir(host.path("state")).unwrap();
+    std::os::unix::fs::chown(host.path("state"), Some(65534), Some(65534)).unwrap();
+    let out = enroll(&host, true).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("state files owned by uid 65534 gid 65534"), "{stdout}");
+    for name in ["identity.seed", "enrollment.json", "nats.creds"] {
+        let meta = std::fs::metadata(host.path(&format!("state/{name}"))).unwrap();
+        assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o777), (65534, 65534, 0o600), "{name}");
+    }
 }

@@ -113,6 +113,16 @@ impl EnrollClient {
         &self.base
     }
 
+    /// Whether the API answers: `GET /healthz`, public and cheap, served by the same
+    /// listener as enrollment.
+    pub async fn health(&self) -> Result<(), EnrollError> {
+        let response = self.http.get(format!("{}/healthz", self.base)).send().await?;
+        match response.status() {
+            status if status.is_success() => Ok(()),
+            status => Err(EnrollError::Invalid(format!("{status} to GET /healthz"))),
+        }
+    }
+
     /// A proof that the caller holds `key`, for new credentials for `requested_key`
     /// on the machine `fingerprint`: a fresh challenge, signed.
     pub async fn prove(
