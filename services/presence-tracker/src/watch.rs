@@ -92,7 +92,7 @@ pub(crate) async fn run(
         health.set(Pause::Watch, true);
         let created = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            created = create(&spec) => created,
+            created = create(&spec, attempt) => created,
         };
         let (watch, snapshot_end) = match created {
             Ok(watch) => watch,
@@ -138,7 +138,8 @@ pub(crate) async fn run(
 
 /// Creates the watch; also returns the stream's last sequence just before, which the
 /// re-sync has delivered in full once the watch reaches it (0: the bucket is empty).
-async fn create(spec: &WatchSpec) -> anyhow::Result<(Watch, u64)> {
+/// `attempt` counts the failed ones before.
+async fn create(spec: &WatchSpec, attempt: u32) -> anyhow::Result<(Watch, u64)> {
     let started = async {
         let stream = spec.js.get_stream(format!("KV_{}", spec.bucket)).await?;
         let state = &stream.cached_info().state;
@@ -148,9 +149,11 @@ async fn create(spec: &WatchSpec) -> anyhow::Result<(Watch, u64)> {
         let watch = kv.watch_with_history(">").await?;
         Ok::<_, anyhow::Error>((watch, snapshot_end))
     };
-    tokio::time::timeout(Duration::from_secs(10), started)
-        .await
-        .map_err(|_| anyhow::anyhow!("creating the watch timed out"))?
+    // A request sent while the bucket (or the cluster's metadata) has no leader is never
+    // answered, even once a leader is elected a moment later: a short first attempt
+    // finds the new leader sooner. Later ones get longer, for a server under load.
+    let limit = (Duration::from_secs(2) * attempt.saturating_add(1)).min(Duration::from_secs(10));
+    tokio::time::timeout(limit, started).await.map_err(|_| anyhow::anyhow!("creating the watch timed out"))?
 }
 
 /// One watch's life.
@@ -283,16 +286,18 @@ impl Session {
         signals: &Signals,
     ) -> Option<Restart> {
         let info = match tokio::time::timeout(Duration::from_secs(2), spec.js.get_stream(stream_name)).await {
-            Ok(Ok(stream)) => stream.cached_info().state.clone(),
+            Ok(Ok(stream)) if !leaderless(stream.cached_info()) => stream.cached_info().state.clone(),
             failed => {
                 match failed {
+                    Ok(Ok(_)) => tracing::debug!("the bucket's stream has no leader"),
                     Ok(Err(err)) => tracing::debug!(error = %err, "cannot read the bucket's stream state"),
-                    _ => tracing::debug!("reading the bucket's stream state timed out"),
+                    Err(_) => tracing::debug!("reading the bucket's stream state timed out"),
                 }
-                // The bucket's stream does not answer while the connection is up: in a
-                // cluster, it is electing a new leader after losing a node, and agents
-                // cannot put heartbeats either. Silence means nothing until it answers,
-                // and then every agent gets its full threshold again.
+                // The bucket's stream does not answer, or answers without a leader,
+                // while the connection is up: in a cluster, it is electing a new leader
+                // (after losing a node, or deposed by one coming back from a partition),
+                // and agents cannot put heartbeats either. Silence means nothing until
+                // it has a leader again, and then every agent gets its full threshold.
                 if !self.unanswered {
                     tracing::info!(bucket = %spec.bucket, "the bucket's stream does not answer; offline detection waits");
                 }
@@ -350,6 +355,13 @@ impl Session {
             }
         }
     }
+}
+
+/// A replicated stream without a leader takes no writes, yet each of its replicas
+/// answers an info request from its own copy (nats-server lets them, so that a client
+/// can see the group is leaderless): such an answer proves nothing about heartbeats.
+fn leaderless(info: &async_nats::jetstream::stream::Info) -> bool {
+    info.cluster.as_ref().is_some_and(|cluster| cluster.leader.is_none())
 }
 
 /// Where a watch stands against its stream.
