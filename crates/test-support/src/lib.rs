@@ -17,6 +17,7 @@ pub mod lifecycle;
 pub mod metrics;
 mod nats;
 pub mod otlp;
+mod partition;
 pub mod process;
 mod proxy;
 mod redis;

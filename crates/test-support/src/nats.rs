@@ -206,13 +206,57 @@ pub fn cluster_node_config(
     route_ports: &[u16],
     security: &str,
 ) -> String {
-    let routes: Vec<String> = route_ports.iter().map(|p| format!("\"nats-route://127.0.0.1:{p}\"")).collect();
+    let cluster =
+        format!("listen: \"127.0.0.1:{}\", routes: [{}]", route_ports[index], route_urls(route_ports));
+    node_config(index, port, store, "", &cluster, security)
+}
+
+/// Where a node of a partitionable cluster listens and whom it calls.
+#[derive(Debug, Clone)]
+pub(crate) struct PartitionablePorts {
+    /// The node's own route port, which no peer dials directly.
+    pub(crate) listen: u16,
+    /// A port per peer (a proxy of the test's own) through which this node calls it.
+    pub(crate) peers: Vec<u16>,
+    /// An address nothing listens on, advertised as the node's route address.
+    pub(crate) nowhere: u16,
+    /// The monitoring port (`/routez`, `/jsz`).
+    pub(crate) monitor: u16,
+}
+
+/// [`cluster_node_config`] for a partitionable cluster: node `index` calls each peer
+/// through a proxy, so cutting the proxies cuts the node off. A node still tells the
+/// others where it listens, and a peer that hears of it by gossip before its own
+/// proxied route is up dials that address directly, round every proxy; so each node
+/// advertises an address that refuses connections, and with `no_advertise` the nodes
+/// keep their real client ports from clients too, who reach them through proxies only.
+pub(crate) fn partitionable_node_config(
+    index: usize,
+    port: u16,
+    store: &Path,
+    ports: &PartitionablePorts,
+    security: &str,
+) -> String {
+    let cluster = format!(
+        "listen: \"127.0.0.1:{listen}\", routes: [{routes}], advertise: \"127.0.0.1:{nowhere}\", \
+         no_advertise: true",
+        listen = ports.listen,
+        routes = route_urls(&ports.peers),
+        nowhere = ports.nowhere,
+    );
+    let monitor = format!("http: \"127.0.0.1:{}\"\n", ports.monitor);
+    node_config(index, port, store, &monitor, &cluster, security)
+}
+
+fn route_urls(ports: &[u16]) -> String {
+    let urls: Vec<String> = ports.iter().map(|p| format!("\"nats-route://127.0.0.1:{p}\"")).collect();
+    urls.join(", ")
+}
+
+fn node_config(index: usize, port: u16, store: &Path, extra: &str, cluster: &str, security: &str) -> String {
     format!(
-        "server_name: n{index}\nhost: 127.0.0.1\nport: {port}\n\
-         cluster {{ name: opspilot-test, listen: \"127.0.0.1:{route}\", routes: [{routes}] }}\n\
-         {js}\n{security}",
-        route = route_ports[index],
-        routes = routes.join(", "),
+        "server_name: n{index}\nhost: 127.0.0.1\nport: {port}\n{extra}\
+         cluster {{ name: opspilot-test, {cluster} }}\n{js}\n{security}",
         js = jetstream_config(store),
     )
 }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use natsbus::auth::{AuthSetup, Identity};
 
+use crate::partition::Links;
 use crate::{NatsServer, TestDb, TestPki};
 
 pub struct Stack {
@@ -24,6 +25,9 @@ pub struct Stack {
     pub tls: Option<TestPki>,
     /// Files holding secrets for in-process configurations (`--…-file` flags).
     secrets: tempfile::TempDir,
+    /// The proxies of a partitionable cluster ([`Stack::start_partitionable_cluster`]),
+    /// alive as long as the stack.
+    links: Option<Links>,
 }
 
 impl Drop for Stack {
@@ -105,6 +109,7 @@ impl Stack {
             auth,
             tls,
             secrets: secrets_dir(),
+            links: None,
         }
     }
 
@@ -113,6 +118,18 @@ impl Stack {
     /// (`STREAM_REPLICAS` = `size`). Returns once JetStream has elected its leader and
     /// the topology exists.
     pub async fn start_cluster(size: usize) -> Self {
+        Self::start_cluster_with(size, false).await
+    }
+
+    /// [`Stack::start_cluster`] with every route between two nodes and every client
+    /// connection to a node going through a proxy of the test's own, so that
+    /// [`Stack::partition`] can cut one node off from its peers and its clients while it
+    /// keeps running, and [`Stack::heal`] can bring it back.
+    pub async fn start_partitionable_cluster(size: usize) -> Self {
+        Self::start_cluster_with(size, true).await
+    }
+
+    async fn start_cluster_with(size: usize, partitionable: bool) -> Self {
         crate::init_tracing();
         let mut topology = crate::isolated_topology();
         topology.replicas = size;
@@ -122,19 +139,21 @@ impl Stack {
         assert!(security.contains(&shared_resolver), "the resolver directory moved: {security}");
         let ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
         let routes: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let links = if partitionable { Some(Links::start(&ports, &routes).await) } else { None };
         let nodes = futures::future::join_all(ports.iter().enumerate().map(|(index, port)| {
             let (security, shared_resolver, routes) =
                 (security.clone(), shared_resolver.clone(), routes.clone());
+            let partitionable = links.as_ref().map(|links| links.ports(index));
             NatsServer::start_on(*port, move |port, store| {
                 // Each node keeps its own copy of the account JWTs.
                 let own = format!("dir: \"{}\"", store.with_file_name("resolver").display());
-                crate::cluster_node_config(
-                    index,
-                    port,
-                    store,
-                    &routes,
-                    &security.replace(&shared_resolver, &own),
-                )
+                let security = security.replace(&shared_resolver, &own);
+                match partitionable {
+                    Some(ports) => {
+                        crate::nats::partitionable_node_config(index, port, store, &ports, &security)
+                    }
+                    None => crate::cluster_node_config(index, port, store, &routes, &security),
+                }
             })
         }));
         let (mut nodes, db) = tokio::join!(nodes, TestDb::create());
@@ -148,9 +167,69 @@ impl Stack {
             auth,
             tls: None,
             secrets: secrets_dir(),
+            links,
         };
         stack.wait_for_jetstream().await;
         stack
+    }
+
+    /// Cuts node `index` of a partitionable cluster off: its routes to and from every
+    /// other node and its clients' connections drop, and new ones are refused, while
+    /// the node keeps running (its clients reconnect to the other nodes).
+    pub fn partition(&self, index: usize) {
+        self.links().cut(index);
+    }
+
+    /// Ends [`Stack::partition`] of node `index`: its routes (to nodes not cut off
+    /// themselves) and its clients' port work again.
+    pub fn heal(&self, index: usize) {
+        self.links().restore(index);
+    }
+
+    /// The names of the nodes node `index` of a partitionable cluster has a route to
+    /// right now, as it reports them (`/routez`), sorted.
+    pub async fn route_peers(&self, index: usize) -> Vec<String> {
+        let routez = self.monitor(index, "routez").await;
+        let mut peers: Vec<String> = routez["routes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|route| route["remote_name"].as_str().map(str::to_owned))
+            .collect();
+        peers.sort();
+        peers.dedup();
+        peers
+    }
+
+    /// Which node leads `stream` as node `index` of a partitionable cluster sees it
+    /// (`/jsz`): a node cut off may still take itself for the leader. None when it
+    /// knows of no leader.
+    pub async fn stream_leader_seen_by(&self, index: usize, stream: &str) -> Option<String> {
+        let jsz = self.monitor(index, "jsz?accounts=true&streams=true").await;
+        jsz["account_details"]
+            .as_array()?
+            .iter()
+            .filter_map(|account| account["stream_detail"].as_array())
+            .flatten()
+            .find(|detail| detail["name"] == stream)?["cluster"]["leader"]
+            .as_str()
+            .filter(|leader| !leader.is_empty())
+            .map(str::to_owned)
+    }
+
+    async fn monitor(&self, index: usize, path: &str) -> serde_json::Value {
+        let url = format!("http://127.0.0.1:{}/{path}", self.links().monitor_port(index));
+        let response = reqwest::Client::new()
+            .get(&url)
+            .timeout(std::time::Duration::from_secs(5))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+        response.json().await.unwrap_or_else(|e| panic!("{url}: {e}"))
+    }
+
+    fn links(&self) -> &Links {
+        self.links.as_ref().expect("a partitionable cluster (Stack::start_partitionable_cluster)")
     }
 
     /// Waits until JetStream answers and the topology (replicated as configured) exists:
@@ -174,15 +253,8 @@ impl Stack {
     /// quorum with everything.
     pub async fn wait_replicas_current(&self) {
         let js = self.jetstream().await;
-        let t = &self.topology;
-        let streams = [
-            t.events_stream.clone(),
-            t.inventory_stream.clone(),
-            t.dlq_stream.clone(),
-            t.incidents_stream.clone(),
-            format!("KV_{}", t.agents_bucket),
-        ];
-        let others = t.replicas.saturating_sub(1);
+        let streams = self.replicated_streams();
+        let others = self.topology.replicas.saturating_sub(1);
         crate::eventually(std::time::Duration::from_secs(60), "every replica current", || {
             let (js, streams) = (js.clone(), &streams);
             async move {
@@ -201,14 +273,54 @@ impl Stack {
         .await;
     }
 
+    /// The streams (the bucket's included) of which node `index` is neither the leader
+    /// nor a current replica right now, as the nodes the harness reaches see it; a
+    /// stream that does not answer counts as behind.
+    pub async fn streams_behind_on(&self, index: usize) -> Vec<String> {
+        let js = self.jetstream().await;
+        let name = format!("n{index}");
+        let mut behind = Vec::new();
+        for stream in self.replicated_streams() {
+            let cluster = match js.get_stream(&stream).await {
+                Ok(mut handle) => handle.info().await.ok().and_then(|info| info.cluster.clone()),
+                Err(_) => None,
+            };
+            let current = cluster.is_some_and(|cluster| {
+                cluster.leader.as_deref() == Some(name.as_str())
+                    || cluster.replicas.iter().any(|r| r.name == name && r.current)
+            });
+            if !current {
+                behind.push(stream);
+            }
+        }
+        behind
+    }
+
+    /// Every stream of the topology and the bucket's.
+    fn replicated_streams(&self) -> [String; 5] {
+        let t = &self.topology;
+        [
+            t.events_stream.clone(),
+            t.inventory_stream.clone(),
+            t.dlq_stream.clone(),
+            t.incidents_stream.clone(),
+            format!("KV_{}", t.agents_bucket),
+        ]
+    }
+
     /// Node `index` of the cluster (0 is [`Stack::nats`]).
     pub fn node(&mut self, index: usize) -> &mut NatsServer {
         if index == 0 { &mut self.nats } else { &mut self.peers[index - 1] }
     }
 
-    /// Every node's client URL (`tls://` on a TLS stack).
+    /// Every node's client URL (`tls://` on a TLS stack; a partitionable cluster's
+    /// proxies).
     fn node_urls(&self) -> Vec<String> {
-        let urls = std::iter::once(&self.nats).chain(&self.peers).map(NatsServer::url);
+        let nodes = std::iter::once(&self.nats).chain(&self.peers);
+        let urls = nodes.enumerate().map(|(index, node)| match &self.links {
+            Some(links) => format!("nats://127.0.0.1:{}", links.client_port(index)),
+            None => node.url(),
+        });
         match &self.tls {
             Some(_) => urls.map(|url| url.replacen("nats://", "tls://", 1)).collect(),
             None => urls.collect(),

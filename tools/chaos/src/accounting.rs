@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::{AckPolicy, pull};
 use futures::StreamExt;
@@ -155,22 +155,39 @@ pub(crate) async fn read_all<T>(
     let consumer =
         stream.create_consumer(pull::Config { ack_policy: AckPolicy::None, ..Default::default() }).await?;
     let mut out = Vec::new();
+    let deadline = Instant::now() + FETCH_RETRIES_FOR;
     while (out.len() as u64) < total {
-        let mut batch = consumer
-            .fetch()
-            .max_messages(1000)
-            .expires(Duration::from_secs(1))
-            .messages()
-            .await
-            .map_err(|e| anyhow::anyhow!("reading {stream_name}: {e}"))?;
         let before = out.len();
-        while let Some(msg) = batch.next().await {
-            let msg = msg.map_err(|e| anyhow::anyhow!("reading {stream_name}: {e}"))?;
-            out.push(read(&msg));
+        match fetch_into(&consumer, &read, &mut out).await {
+            Ok(()) => anyhow::ensure!(out.len() > before, "{stream_name} stopped delivering"),
+            // Just after a node of a cluster rejoined, a fetch can reach a node that does
+            // not know the new consumer's interest yet (503, no responders). Nothing is
+            // acknowledged, so what was delivered stays delivered and the next fetch goes
+            // on from there.
+            Err(err) if Instant::now() < deadline => {
+                tracing::debug!(stream = stream_name, error = %err, "fetch failed; retrying");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(err) => anyhow::bail!("reading {stream_name}: {err}"),
         }
-        anyhow::ensure!(out.len() > before, "{stream_name} stopped delivering");
     }
     Ok(out)
+}
+
+/// How long [`read_all`] retries fetches that fail.
+const FETCH_RETRIES_FOR: Duration = Duration::from_secs(30);
+
+/// One fetch of up to 1,000 messages, each through `read` into `out`.
+async fn fetch_into<T>(
+    consumer: &async_nats::jetstream::consumer::Consumer<pull::Config>,
+    read: &impl Fn(&async_nats::jetstream::Message) -> T,
+    out: &mut Vec<T>,
+) -> Result<(), async_nats::Error> {
+    let mut batch = consumer.fetch().max_messages(1000).expires(Duration::from_secs(1)).messages().await?;
+    while let Some(msg) = batch.next().await {
+        out.push(read(&msg?));
+    }
+    Ok(())
 }
 
 /// Compares the ledger with what was observed.

@@ -106,6 +106,9 @@ pub struct ClusterOptions {
     /// NATS nodes: 1 is a single server; more is a loopback cluster with every stream
     /// replicated on each node.
     pub nats_nodes: usize,
+    /// The cluster's routes and client connections go through proxies, so a node can be
+    /// cut off (`Stack::partition`).
+    pub partitionable: bool,
 }
 
 impl Default for ClusterOptions {
@@ -118,6 +121,7 @@ impl Default for ClusterOptions {
             redis_proxy: false,
             fleet_rpc: false,
             nats_nodes: 1,
+            partitionable: false,
         }
     }
 }
@@ -198,8 +202,10 @@ impl Cluster {
     ) -> anyhow::Result<Self> {
         let dir = run_dir.join(name);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let stack = if options.nats_nodes > 1 {
-            // Returns with the (replicated) topology in place.
+        // A cluster returns with the (replicated) topology in place.
+        let stack = if options.partitionable {
+            Stack::start_partitionable_cluster(options.nats_nodes).await
+        } else if options.nats_nodes > 1 {
             Stack::start_cluster(options.nats_nodes).await
         } else {
             let stack = Stack::start().await;
@@ -771,10 +777,16 @@ impl Cluster {
                 Err(err) => failures.push(format!("{err:#}")),
             }
         }
-        if let Err(err) =
-            std::fs::copy(self.stack.nats.dir().join("nats-server.log"), self.dir.join("nats-server.log"))
-        {
-            failures.push(format!("copying the nats-server log: {err}"));
+        // A cluster's other nodes as nats-server.n1.log, ...
+        let nodes = std::iter::once(&self.stack.nats).chain(&self.stack.peers);
+        for (index, node) in nodes.enumerate() {
+            let copy = match index {
+                0 => "nats-server.log".to_owned(),
+                _ => format!("nats-server.n{index}.log"),
+            };
+            if let Err(err) = std::fs::copy(node.dir().join("nats-server.log"), self.dir.join(&copy)) {
+                failures.push(format!("copying the nats-server log to {copy}: {err}"));
+            }
         }
         delete_redis_keys(&self.stack.redis_prefix).await;
         failures.extend(panics_logged(&self.dir));

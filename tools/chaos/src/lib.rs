@@ -1,6 +1,6 @@
 //! `make chaos`: OpsPilot broken on purpose, with the books kept.
 //!
-//! Five fault scenarios run the service binaries as processes against a private stack
+//! Eight fault scenarios run the service binaries as processes against a private stack
 //! while simulated agents publish under load, and end in an exact accounting
 //! (published, acknowledged, stored, dead-lettered, nothing lost, nothing twice). Then
 //! hostile agents on the bus (a flooder with its own credentials beside good agents,

@@ -30,6 +30,9 @@ pub enum Step {
     Leader,
     /// Scenario 7: a rolling restart of a three-node cluster under load.
     Rolling,
+    /// Scenario 8: on a three-node cluster, cut the events stream's leader off from its
+    /// peers and its clients, then let it back in.
+    Partition,
     /// Hostile agents on the bus: a flooder and identity takeover attempts.
     Hostile,
     /// The hostile HTTP set and schemathesis.
@@ -67,7 +70,8 @@ pub struct Args {
     /// How long Postgres and Redis stay cut [default: 8s, quick 2s].
     #[arg(long, value_parser = parse_duration)]
     pub outage: Option<Duration>,
-    /// How long the NATS server stays down.
+    /// How long the NATS server stays down (a cluster node: at least until ingest has
+    /// resumed without it).
     #[arg(long, value_parser = parse_duration, default_value = "1s")]
     pub nats_outage: Duration,
     /// Steps to run, comma-separated.
@@ -75,7 +79,7 @@ pub struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "kill,nats,deps,sigterm,analyzer,leader,rolling,hostile,http,fuzz"
+        default_value = "kill,nats,deps,sigterm,analyzer,leader,rolling,partition,hostile,http,fuzz"
     )]
     pub only: Vec<Step>,
     /// Seconds the hostile agent floods the bus [default: 30, quick 5].
@@ -264,6 +268,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
                 Scenario::Analyzer => Step::Analyzer,
                 Scenario::Leader => Step::Leader,
                 Scenario::Rolling => Step::Rolling,
+                Scenario::Partition => Step::Partition,
             };
             if !args.only.contains(&step) {
                 continue;

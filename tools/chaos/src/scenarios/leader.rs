@@ -4,21 +4,17 @@
 //! a new leader takes the stream, ingest resumes, presence stays right (no flood of
 //! false offlines while the node is down), and the accounting is exact.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use super::{Ctx, Outcome, Scenario, conclude};
+use super::{
+    Ctx, NATS_RECONNECT, Outcome, Scenario, against_target, conclude, events_leader, ingest_resumed,
+};
 use crate::accounting::Accounting;
 use crate::cluster::{Cluster, ClusterOptions, presence_bound};
 use crate::load::{Load, LoadPlan};
 
 /// Nodes in the cluster.
 const NODES: usize = 3;
-/// The target for ingest to resume after the leader's loss (reported against it).
-const RESUME_TARGET: Duration = Duration::from_secs(5);
-/// Past this, ingest is taken as stuck: the scenario fails.
-const RESUME_LIMIT: Duration = Duration::from_secs(60);
-/// A client's reconnect to another node, as in the single-server restart.
-const NATS_RECONNECT: Duration = Duration::from_secs(2);
 
 pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Accounting> {
     let options =
@@ -41,24 +37,12 @@ async fn body(cluster: &mut Cluster, ctx: &Ctx) -> anyhow::Result<Outcome> {
     cluster.fault_begins(0);
     cluster.stack.node(leader).kill().await;
     let killed = Instant::now();
-    // Whatever the ingestor had fetched before the kill may still commit; ingest has
-    // resumed once rows arrive beyond that.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let settled = cluster.stored().await?;
-    let resumed = loop {
-        if cluster.stored().await? > settled + 100 {
-            break killed.elapsed();
-        }
-        anyhow::ensure!(killed.elapsed() < RESUME_LIMIT, "ingest did not resume within {RESUME_LIMIT:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let resumed = ingest_resumed(cluster, killed).await?;
     let new_leader = events_leader(cluster).await?;
     outcome.note(format!(
         "node n{leader}, the events stream's leader, SIGKILLed with {acked_before} events acknowledged; \
-         n{new_leader} leads now; ingest resumed after {:.1}s (target {:.0}s: {})",
-        resumed.as_secs_f64(),
-        RESUME_TARGET.as_secs_f64(),
-        if resumed <= RESUME_TARGET { "met" } else { "missed" }
+         n{new_leader} leads now; ingest resumed after {}",
+        against_target(resumed)
     ));
     outcome.check(new_leader != leader, format!("n{leader} still leads the events stream while down"));
 
@@ -73,34 +57,10 @@ async fn body(cluster: &mut Cluster, ctx: &Ctx) -> anyhow::Result<Outcome> {
     outcome.presence("the leader's loss", probe, presence_bound() + NATS_RECONNECT);
     outcome.ledger = load.finish().await?;
 
-    let mut ready = 0;
-    for name in cluster.all_names() {
-        let is_ready = cluster.is_ready(&name).await;
-        outcome.check(is_ready, format!("{name} is not ready after the leader's loss"));
-        ready += usize::from(is_ready);
-    }
+    let ready = outcome.all_ready(cluster, "the leader's loss").await;
     outcome.note(format!(
         "{ready} services ready without a restart; n{leader} back for {:.1}s at the end",
         restarted.elapsed().as_secs_f64()
     ));
     Ok(outcome)
-}
-
-/// The index of the node leading the events stream (nodes are named `n0`, `n1`, ...).
-async fn events_leader(cluster: &Cluster) -> anyhow::Result<usize> {
-    let js = cluster.jetstream().await;
-    let deadline = Instant::now() + RESUME_LIMIT;
-    loop {
-        let leader = async {
-            let mut stream = js.get_stream(&cluster.stack.topology.events_stream).await.ok()?;
-            let info = stream.info().await.ok()?;
-            info.cluster.as_ref()?.leader.as_deref()?.strip_prefix('n')?.parse::<usize>().ok()
-        }
-        .await;
-        if let Some(leader) = leader {
-            return Ok(leader);
-        }
-        anyhow::ensure!(Instant::now() < deadline, "the events stream has no leader");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }

@@ -1,4 +1,4 @@
-//! The seven fault scenarios. Each starts a cluster of its own, runs simulated agents
+//! The eight fault scenarios. Each starts a cluster of its own, runs simulated agents
 //! under load, injects its fault, and ends in the exact accounting of
 //! [`crate::accounting`] plus its own checks (presence bounds, exit codes, latency).
 
@@ -7,6 +7,7 @@ mod deps;
 mod kill;
 mod leader;
 mod nats;
+mod partition;
 mod rolling;
 mod sigterm;
 
@@ -36,10 +37,13 @@ pub enum Scenario {
     Leader,
     /// A rolling restart of a three-node cluster under load.
     Rolling,
+    /// On a three-node cluster, cut the node leading the events stream off from its
+    /// peers and its clients mid-run, then let it back in.
+    Partition,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::Kill,
         Scenario::Nats,
         Scenario::Deps,
@@ -47,6 +51,7 @@ impl Scenario {
         Scenario::Analyzer,
         Scenario::Leader,
         Scenario::Rolling,
+        Scenario::Partition,
     ];
 
     pub fn label(self) -> &'static str {
@@ -58,6 +63,7 @@ impl Scenario {
             Scenario::Analyzer => "5 analyzer-gone",
             Scenario::Leader => "6 cluster-leader-loss",
             Scenario::Rolling => "7 cluster-rolling-restart",
+            Scenario::Partition => "8 cluster-partition",
         }
     }
 
@@ -70,6 +76,7 @@ impl Scenario {
             Scenario::Analyzer => "5-analyzer",
             Scenario::Leader => "6-leader",
             Scenario::Rolling => "7-rolling",
+            Scenario::Partition => "8-partition",
         }
     }
 }
@@ -117,6 +124,7 @@ pub async fn run(scenario: Scenario, ctx: &Ctx) -> Accounting {
             Scenario::Analyzer => analyzer::run(&ctx2).await,
             Scenario::Leader => leader::run(&ctx2).await,
             Scenario::Rolling => rolling::run(&ctx2).await,
+            Scenario::Partition => partition::run(&ctx2).await,
         }
     });
     let mut accounting = match task.await {
@@ -176,6 +184,72 @@ impl Outcome {
             result.newcomer_online_after <= bound,
             format!("after {what} the new agent came online only after {:?}", result.newcomer_online_after),
         );
+    }
+
+    /// Checks that every service answers `/readyz` now, `after` the fault, although
+    /// nobody restarted it; returns how many do.
+    async fn all_ready(&mut self, cluster: &Cluster, after: &str) -> usize {
+        let mut ready = 0;
+        for name in cluster.all_names() {
+            let is_ready = cluster.is_ready(&name).await;
+            self.check(is_ready, format!("{name} is not ready after {after}"));
+            ready += usize::from(is_ready);
+        }
+        ready
+    }
+}
+
+/// The target for ingest to resume after a cluster node is lost (reported against it).
+const RESUME_TARGET: Duration = Duration::from_secs(5);
+/// Past this, ingest is taken as stuck: the scenario fails.
+const RESUME_LIMIT: Duration = Duration::from_secs(60);
+/// A client's reconnect to another node, as in the single-server restart.
+const NATS_RECONNECT: Duration = Duration::from_secs(2);
+
+/// How long after `lost` (a node of the cluster gone) ingest went on: rows arrive in
+/// Postgres beyond what was already on its way.
+async fn ingest_resumed(cluster: &Cluster, lost: Instant) -> anyhow::Result<Duration> {
+    // Whatever the ingestor had fetched before the loss may still commit; ingest has
+    // resumed once rows arrive beyond that.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let settled = cluster.stored().await?;
+    loop {
+        if cluster.stored().await? > settled + 100 {
+            return Ok(lost.elapsed());
+        }
+        anyhow::ensure!(lost.elapsed() < RESUME_LIMIT, "ingest did not resume within {RESUME_LIMIT:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether `resumed` met [`RESUME_TARGET`], as the notes say it.
+fn against_target(resumed: Duration) -> String {
+    format!(
+        "{:.1}s (target {:.0}s: {})",
+        resumed.as_secs_f64(),
+        RESUME_TARGET.as_secs_f64(),
+        if resumed <= RESUME_TARGET { "met" } else { "missed" }
+    )
+}
+
+/// The index of the node leading the events stream, as the nodes the harness reaches
+/// see it (nodes are named `n0`, `n1`, ...).
+async fn events_leader(cluster: &Cluster) -> anyhow::Result<usize> {
+    let js = cluster.jetstream().await;
+    let deadline = Instant::now() + RESUME_LIMIT;
+    loop {
+        let leader = async {
+            let mut stream = js.get_stream(&cluster.stack.topology.events_stream).await.ok()?;
+            let info = stream.info().await.ok()?;
+            info.cluster.as_ref()?.leader.as_deref()?.strip_prefix('n')?.parse::<usize>().ok()
+        };
+        // A stream without a leader leaves the request unanswered until the client's
+        // timeout (5 s): asking again sooner tells when the new leader came.
+        if let Some(leader) = tokio::time::timeout(Duration::from_secs(1), leader).await.ok().flatten() {
+            return Ok(leader);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the events stream has no leader");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -43,12 +43,7 @@ async fn body(cluster: &mut Cluster, ctx: &Ctx) -> anyhow::Result<Outcome> {
     outcome.note(format!("rolling restart of {NODES} nodes took {:.1}s", started.elapsed().as_secs_f64()));
     outcome.ledger = load.finish().await?;
 
-    let mut ready = 0;
-    for name in cluster.all_names() {
-        let is_ready = cluster.is_ready(&name).await;
-        outcome.check(is_ready, format!("{name} is not ready after the rolling restart"));
-        ready += usize::from(is_ready);
-    }
+    let ready = outcome.all_ready(cluster, "the rolling restart").await;
     outcome.note(format!("{ready} services ready without a restart"));
     Ok(outcome)
 }
