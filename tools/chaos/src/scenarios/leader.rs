@@ -7,11 +7,11 @@
 use std::time::Instant;
 
 use super::{
-    Ctx, NATS_RECONNECT, Outcome, Scenario, against_target, conclude, events_leader, ingest_resumed,
+    Ctx, NATS_RECONNECT, Outcome, Scenario, against_target, cluster_fault_begins, conclude, events_leader,
+    ingest_resumed,
 };
 use crate::accounting::Accounting;
 use crate::cluster::{Cluster, ClusterOptions, presence_bound};
-use crate::load::{Load, LoadPlan};
 
 /// Nodes in the cluster.
 const NODES: usize = 3;
@@ -26,15 +26,8 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Accounting> {
 }
 
 async fn body(cluster: &mut Cluster, ctx: &Ctx) -> anyhow::Result<Outcome> {
-    // As many events as the SIGKILL scenario (100,000 by default).
-    let plan = LoadPlan::new(ctx.sizes.kill_events, ctx.sizes.kill_rate);
-    let load = Load::start(cluster.fleet_bus.clone(), cluster.fleet.clone(), cluster.stranger.clone(), plan)?;
+    let (load, leader, acked_before) = cluster_fault_begins(cluster, ctx).await?;
     let mut outcome = Outcome::default();
-    load.wait_fraction(0.4).await;
-
-    let leader = events_leader(cluster).await?;
-    let acked_before = load.acked();
-    cluster.fault_begins(0);
     cluster.stack.node(leader).kill().await;
     let killed = Instant::now();
     let resumed = ingest_resumed(cluster, killed).await?;

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use crate::accounting::{self, Accounting, Observed};
 use crate::binaries::Binaries;
 use crate::cluster::{Cluster, ProbeResult};
-use crate::load::Ledger;
+use crate::load::{Ledger, Load, LoadPlan};
 use crate::secrets::Secrets;
 
 /// The scenarios, in the order a full run goes through them.
@@ -230,6 +230,20 @@ fn against_target(resumed: Duration) -> String {
         RESUME_TARGET.as_secs_f64(),
         if resumed <= RESUME_TARGET { "met" } else { "missed" }
     )
+}
+
+/// The start the cluster faults share: the SIGKILL scenario's load (100,000 events by
+/// default) running and 40% through, so faults on a cluster compare with each other and
+/// with a single server's. Returns the load, the node leading the events stream (the
+/// one to fault) and the events acknowledged so far; the probes' fault has begun.
+async fn cluster_fault_begins(cluster: &mut Cluster, ctx: &Ctx) -> anyhow::Result<(Load, usize, u64)> {
+    let plan = LoadPlan::new(ctx.sizes.kill_events, ctx.sizes.kill_rate);
+    let load = Load::start(cluster.fleet_bus.clone(), cluster.fleet.clone(), cluster.stranger.clone(), plan)?;
+    load.wait_fraction(0.4).await;
+    let leader = events_leader(cluster).await?;
+    let acked = load.acked();
+    cluster.fault_begins(0);
+    Ok((load, leader, acked))
 }
 
 /// The index of the node leading the events stream, as the nodes the harness reaches

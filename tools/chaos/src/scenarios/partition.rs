@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::consumer::pull;
 
 use super::{
-    Ctx, NATS_RECONNECT, Outcome, Scenario, against_target, conclude, events_leader, ingest_resumed,
+    Ctx, NATS_RECONNECT, Outcome, Scenario, against_target, cluster_fault_begins, conclude, events_leader,
+    ingest_resumed,
 };
 use crate::accounting::Accounting;
 use crate::cluster::{Cluster, ClusterOptions, presence_bound};
-use crate::load::{Load, LoadPlan};
 
 /// Nodes in the cluster.
 const NODES: usize = 3;
@@ -41,15 +41,8 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Accounting> {
 }
 
 async fn body(cluster: &mut Cluster, ctx: &Ctx) -> anyhow::Result<Outcome> {
-    // The load of the leader's loss (scenario 6), so the two compare.
-    let plan = LoadPlan::new(ctx.sizes.kill_events, ctx.sizes.kill_rate);
-    let load = Load::start(cluster.fleet_bus.clone(), cluster.fleet.clone(), cluster.stranger.clone(), plan)?;
+    let (load, leader, acked_before) = cluster_fault_begins(cluster, ctx).await?;
     let mut outcome = Outcome::default();
-    load.wait_fraction(0.4).await;
-
-    let leader = events_leader(cluster).await?;
-    let acked_before = load.acked();
-    cluster.fault_begins(0);
     cluster.stack.partition(leader);
     let cut = Instant::now();
     // The probes start as soon as the bucket can be watched again, while the node is
