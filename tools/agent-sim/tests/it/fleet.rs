@@ -42,7 +42,9 @@ async fn a_fleet_speaks_the_protocol() {
         heartbeat_interval: Duration::from_secs(1),
         events_per_sec: 40.0,
         inventory_interval: Some(Duration::from_millis(500)),
-        inventory_change_ratio: 0.5,
+        // Every snapshot after an agent's first changes, so the distinct hashes below do
+        // not depend on a coin (at 0.5 a short run on a busy machine could see none).
+        inventory_change_ratio: 1.0,
         ..FleetConfig::default()
     };
     let shutdown = CancellationToken::new();
@@ -50,10 +52,13 @@ async fn a_fleet_speaks_the_protocol() {
         let (fleet, bus, shutdown) = (Arc::clone(&fleet), bus.clone(), shutdown.clone());
         async move { fleet.run(bus, config, shutdown).await }
     });
-    test_support::eventually(Duration::from_secs(10), "events and heartbeats", || {
+    test_support::eventually(Duration::from_secs(10), "events, heartbeats and inventory", || {
         let stats = Arc::clone(&fleet.stats);
         async move {
-            (FleetStats::get(&stats.events) >= 20 && FleetStats::get(&stats.heartbeats) >= 6).then_some(())
+            (FleetStats::get(&stats.events) >= 20
+                && FleetStats::get(&stats.heartbeats) >= 6
+                && FleetStats::get(&stats.inventory) >= 6)
+                .then_some(())
         }
     })
     .await;
