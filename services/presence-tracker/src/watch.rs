@@ -410,6 +410,33 @@ mod tests {
         assert_eq!(position_verdict(0, 0, 0, Duration::from_secs(600), STALL), Position::Current);
     }
 
+    /// What nats-server sends for a replicated stream: each replica answers from its
+    /// own copy while the group has no leader, and then names none.
+    #[test]
+    fn an_answer_without_a_leader_is_leaderless() {
+        let info = |cluster: serde_json::Value| -> async_nats::jetstream::stream::Info {
+            serde_json::from_value(serde_json::json!({
+                "config": async_nats::jetstream::stream::Config {
+                    name: "KV_AGENTS".into(),
+                    ..Default::default()
+                },
+                "created": "2026-11-30T00:00:00Z",
+                "state": {
+                    "messages": 3, "bytes": 300, "first_seq": 1, "first_ts": "2026-11-30T00:00:00Z",
+                    "last_seq": 3, "last_ts": "2026-11-30T00:00:01Z", "consumer_count": 1
+                },
+                "cluster": cluster,
+            }))
+            .unwrap()
+        };
+        assert!(leaderless(&info(serde_json::json!({"name": "c", "raft_group": "S-R3F-x"}))));
+        assert!(!leaderless(&info(
+            serde_json::json!({"name": "c", "raft_group": "S-R3F-x", "leader": "n1"})
+        )));
+        // A single server names itself.
+        assert!(!leaderless(&info(serde_json::json!({"leader": "n0"}))));
+    }
+
     #[test]
     fn a_silent_watch_behind_its_stream_is_suspect_then_stalled() {
         assert_eq!(position_verdict(10, 50, 42, Duration::from_millis(100), STALL), Position::Receiving);
