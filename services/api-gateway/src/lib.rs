@@ -18,6 +18,7 @@ mod inventory_diff;
 mod metrics;
 mod nats_init;
 mod passwords;
+mod presence_cache;
 mod presence_view;
 mod ratelimit;
 mod requests;
@@ -53,6 +54,12 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 
 /// The admin port when ADMIN_ADDR is not set.
 pub const ADMIN_PORT: u16 = 9090;
+
+/// How long an execute's read of an agent's presence is kept at most. The change feed
+/// forgets it at once when the presence changes; this only bounds the cost of a change
+/// the feed lost, and it is well inside the tracker's own detection delay (the offline
+/// threshold) and the execute path's agent cache.
+const PRESENCE_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A started gateway.
 pub struct Running {
@@ -135,8 +142,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         Some(urls) => urls.0.clone(),
         None => config.nats.server_urls(),
     };
+    let presence_cache = std::sync::Arc::new(presence_cache::PresenceCache::new(PRESENCE_CACHE_TTL));
     let feed_hub = stream::FeedHub::new(
         client.clone(),
+        std::sync::Arc::clone(&presence_cache),
         config.nats.incidents_stream.clone(),
         config.nats.subjects(),
         usize::try_from(serve.stream_buffer).unwrap_or(4096),
@@ -156,6 +165,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         limiter: ratelimit::RateLimiter::new(redis.clone(), config.redis.keys(), limits),
         users: auth::UserCache::new(std::time::Duration::from_secs(1)),
         agents: state::AgentCache::new(std::time::Duration::from_secs(1)),
+        presence_cache,
         hasher: auth::Hasher::new(usize::from(serve.max_concurrent_hashes), serve.password_hash_wait),
         rpc_timeout: serve.rpc_timeout,
         analyze_timeout: serve.analyze_timeout,

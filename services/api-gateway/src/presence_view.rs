@@ -45,6 +45,17 @@ pub(crate) async fn live_views(
     }
 }
 
+/// What Redis says of one agent, through the execute path's cache of presence.
+pub(crate) async fn live_view(state: &AppState, id: &AgentId) -> Option<presence::PresenceView> {
+    let start = match state.presence_cache.get(id) {
+        Ok(view) => return Some(view),
+        Err(start) => start,
+    };
+    let view = live_views(state, std::slice::from_ref(id)).await.remove(id)?;
+    state.presence_cache.put(id.clone(), view.clone(), start);
+    Some(view)
+}
+
 /// Presence for each row, Redis first.
 pub(crate) async fn presence_of(
     state: &AppState,

@@ -78,7 +78,14 @@ pub(crate) async fn execute(
         // The action went out; losing its outcome row must not turn into an error here.
         tracing::error!(error = %err, %request_id, "recording the action's outcome failed");
     }
-    tracing::info!(outcome = label, elapsed_ms, "action executed");
+    // What changes a host, and what did not go as asked, is logged; a read-only command
+    // that answered (a ping, a status) is in the audit log and the metrics already, and
+    // logging each would be most of a busy gateway's log.
+    if command.name().is_mutating() || label != "ok" {
+        tracing::info!(outcome = label, elapsed_ms, "action executed");
+    } else {
+        tracing::debug!(outcome = label, elapsed_ms, "action executed");
+    }
     let finished = wire_models::ActionFinished {
         v: PROTOCOL_VERSION,
         request_id,

@@ -30,6 +30,8 @@ pub(crate) struct Inner {
     pub(crate) users: crate::sessions::UserCache,
     /// Agents an execute targeted in the last second.
     pub(crate) agents: AgentCache,
+    /// Their live presence, until the change feed says it changed.
+    pub(crate) presence_cache: Arc<crate::presence_cache::PresenceCache>,
     /// Password hashing, bounded.
     pub(crate) hasher: crate::passwords::Hasher,
     /// How long an execute waits for the agent's reply.

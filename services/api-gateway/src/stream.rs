@@ -40,6 +40,8 @@ pub(crate) const EVENT_TYPES: [&str; 5] =
 /// This replica's reader of the change feed.
 pub(crate) struct FeedHub {
     js: async_nats::jetstream::Context,
+    /// Told of every presence change, and of whether the feed is being read.
+    presence: Arc<crate::presence_cache::PresenceCache>,
     stream: String,
     subjects: Subjects,
     tx: broadcast::Sender<Arc<Rendered>>,
@@ -50,6 +52,7 @@ pub(crate) struct FeedHub {
 impl FeedHub {
     pub(crate) fn new(
         client: async_nats::Client,
+        presence: Arc<crate::presence_cache::PresenceCache>,
         stream: String,
         subjects: Subjects,
         buffer: usize,
@@ -57,7 +60,15 @@ impl FeedHub {
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         let (tx, _) = broadcast::channel(buffer.max(1));
-        Arc::new(Self { js: async_nats::jetstream::new(client), stream, subjects, tx, shutdown, keep_alive })
+        Arc::new(Self {
+            js: async_nats::jetstream::new(client),
+            presence,
+            stream,
+            subjects,
+            tx,
+            shutdown,
+            keep_alive,
+        })
     }
 
     /// Where the feed ends now, so that [`FeedHub::run`] starts right after it: what is
@@ -78,6 +89,7 @@ impl FeedHub {
             match natsbus::feed::read_from(&self.js, &self.stream, self.subjects.clone(), next).await {
                 Ok(entries) => {
                     tracing::info!(stream = %self.stream, "reading the change feed for live streams");
+                    self.presence.following(true);
                     let mut entries = std::pin::pin!(entries);
                     loop {
                         let entry = tokio::select! {
@@ -89,6 +101,9 @@ impl FeedHub {
                                 attempt = 0;
                                 next = Some(entry.seq + 1);
                                 metrics::counter!("opspilot_stream_feed_messages_total").increment(1);
+                                if let Change::Presence(changed) = &entry.change {
+                                    self.presence.changed(&changed.agent_id);
+                                }
                                 // No client listening is not an error.
                                 let _ = self.tx.send(Arc::new(Rendered::new(entry)));
                             }
@@ -99,6 +114,7 @@ impl FeedHub {
                             None => break,
                         }
                     }
+                    self.presence.following(false);
                 }
                 Err(err) => {
                     attempt += 1;
@@ -135,16 +151,21 @@ impl ClientFilter {
 }
 
 /// A feed entry with its event, encoded once for every client of the replica: a
-/// thousand clients copy its bytes rather than serialize it a thousand times.
+/// thousand clients copy its bytes rather than serialize it a thousand times. Encoded
+/// when a client first wants it, so a replica that no client watches (or no client
+/// watching this kind of change) encodes nothing.
 struct Rendered {
     entry: FeedEntry,
-    event: Event,
+    event: std::sync::OnceLock<Event>,
 }
 
 impl Rendered {
     fn new(entry: FeedEntry) -> Self {
-        let event = event_of(&entry);
-        Self { entry, event }
+        Self { entry, event: std::sync::OnceLock::new() }
+    }
+
+    fn event(&self) -> Event {
+        self.event.get_or_init(|| event_of(&self.entry)).clone()
     }
 }
 
@@ -217,7 +238,7 @@ async fn feed_client(
                     continue;
                 }
                 seen = live.entry.seq;
-                if filter.wants(&live.entry.change) && !deliver(tx, live.event.clone()).await {
+                if filter.wants(&live.entry.change) && !deliver(tx, live.event()).await {
                     return;
                 }
             }

@@ -1,5 +1,6 @@
 //! Scenario 4: `POST /agents/{id}/execute` against simulated agents answering at once,
-//! at concurrency 1 and 64, beside the raw NATS request-reply to the same agents.
+//! at concurrency 1 and 64 (driven by wrk), beside the raw NATS request-reply to the
+//! same agents and a raw Postgres commit.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -7,8 +8,6 @@ use std::time::{Duration, Instant};
 use agent_sim::{RpcBehaviour, RpcMode};
 use bytes::Bytes;
 use natsbus::auth::Identity;
-use rand::Rng;
-use serde_json::json;
 use wire_models::{Command, PROTOCOL_VERSION, RpcRequest};
 
 use crate::ingest::prepare;
@@ -121,24 +120,20 @@ pub(crate) async fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
             }
         }
     };
-    let http = reqwest::Client::builder().pool_max_idle_per_host(128).build()?;
-    let api_op = {
-        let (ids, http, base, token) = (Arc::clone(&ids), http.clone(), gw.base.clone(), gw.token.clone());
-        move |i: usize| {
-            let (ids, http, base, token) = (Arc::clone(&ids), http.clone(), base.clone(), token.clone());
-            async move {
-                let id = &ids[(i + rand::rng().random_range(0..ids.len())) % ids.len()];
-                let response = http
-                    .post(format!("{base}/api/v1/agents/{id}/execute"))
-                    .bearer_auth(&token)
-                    .json(&json!({"command": "ping"}))
-                    .send()
-                    .await?;
-                anyhow::ensure!(response.status().is_success(), "execute answered {}", response.status());
-                let _ = response.bytes().await?;
-                anyhow::Ok(())
-            }
-        }
+    // The API is driven by wrk (see `crate::wrk`): each request a ping to a random agent.
+    let quoted: Vec<String> = ids.iter().map(|id| format!("\"{id}\"")).collect();
+    let execute = crate::wrk::script(
+        "execute",
+        &format!(
+            "math.randomseed(7)\nlocal ids = {{{}}}\nwrk.method = 'POST'\n\
+             wrk.headers['Content-Type'] = 'application/json'\nwrk.body = '{{\"command\":\"ping\"}}'\n\
+             request = function()\n  return wrk.format(nil, '/api/v1/agents/' .. ids[math.random(#ids)] .. '/execute')\nend\n",
+            quoted.join(", ")
+        ),
+    )?;
+    let api = |seconds: u32, connections: u32| {
+        let (base, token, script) = (gw.base.clone(), gw.token.clone(), execute.clone());
+        async move { crate::wrk::run(&base, &token, Some(&script), seconds, connections).await }
     };
     // The raw durable commit: one single-row INSERT, autocommit, from one client.
     sqlx::query("CREATE TABLE IF NOT EXISTS bench_commit (id BIGSERIAL PRIMARY KEY, at TIMESTAMPTZ NOT NULL DEFAULT now())")
@@ -158,12 +153,13 @@ pub(crate) async fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let pg1 = measure(1, 2000, Duration::from_secs(20), pg_op).await?;
     // Warm both paths (connections, caches).
     measure(4, 200, Duration::from_secs(10), nats_op.clone()).await?;
-    measure(4, 200, Duration::from_secs(10), api_op.clone()).await?;
+    api(2, 4).await?;
 
     let nats1 = measure(1, 2000, Duration::from_secs(20), nats_op.clone()).await?;
-    let api1 = measure(1, 2000, Duration::from_secs(20), api_op.clone()).await?;
+    let api1 = api(5, 1).await?;
     let nats64 = measure(64, usize::MAX / 2, Duration::from_secs(5), nats_op).await?;
-    let api64 = measure(64, usize::MAX / 2, Duration::from_secs(5), api_op).await?;
+    let api64 = api(5, 64).await?;
+    let _ = std::fs::remove_file(&execute);
     let added = api1.p50_ms - nats1.p50_ms;
     rows.push(Row::new("actions", "baseline: NATS request-reply c=1 p50", nats1.p50_ms, "ms"));
     rows.push(

@@ -18,6 +18,7 @@ mod reads;
 mod report;
 mod services;
 mod stream;
+mod wrk;
 
 use clap::Parser;
 

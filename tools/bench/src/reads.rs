@@ -8,80 +8,19 @@
 //! newest incident, which is the first page, or for the summary an `until` far in the
 //! future), alone and at 64 connections, so the database's real cost shows.
 
-use std::process::Command;
-
 use crate::gateway;
 use crate::ingest::prepare;
 use crate::report::Row;
-
-struct Wrk {
-    p50_ms: f64,
-    p99_ms: f64,
-    per_sec: f64,
-}
-
-fn parse_ms(token: &str) -> Option<f64> {
-    let (num, unit) = token.split_at(token.find(|c: char| c.is_ascii_alphabetic())?);
-    let value: f64 = num.parse().ok()?;
-    Some(match unit {
-        "us" => value / 1000.0,
-        "ms" => value,
-        "s" => value * 1000.0,
-        _ => return None,
-    })
-}
-
-fn wrk(
-    url: &str,
-    token: &str,
-    script: Option<&std::path::Path>,
-    seconds: u32,
-    connections: u32,
-) -> anyhow::Result<Wrk> {
-    let mut cmd = Command::new("wrk");
-    cmd.args([
-        &format!("-t{}", connections.min(2)),
-        &format!("-c{connections}"),
-        &format!("-d{seconds}s"),
-        // Past wrk's default of 2 s a slow answer would count as an error, not as latency.
-        "--timeout",
-        "30s",
-        "--latency",
-        "-H",
-        &format!("Authorization: Bearer {token}"),
-    ]);
-    if let Some(script) = script {
-        cmd.arg("-s").arg(script);
-    }
-    let out = cmd
-        .arg(url)
-        .output()
-        .map_err(|e| anyhow::anyhow!("running wrk (scripts/bench.sh installs it): {e}"))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = |prefix: &str| {
-        text.lines().find(|l| l.trim_start().starts_with(prefix)).map(str::trim).map(str::to_owned)
-    };
-    let p50 = line("50%").and_then(|l| l.split_whitespace().nth(1).and_then(parse_ms));
-    let p99 = line("99%").and_then(|l| l.split_whitespace().nth(1).and_then(parse_ms));
-    let rps = line("Requests/sec:").and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()));
-    let errors = text.lines().any(|l| l.contains("Non-2xx") || l.contains("Socket errors"));
-    anyhow::ensure!(!errors, "wrk saw errors:\n{text}");
-    match (p50, p99, rps) {
-        (Some(p50_ms), Some(p99_ms), Some(per_sec)) => Ok(Wrk { p50_ms, p99_ms, per_sec }),
-        _ => anyhow::bail!("unexpected wrk output:\n{text}"),
-    }
-}
+use crate::wrk::run as wrk;
 
 /// A wrk script sending `path` with `suffix` (Lua expression) appended to every request.
 fn script(name: &str, path: &str, suffix: &str) -> anyhow::Result<std::path::PathBuf> {
-    let file = std::env::temp_dir().join(format!("opspilot-bench-{}-{name}.lua", std::process::id()));
-    std::fs::write(
-        &file,
-        format!(
+    crate::wrk::script(
+        name,
+        &format!(
             "math.randomseed(42)\nrequest = function()\n  return wrk.format('GET', '{path}' .. {suffix})\nend\n"
         ),
-    )?;
-    Ok(file)
+    )
 }
 
 /// A prefix an operator would type: one role, one block of numbers (2% of the agents).
@@ -228,9 +167,9 @@ async fn api(gw: &gateway::Gateway, agents: usize, newest: i64, rows: &mut Vec<R
         "/api/v1/agents/",
         &format!("string.format('%012x', math.random(1, {agents})) .. '/incidents?limit=100'"),
     )?;
-    let health = wrk(&format!("{}/healthz", gw.base), &gw.token, None, 5, 64)?;
-    let list = wrk(&format!("{}/api/v1/agents?limit=100", gw.base), &gw.token, None, 10, 64)?;
-    let incidents_page = wrk(&gw.base, &gw.token, Some(&agent_incidents), 10, 64)?;
+    let health = wrk(&format!("{}/healthz", gw.base), &gw.token, None, 5, 64).await?;
+    let list = wrk(&format!("{}/api/v1/agents?limit=100", gw.base), &gw.token, None, 10, 64).await?;
+    let incidents_page = wrk(&gw.base, &gw.token, Some(&agent_incidents), 10, 64).await?;
     let _ = std::fs::remove_file(&agent_incidents);
     rows.push(Row::new("reads", "baseline: GET /healthz c=64", health.per_sec, "req/s"));
     rows.push(Row::new("reads", "baseline: GET /healthz c=64 p99", health.p99_ms, "ms"));
@@ -270,10 +209,10 @@ async fn api(gw: &gateway::Gateway, agents: usize, newest: i64, rows: &mut Vec<R
         target_ms: None,
     });
     for read in &reads {
-        let cached = wrk(&format!("{}{}", gw.base, read.path), &gw.token, None, 5, 64)?;
+        let cached = wrk(&format!("{}{}", gw.base, read.path), &gw.token, None, 5, 64).await?;
         let script = script("fleet", &read.path, &read.miss)?;
-        let missed = wrk(&gw.base, &gw.token, Some(&script), 10, read.miss_connections);
-        let alone = wrk(&gw.base, &gw.token, Some(&script), 5, 1);
+        let missed = wrk(&gw.base, &gw.token, Some(&script), 10, read.miss_connections).await;
+        let alone = wrk(&gw.base, &gw.token, Some(&script), 5, 1).await;
         let _ = std::fs::remove_file(&script);
         let (missed, alone) = (missed?, alone?);
         // As served: the page cache answers repeats, one request a TTL goes to the

@@ -409,7 +409,8 @@ pub(crate) async fn execute(
     // Whether it is online is read while its audit row is written: an agent found
     // offline leaves a row saying so, and nothing is sent.
     let online = async {
-        let live = presence_view::live_views(&state, std::slice::from_ref(&id)).await;
+        let live: std::collections::HashMap<_, _> =
+            presence_view::live_view(&state, &id).await.map(|view| (id.clone(), view)).into_iter().collect();
         // Without live presence, the row's mirror decides: read fresh, not cached.
         let row =
             if live.contains_key(&id) { agent.clone() } else { Arc::new(find_agent(&state, &id).await?) };

@@ -169,3 +169,82 @@ async fn concurrent_executes_share_audit_commits_and_each_is_recorded() {
     stop.cancel();
     api.stop().await;
 }
+
+/// The execute path keeps an agent's live presence after reading it, and forgets it the
+/// moment the change feed says the presence changed: well before the cache's time to
+/// live (2 s), an agent the tracker took offline is refused.
+#[tokio::test]
+async fn a_presence_change_on_the_feed_reaches_the_next_execute_at_once() {
+    let api = start(&[]).await;
+    let fleet = api.online_fleet("presence-cache", 1).await;
+    let stop = api.serve_rpc(&fleet, RpcBehaviour::default()).await;
+    let agent = fleet.agents()[0].id.clone();
+    let path = format!("/api/v1/agents/{agent}/execute");
+    let ping = json!({"command": "ping"});
+
+    // Redis, where the tracker keeps presence, says online: the execute goes out.
+    let redis = api.stack.redis_config();
+    let pool = storage::redis::connect(&redis).await.unwrap();
+    let store = presence::PresenceStore::new(pool, presence::Keys::for_config(&redis));
+    let mark = |state: wire_models::PresenceState| {
+        let (store, agent) = (store.clone(), agent.clone());
+        async move {
+            let now = chrono::Utc::now().timestamp_millis();
+            let change = presence::StateChange {
+                agent_id: agent,
+                since_ms: now,
+                last_seen_ms: now,
+                threshold_ms: 90_000,
+            };
+            store.mark(state, &[change], now).await.unwrap();
+        }
+    };
+    mark(wire_models::PresenceState::Online).await;
+    // The replica follows the feed once its hub reads it; until then nothing is kept.
+    test_support::eventually(Duration::from_secs(10), "the presence read kept", || {
+        let api = &api;
+        let (path, ping, mark) = (path.clone(), ping.clone(), mark.clone());
+        async move {
+            let (status, body) = api.post(&path, &api.operator, ping.clone()).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            // Offline in Redis without a word on the feed: a kept read still answers.
+            mark(wire_models::PresenceState::Offline).await;
+            let (status, _) = api.post(&path, &api.operator, ping).await;
+            mark(wire_models::PresenceState::Online).await;
+            (status == StatusCode::OK).then_some(())
+        }
+    })
+    .await;
+
+    // The tracker's announcement of the same change: the next execute reads Redis again.
+    mark(wire_models::PresenceState::Offline).await;
+    let now = chrono::Utc::now();
+    let changed = wire_models::PresenceChanged {
+        v: wire_models::PROTOCOL_VERSION,
+        agent_id: agent.clone(),
+        state: wire_models::PresenceState::Offline,
+        changed_at: now,
+        last_seen_at: Some(now),
+        threshold_secs: 90,
+        reason: "timeout".into(),
+    };
+    let client = api.stack.client().await;
+    let announced = Instant::now();
+    natsbus::publish(&client, api.stack.topology.subjects.presence_changed(&agent), &changed).await.unwrap();
+    client.flush().await.unwrap();
+    loop {
+        let (status, body) = api.post(&path, &api.operator, ping.clone()).await;
+        if status == StatusCode::NOT_FOUND {
+            assert_problem(status, &body, StatusCode::NOT_FOUND, "agent-offline");
+            break;
+        }
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(
+            announced.elapsed() < Duration::from_millis(1500),
+            "the feed's change did not reach the cache; only its time to live would have"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    api.stop().await;
+}

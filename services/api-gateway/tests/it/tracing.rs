@@ -58,7 +58,7 @@ async fn an_execute_is_one_trace_from_gateway_to_agent() {
         .post(format!("{base}/api/v1/agents/{agent}/execute"))
         .bearer_auth(&token)
         .header("traceparent", format!("00-{trace_id}-{caller_span}-01"))
-        .json(&json!({"command": "ping"}))
+        .json(&json!({"command": "restart_service", "params": {"service": "nginx"}}))
         .send()
         .await
         .unwrap();
