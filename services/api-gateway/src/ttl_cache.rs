@@ -1,7 +1,8 @@
 //! Rows read on every request and kept for a moment: the calling user, the agent an
-//! execute targets. A change takes effect at once on the replica that made it (it
+//! execute targets, a bearer token already checked. A change takes effect at once on the replica that made it (it
 //! forgets the entry) and within the time to live on every other.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{Mutex, PoisonError};
@@ -21,7 +22,11 @@ impl<K: Eq + Hash, V: Clone> TtlCache<K, V> {
         Self { ttl, entries: Mutex::new(HashMap::new()) }
     }
 
-    pub(crate) fn get(&self, key: &K) -> Option<V> {
+    pub(crate) fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         entries.get(key).filter(|(_, at)| at.elapsed() < self.ttl).map(|(value, _)| value.clone())
     }
@@ -34,7 +39,11 @@ impl<K: Eq + Hash, V: Clone> TtlCache<K, V> {
         entries.insert(key, (value, Instant::now()));
     }
 
-    pub(crate) fn forget(&self, key: &K) {
+    pub(crate) fn forget<Q>(&self, key: &Q)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.entries.lock().unwrap_or_else(PoisonError::into_inner).remove(key);
     }
 }

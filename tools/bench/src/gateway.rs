@@ -32,12 +32,6 @@ pub(crate) async fn start(stack: &Stack) -> anyhow::Result<Gateway> {
         ("DB_MAX_CONNECTIONS", pool_size()),
     ];
     // For profiling: the page cache's TTL (0 turns it off).
-    if let Ok(log) = std::env::var("BENCH_GATEWAY_LOG") {
-        env.push(("RUST_LOG", log));
-    }
-    if let Ok(threads) = std::env::var("BENCH_GATEWAY_THREADS") {
-        env.push(("TOKIO_WORKER_THREADS", threads));
-    }
     if let Ok(ttl) = std::env::var("BENCH_GATEWAY_CACHE_TTL") {
         env.push(("API_CACHE_TTL", ttl));
     }
