@@ -203,7 +203,7 @@ async fn a_presence_change_on_the_feed_reaches_the_next_execute_at_once() {
     // The replica follows the feed once its hub reads it; until then nothing is kept.
     test_support::eventually(Duration::from_secs(10), "the presence read kept", || {
         let api = &api;
-        let (path, ping, mark) = (path.clone(), ping.clone(), mark.clone());
+        let (path, ping, mark) = (path.clone(), ping.clone(), mark);
         async move {
             let (status, body) = api.post(&path, &api.operator, ping.clone()).await;
             assert_eq!(status, StatusCode::OK, "{body}");
