@@ -106,15 +106,19 @@ mod tests {
         cache.get(id).ok().map(|v| v.state)
     }
 
+    /// A miss, then Redis's answer (online) offered to the cache.
+    fn read_online(cache: &PresenceCache, id: &AgentId) {
+        let start = cache.get(id).unwrap_err();
+        cache.put(id.clone(), view(PresenceState::Online), start);
+    }
+
     #[test]
     fn a_view_is_kept_until_its_agent_changes() {
         let cache = PresenceCache::new(Duration::from_secs(60));
         cache.following(true);
         let (a, b) = (agent(1), agent(2));
-        let start = cache.get(&a).unwrap_err();
-        cache.put(a.clone(), view(PresenceState::Online), start);
-        let start = cache.get(&b).unwrap_err();
-        cache.put(b.clone(), view(PresenceState::Online), start);
+        read_online(&cache, &a);
+        read_online(&cache, &b);
         assert_eq!(kept(&cache, &a), Some(PresenceState::Online));
         cache.changed(&a);
         assert_eq!(kept(&cache, &a), None);
@@ -141,13 +145,11 @@ mod tests {
     fn nothing_is_kept_without_the_feed_and_a_gap_forgets_everything() {
         let cache = PresenceCache::new(Duration::from_secs(60));
         let a = agent(1);
-        let start = cache.get(&a).unwrap_err();
-        cache.put(a.clone(), view(PresenceState::Online), start);
+        read_online(&cache, &a);
         assert_eq!(kept(&cache, &a), None, "not following the feed: nothing kept");
 
         cache.following(true);
-        let start = cache.get(&a).unwrap_err();
-        cache.put(a.clone(), view(PresenceState::Online), start);
+        read_online(&cache, &a);
         assert_eq!(kept(&cache, &a), Some(PresenceState::Online));
         cache.following(false);
         assert_eq!(kept(&cache, &a), None, "the feed lost: nothing served");
@@ -160,8 +162,7 @@ mod tests {
         let cache = PresenceCache::new(Duration::from_millis(20));
         cache.following(true);
         let a = agent(1);
-        let start = cache.get(&a).unwrap_err();
-        cache.put(a.clone(), view(PresenceState::Online), start);
+        read_online(&cache, &a);
         assert!(kept(&cache, &a).is_some());
         std::thread::sleep(Duration::from_millis(30));
         assert_eq!(kept(&cache, &a), None);
