@@ -18,6 +18,7 @@ pub mod metrics;
 mod nats;
 pub mod otlp;
 mod partition;
+mod ports;
 pub mod process;
 mod proxy;
 mod redis;
@@ -26,9 +27,10 @@ mod tls;
 
 pub use db::TestDb;
 pub use nats::{NatsServer, cluster_node_config, jetstream_config, nats_server_binary};
+pub use ports::free_port;
 pub use proxy::TcpProxy;
 pub use redis::RedisServer;
-pub use stack::{Stack, free_port};
+pub use stack::Stack;
 pub use tls::TestPki;
 
 use std::sync::Once;

@@ -1,4 +1,3 @@
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -51,11 +50,6 @@ pub fn jetstream_config(store: &Path) -> String {
     format!("jetstream {{ store_dir: \"{}\", max_file_store: 40G, max_memory_store: 2G }}", store.display())
 }
 
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("binding an ephemeral port");
-    listener.local_addr().expect("local addr").port()
-}
-
 impl NatsServer {
     /// Starts a server with JetStream on a free port.
     pub async fn start() -> Self {
@@ -75,7 +69,7 @@ impl NatsServer {
     }
 
     async fn start_inner(config: Option<impl FnOnce(u16, &Path) -> String>) -> Self {
-        Self::start_inner_on(free_port(), config).await
+        Self::start_inner_on(crate::free_port(), config).await
     }
 
     async fn start_inner_on(port: u16, config: Option<impl FnOnce(u16, &Path) -> String>) -> Self {

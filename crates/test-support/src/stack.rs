@@ -3,7 +3,6 @@
 //! production; with TLS too, from [`Stack::start_tls`]), a fresh database, a Redis key
 //! prefix, a subject root and stream names.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 
 use natsbus::auth::{AuthSetup, Identity};
@@ -137,8 +136,8 @@ impl Stack {
         let security = auth.server_config();
         let shared_resolver = format!("dir: \"{}\"", auth.dir().join("resolver").display());
         assert!(security.contains(&shared_resolver), "the resolver directory moved: {security}");
-        let ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
-        let routes: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let ports: Vec<u16> = (0..size).map(|_| crate::free_port()).collect();
+        let routes: Vec<u16> = (0..size).map(|_| crate::free_port()).collect();
         let links = if partitionable { Some(Links::start(&ports, &routes).await) } else { None };
         let nodes = futures::future::join_all(ports.iter().enumerate().map(|(index, port)| {
             let (security, shared_resolver, routes) =
@@ -505,9 +504,4 @@ fn flag_for(var: &str) -> &'static str {
         "STREAM_REPLICAS" => "stream-replicas",
         other => panic!("no flag known for {other}"),
     }
-}
-
-/// A free TCP port on loopback (for services started as processes).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
