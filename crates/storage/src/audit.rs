@@ -72,15 +72,31 @@ pub struct PendingAudit {
     pub params: Option<Value>,
 }
 
-/// A connection of its own for a writer of [`begin_many`] and [`finish_many`], out of
-/// the pool for good. Such a connection runs the same statements for its whole life,
-/// and a plan Postgres cached while `audit_log` was small (a new database) joins the
-/// update by scanning the whole table, and keeps scanning it as the table grows until
-/// the next analyze: at 64 concurrent executes that was a quarter of Postgres's CPU.
-/// Planned per batch, the update finds its rows by the `request_id` index.
-pub async fn writer_connection(pool: &PgPool) -> Result<sqlx::PgConnection, StorageError> {
+/// How a writer's connection plans its statements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Planning {
+    /// Postgres's default: after a few executions a statement keeps a generic plan. Right
+    /// for an insert, whose plan does not depend on the table.
+    Cached,
+    /// Planned at every execution, for an update that finds its rows in `audit_log`.
+    /// Such a connection runs the same statements for its whole life, and a plan Postgres
+    /// cached while `audit_log` was small (a new database) joins the update by scanning
+    /// the whole table, and keeps scanning it as the table grows until the next analyze:
+    /// at 64 concurrent executes that was a quarter of Postgres's CPU. Planned per batch,
+    /// the update finds its rows by the `request_id` index.
+    PerExecution,
+}
+
+/// A connection of its own for a writer of [`begin_many`] or [`finish_many`], out of
+/// the pool for good.
+pub async fn writer_connection(
+    pool: &PgPool,
+    planning: Planning,
+) -> Result<sqlx::PgConnection, StorageError> {
     let mut conn = pool.acquire().await?.detach();
-    sqlx::query("SET plan_cache_mode = force_custom_plan").execute(&mut conn).await?;
+    if planning == Planning::PerExecution {
+        sqlx::query("SET plan_cache_mode = force_custom_plan").execute(&mut conn).await?;
+    }
     Ok(conn)
 }
 

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgConnection;
-use storage::audit::{FinishedAudit, PendingAudit};
+use storage::audit::{FinishedAudit, PendingAudit, Planning};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
@@ -57,7 +57,13 @@ struct Batcher<T> {
 }
 
 impl<T: Send + Sync + 'static> Batcher<T> {
-    fn start(pool: storage::PgPool, name: &'static str, write: Write<T>, linger: Duration) -> Self {
+    fn start(
+        pool: storage::PgPool,
+        name: &'static str,
+        write: Write<T>,
+        planning: Planning,
+        linger: Duration,
+    ) -> Self {
         let (tx, mut rx) = mpsc::channel::<Item<T>>(QUEUE);
         tokio::spawn(async move {
             let mut conn: Option<PgConnection> = None;
@@ -100,8 +106,10 @@ impl<T: Send + Sync + 'static> Batcher<T> {
                     };
                     natsbus::trace::adopt_batch(&span, &traced);
                     traced.clear();
-                    let result =
-                        write_batch(&pool, &mut conn, write, &rows).instrument(span).await.map_err(Arc::new);
+                    let result = write_batch(&pool, &mut conn, planning, write, &rows)
+                        .instrument(span)
+                        .await
+                        .map_err(Arc::new);
                     if let Err(err) = &result {
                         metrics::counter!("opspilot_audit_write_failures_total", "queue" => name)
                             .increment(1);
@@ -164,12 +172,13 @@ fn traced() -> Option<opentelemetry::Context> {
 async fn write_batch<T>(
     pool: &storage::PgPool,
     conn: &mut Option<PgConnection>,
+    planning: Planning,
     write: Write<T>,
     rows: &[T],
 ) -> Result<(), storage::StorageError> {
     let mut live = match conn.take() {
         Some(live) => live,
-        None => storage::audit::writer_connection(pool).await?,
+        None => storage::audit::writer_connection(pool, planning).await?,
     };
     let result = write(&mut live, rows).await;
     if result.is_ok() {
@@ -191,12 +200,14 @@ impl AuditWriter {
             pool.clone(),
             "begin",
             |conn, rows| Box::pin(storage::audit::begin_many(conn, rows)),
+            Planning::Cached,
             Duration::ZERO,
         );
         let finish = Batcher::start(
             pool,
             "finish",
             |conn, rows| Box::pin(storage::audit::finish_many(conn, rows)),
+            Planning::PerExecution,
             FINISH_LINGER,
         );
         Self { begin: Arc::new(begin), finish: Arc::new(finish) }

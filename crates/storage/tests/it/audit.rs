@@ -1,7 +1,7 @@
 //! The audit writers' connection: its update finds rows by index however small the
 //! table was when it started.
 
-use storage::audit::{FinishedAudit, PendingAudit};
+use storage::audit::{FinishedAudit, PendingAudit, Planning};
 use test_support::TestDb;
 use uuid::Uuid;
 
@@ -47,17 +47,20 @@ async fn seq_scans(db: &TestDb, writer: &mut sqlx::PgConnection) -> i64 {
 #[tokio::test]
 async fn a_writer_started_on_a_small_table_still_updates_by_index_once_it_grew() {
     let db = TestDb::create().await;
-    let mut writer = storage::audit::writer_connection(&db.pool).await.unwrap();
+    // As the gateway has them: inserts on a connection that keeps its plans, updates
+    // on one that plans each statement.
+    let mut inserter = storage::audit::writer_connection(&db.pool, Planning::Cached).await.unwrap();
+    let mut writer = storage::audit::writer_connection(&db.pool, Planning::PerExecution).await.unwrap();
     // Enough statements on a tiny table for Postgres to settle on one cached plan.
     for _ in 0..10 {
         let rows = pending(3);
-        storage::audit::begin_many(&mut writer, &rows).await.unwrap();
+        storage::audit::begin_many(&mut inserter, &rows).await.unwrap();
         storage::audit::finish_many(&mut writer, &finished(&rows)).await.unwrap();
     }
     // The table grows (as under load, before autovacuum analyzes it again).
     let grown = pending(20_000);
     for chunk in grown.chunks(1000) {
-        storage::audit::begin_many(&mut writer, chunk).await.unwrap();
+        storage::audit::begin_many(&mut inserter, chunk).await.unwrap();
     }
     let before = seq_scans(&db, &mut writer).await;
     for chunk in grown.chunks(10).take(30) {
