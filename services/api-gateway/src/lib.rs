@@ -3,6 +3,9 @@
 
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
+// The binary (main.rs) installs it as the global allocator.
+use mimalloc as _;
+
 mod audit_writer;
 mod auth;
 mod bus_auth;
