@@ -64,6 +64,11 @@ pub const ADMIN_PORT: u16 = 9090;
 /// threshold) and the execute path's agent cache.
 const PRESENCE_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// How long finished actions wait for company before they are announced on the change
+/// feed together: invisible on an operator's stream, and one publish (and one read back
+/// by each replica) per batch instead of per execute.
+const ANNOUNCE_LINGER: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// A started gateway.
 pub struct Running {
     pub addr: SocketAddr,
@@ -146,6 +151,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         None => config.nats.server_urls(),
     };
     let presence_cache = std::sync::Arc::new(presence_cache::PresenceCache::new(PRESENCE_CACHE_TTL));
+    let feed = natsbus::feed::FeedPublisher::new(client.clone(), config.nats.subjects());
     let feed_hub = stream::FeedHub::new(
         client.clone(),
         std::sync::Arc::clone(&presence_cache),
@@ -185,7 +191,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         page_cache: cache::PageCache::new(serve.cache_ttl, redis.clone(), config.redis.keys()),
         bus_auth: std::sync::Arc::clone(&bus_auth),
         default_offline_threshold: serve.offline_threshold,
-        feed: natsbus::feed::FeedPublisher::new(client.clone(), config.nats.subjects()),
+        feed: feed.clone(),
+        announcer: natsbus::feed::ActionAnnouncer::start(feed, ANNOUNCE_LINGER),
         feed_hub: std::sync::Arc::clone(&feed_hub),
         actions: state::ActionLimits {
             confirm_over: usize::try_from(serve.action_confirm_over).unwrap_or(usize::MAX),
@@ -207,7 +214,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let (admin_addr, admin) =
         service_kit::admin::spawn(config.admin.admin_addr(ADMIN_PORT), readiness.clone(), shutdown.clone())
             .await?;
-    let audit = state.audit.clone();
+    let (audit, announcer) = (state.audit.clone(), state.announcer.clone());
     let app = router(state, readiness, trust, serve.body_timeout);
 
     let listener = tokio::net::TcpListener::bind(serve.http_addr)
@@ -242,8 +249,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     service.on_stop("fleet actions", async move {
         runs.close();
         runs.wait().await;
-        // The outcomes of the last executes are still queued.
+        // The outcomes of the last executes, and their announcements, are still queued.
         audit.settled().await;
+        announcer.settled().await;
         Ok(())
     });
     service.on_stop_best_effort("flushing nats", async move { Ok(client.flush().await?) });

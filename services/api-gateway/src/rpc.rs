@@ -97,8 +97,7 @@ pub(crate) async fn execute(
         finished_at: chrono::Utc::now(),
     };
     // The answer does not wait for the announcement.
-    let feed = state.feed.clone();
-    tokio::spawn(async move { feed.action_finished(&finished).await });
+    state.announcer.announce(finished);
     let reply = outcome?;
     Ok(ExecuteResponse {
         request_id,

@@ -46,8 +46,10 @@ pub(crate) struct Inner {
     pub(crate) bus_auth: Arc<crate::bus_auth::BusAuth>,
     /// Cached reads (agent lists).
     pub(crate) page_cache: crate::cache::PageCache,
-    /// Publishes incident updates and finished actions to the change feed.
+    /// Publishes incident updates and fleet actions' progress to the change feed.
     pub(crate) feed: natsbus::feed::FeedPublisher,
+    /// Announces finished actions on the change feed, a batch at a time.
+    pub(crate) announcer: natsbus::feed::ActionAnnouncer,
     /// Serves the live streams from the change feed.
     pub(crate) feed_hub: Arc<crate::stream::FeedHub>,
     /// Agents silent longer than this are offline when Redis has no fresher word.

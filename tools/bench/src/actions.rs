@@ -175,7 +175,22 @@ pub(crate) async fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
         }
     };
     measure(1, 200, Duration::from_secs(10), audit_op.clone()).await?;
-    let audit1 = measure(1, 2000, Duration::from_secs(20), audit_op).await?;
+    let audit1 = measure(1, 2000, Duration::from_secs(20), audit_op.clone()).await?;
+    // The two legs an execute waits for, chained from one client with nothing between
+    // them: what is left of the whole past this is the gateway's own.
+    let chain_op = {
+        let (a, n) = (audit_op.clone(), nats_op.clone());
+        move |i: usize| {
+            let (a, n) = (a.clone(), n.clone());
+            async move {
+                a(i).await?;
+                n(i).await?;
+                anyhow::Ok(())
+            }
+        }
+    };
+    measure(1, 200, Duration::from_secs(10), chain_op.clone()).await?;
+    let chain1 = measure(1, 2000, Duration::from_secs(20), chain_op).await?;
     // Warm both paths (connections, caches).
     measure(4, 200, Duration::from_secs(10), nats_op.clone()).await?;
     api(2, 4).await?;
@@ -200,6 +215,12 @@ pub(crate) async fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
         "actions",
         "baseline: the audit row's insert-and-commit alone c=1 p50",
         audit1.p50_ms,
+        "ms",
+    ));
+    rows.push(Row::new(
+        "actions",
+        "baseline: the audit row, then a NATS round trip, one client c=1 p50",
+        chain1.p50_ms,
         "ms",
     ));
     rows.push(Row::new("actions", "baseline: GET /api/v1/auth/me c=1 p50 (HTTP floor)", me1.p50_ms, "ms"));

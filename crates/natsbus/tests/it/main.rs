@@ -5,4 +5,5 @@ mod auth;
 mod bus_limits;
 mod connect;
 mod deadletter;
+mod feed;
 mod topology;

@@ -379,8 +379,11 @@ pub(crate) async fn execute(
 }
 
 /// Tells the change feed the incident's action result is recorded: after the write,
-/// so a client that reloads the incident on this event reads the result.
+/// so a client that reloads the incident on this event reads the result, and after the
+/// action's own `action.finished` (which waits for a batch otherwise), so the stream
+/// tells the two in the order they happened.
 async fn announce_action(state: &AppState, incident_id: i64, agent_id: &wire_models::AgentId) {
+    state.announcer.settled().await;
     state
         .feed
         .incident_updated(&wire_models::IncidentUpdated {
