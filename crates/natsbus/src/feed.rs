@@ -63,8 +63,8 @@ enum Announcement {
 
 /// Announces finished actions on the change feed a batch at a time. One publish per
 /// execute woke the NATS connection, the server's stream and every replica's feed reader
-/// once per request, which cost an execute about a fifth of its time at concurrency 1;
-/// announcements gathered for `linger` go out back to back in one write, and are read
+/// once per request: about a fifth of the gateway's CPU per execute at concurrency 1.
+/// Announcements gathered for `linger` go out back to back in one write, and are read
 /// back in one. An operator's stream shows an action that much later.
 #[derive(Clone)]
 pub struct ActionAnnouncer {
