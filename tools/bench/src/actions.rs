@@ -225,7 +225,8 @@ pub(crate) async fn run(rows: &mut Vec<Row>) -> anyhow::Result<()> {
     ));
     rows.push(Row::new("actions", "baseline: GET /api/v1/auth/me c=1 p50 (HTTP floor)", me1.p50_ms, "ms"));
     // Where the bound's half millisecond goes: each part of an execute measured alone,
-    // against the whole (what is left is the parts slowing each other on shared cores).
+    // against the whole. Chained alone the parts add up (the row above), so what is left
+    // is the gateway's own work and the wakes between the processes on shared cores.
     let parts = me1.p50_ms + audit1.p50_ms + nats1.p50_ms;
     rows.push(
         Row::new("actions", "execute c=1 p50 against its parts measured alone", api1.p50_ms, "ms")
